@@ -1,0 +1,65 @@
+"""The one small interface every weight-file format implements.
+
+Readers are lazy: listing tensors reads only the file's index, and ``read`` materialises one tensor,
+so peak memory follows the largest tensor rather than the model. Readers know nothing about
+quantization; they hand out numpy arrays (bfloat16 as ``ml_dtypes.bfloat16``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+Layout = Literal["pytorch", "keras"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What the file's index says about one tensor, before any of its bytes are read."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name; "bfloat16" for bf16
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class WeightReader(ABC):
+    """A weight file opened for reading. Use as a context manager."""
+
+    format: ClassVar[str]
+    # Which axis holds output channels by convention: "pytorch" [out, in, ...], "keras" [..., in, out].
+    layout: ClassVar[Layout]
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @abstractmethod
+    def tensor_infos(self) -> list[TensorInfo]:
+        """Every tensor in file order."""
+
+    @abstractmethod
+    def read(self, name: str) -> np.ndarray:
+        """One tensor's values (a fresh array or a read-only view)."""
+
+    def metadata(self) -> dict[str, Any]:
+        """Format-specific, JSON-serialisable data needed to rewrite the file faithfully."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> WeightReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
