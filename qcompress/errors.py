@@ -1,6 +1,6 @@
-"""Typed errors. The CLI converts them once, at its boundary, into a one-line message and an exit code.
+"""Typed errors. The CLI converts them once, at its boundary, into one line and an exit code.
 
-Every message names the file (and the tensor, where there is one) and, where it helps, what to do next.
+Every message names the file (and the tensor, if any) and, where it helps, what to do next.
 """
 
 from __future__ import annotations

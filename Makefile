@@ -1,0 +1,45 @@
+# qcompress developer tasks. `make demo` and `make test` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SAMPLE := sample_models/digits_mlp.npz
+DEMO := out/demo
+
+.PHONY: install demo test lint bench samples clean
+
+$(BIN)/qcompress: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/qcompress
+
+# Quantize the bundled sample model to 8 bits, rebuild it in all three formats, score each.
+demo: install
+	mkdir -p $(DEMO)
+	$(BIN)/qcompress quantize $(SAMPLE) -o $(DEMO)/digits.qc.safetensors --force
+	$(BIN)/qcompress inspect $(DEMO)/digits.qc.safetensors
+	$(BIN)/qcompress dequantize $(DEMO)/digits.qc.safetensors -o $(DEMO)/digits.npz --force
+	$(BIN)/qcompress dequantize $(DEMO)/digits.qc.safetensors -o $(DEMO)/digits.h5 --force
+	$(BIN)/qcompress dequantize $(DEMO)/digits.qc.safetensors -o $(DEMO)/digits.safetensors --force
+	$(BIN)/python sample_models/score.py $(SAMPLE) $(DEMO)/digits.npz $(DEMO)/digits.h5 $(DEMO)/digits.safetensors
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/quality.py
+
+# Regenerate sample_models/ (needs scikit-learn, installed here only for this target).
+samples: install
+	$(BIN)/pip install --quiet -e '.[samples]'
+	$(BIN)/python sample_models/make_samples.py
+
+clean:
+	rm -rf out build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,359 @@
+"""The artifact: a plain safetensors file of codes, scales and the recipe to rebuild each tensor.
+
+Layout (format version 1):
+- ``NAME.qcodes``: the integer codes of a quantized tensor ``NAME`` in its row view (channel axis
+  first, other axes flattened). 8-bit codes are int8 (symmetric) or uint8 (affine) of shape
+  (rows, cols); narrower codes are a dense little-endian bit stream in a 1-D uint8 tensor.
+- ``NAME.qscale`` / ``NAME.qzero``: per row and group, (rows, n_groups), float32 or float16.
+- ``NAME``: a tensor kept in float or passed through, unchanged, in its own dtype.
+- ``__qcompress__/stats``: float64 (n_tensors, 3), each original tensor's MSE, max abs error and
+  SQNR dB, so ``inspect`` can show the error without the original.
+- ``__qcompress__/sha256``: uint8 (n_stored + 1, 32), the SHA-256 of every stored tensor's bytes in
+  payload order (``stats`` included), then of the recipe JSON. It is written last, so the header
+  can be computed before any tensor is quantized and the payload streamed behind it.
+- ``__metadata__["qcompress"]``: the recipe, canonical JSON (sorted keys, no spaces).
+
+The artifact contains no timestamps or host names: the same input and options give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompress import __version__
+from qcompress.engine import n_groups, packed_nbytes, unpack_codes
+from qcompress.engine.spec import QuantizedTensor, QuantSpec
+from qcompress.errors import FormatError, InputError
+from qcompress.formats.base import TensorInfo
+from qcompress.formats.safetensors import SafetensorsReader, encode_header
+from qcompress.policy import QUANTIZED, TensorPlan
+
+FORMAT_VERSION = 1
+METADATA_KEY = "qcompress"
+STATS_TENSOR = "__qcompress__/stats"
+CHECKSUM_TENSOR = "__qcompress__/sha256"
+RECIPE_ROW = "__recipe__"
+STATS_COLUMNS = ("mse", "max_abs_error", "sqnr_db")
+RESERVED_PREFIX = "__qcompress__/"
+
+
+def row_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, int]:
+    """(rows, cols) of a tensor's row view: the engine's and the stored codes' layout."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if spec.granularity == "tensor" or not shape:
+        return 1, size
+    rows = shape[spec.axis]
+    cols = int(np.prod([d for i, d in enumerate(shape) if i != spec.axis], dtype=np.int64))
+    return rows, cols
+
+
+def _quantized_entry(plan: TensorPlan) -> tuple[dict[str, Any], list[TensorInfo]]:
+    spec = plan.spec
+    assert spec is not None
+    name = plan.info.name
+    rows, cols = row_shape(plan.info.shape, spec)
+    groups = n_groups(cols, spec)
+    signed = spec.scheme == "symmetric"
+    if spec.bits == 8:
+        codes = TensorInfo(f"{name}.qcodes", (rows, cols), "int8" if signed else "uint8")
+        packing = "none"
+    else:
+        codes = TensorInfo(f"{name}.qcodes", (packed_nbytes(rows * cols, spec.bits),), "uint8")
+        packing = "bitstream-le"
+    stored = [codes, TensorInfo(f"{name}.qscale", (rows, groups), spec.scale_dtype)]
+    if not signed:
+        stored.append(TensorInfo(f"{name}.qzero", (rows, groups), spec.scale_dtype))
+    entry = {
+        **_base_entry(plan),
+        "bits": spec.bits,
+        "scheme": spec.scheme,
+        "granularity": spec.granularity,
+        "axis": None if spec.granularity == "tensor" else spec.axis,
+        "group_size": spec.group_size if spec.granularity == "group" else None,
+        "range": spec.range_method,
+        "scale_dtype": spec.scale_dtype,
+        "rows": rows,
+        "cols": cols,
+        "n_groups": groups,
+        "packing": packing,
+        "codes": codes.name,
+        "scale": stored[1].name,
+        "zero_point": stored[2].name if not signed else None,
+    }
+    return entry, stored
+
+
+def _base_entry(plan: TensorPlan) -> dict[str, Any]:
+    info = plan.info
+    return {
+        "name": info.name,
+        "dtype": info.dtype,
+        "shape": list(info.shape),
+        "action": plan.action,
+        "reason": plan.reason,
+    }
+
+
+def build_recipe(
+    plans: list[TensorPlan], source: dict[str, Any]
+) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """The recipe and the stored tensors (payload order) for a plan, before any value is read."""
+    entries: list[dict[str, Any]] = []
+    stored: list[TensorInfo] = []
+    for plan in plans:
+        if plan.info.name.startswith(RESERVED_PREFIX):
+            raise InputError(
+                f"tensor {plan.info.name!r}: names under {RESERVED_PREFIX} are reserved"
+            )
+        if plan.action == QUANTIZED:
+            entry, infos = _quantized_entry(plan)
+        else:
+            entry, infos = {**_base_entry(plan), "stored": plan.info.name}, [plan.info]
+        entries.append(entry)
+        stored.extend(infos)
+    names = [i.name for i in stored]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputError(
+            f"tensor {dup!r} clashes with a name the artifact needs for another tensor"
+        )
+    stored.append(TensorInfo(STATS_TENSOR, (len(plans), len(STATS_COLUMNS)), "float64"))
+    recipe = {
+        "format_version": FORMAT_VERSION,
+        "tool": f"qcompress {__version__}",
+        "source": source,
+        "tensors": entries,
+        "stats": {"tensor": STATS_TENSOR, "columns": list(STATS_COLUMNS)},
+        "integrity": {
+            "algorithm": "sha256",
+            "tensor": CHECKSUM_TENSOR,
+            "covers": [*names, STATS_TENSOR, RECIPE_ROW],
+        },
+    }
+    return recipe, stored
+
+
+def spec_from_entry(entry: dict[str, Any]) -> QuantSpec:
+    """The engine spec a recipe entry was quantized with."""
+    return QuantSpec(
+        bits=entry["bits"],
+        scheme=entry["scheme"],
+        granularity=entry["granularity"],
+        axis=entry["axis"] or 0,
+        group_size=entry["group_size"] or QuantSpec.group_size,
+        range_method=entry["range"],
+        scale_dtype=entry["scale_dtype"],
+    )
+
+
+def recipe_json(recipe: dict[str, Any]) -> str:
+    return json.dumps(recipe, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """A little-endian, C-ordered byte view of ``array`` (a copy only when it must be)."""
+    a = np.ascontiguousarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a.reshape(-1).view(np.uint8)
+
+
+class ArtifactWriter:
+    """Streams an artifact: header first, then each stored tensor as soon as it is ready."""
+
+    def __init__(self, path: Path, recipe: dict[str, Any], stored: list[TensorInfo]) -> None:
+        self._recipe_text = recipe_json(recipe)
+        self._stored = stored
+        checksum = TensorInfo(CHECKSUM_TENSOR, (len(stored) + 1, 32), "uint8")
+        header = encode_header([*stored, checksum], {METADATA_KEY: self._recipe_text})
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
+        self._file.write(header)
+        self._next = 0
+        self._digests: list[bytes] = []
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Append the next stored tensor; it must be the one the recipe expects next."""
+        info = self._stored[self._next]
+        if name != info.name or tuple(array.shape) != info.shape or str(array.dtype) != info.dtype:
+            raise AssertionError(
+                f"artifact writer expected {info}, got {name} {array.shape} {array.dtype}"
+            )
+        data = _as_bytes(array)
+        self._file.write(memoryview(data))
+        self._digests.append(hashlib.sha256(memoryview(data)).digest())
+        self._next += 1
+
+    def finish(self, stats: np.ndarray) -> None:
+        """Write the stats and checksums, then flush to disk."""
+        self.write(STATS_TENSOR, np.asarray(stats, dtype=np.float64))
+        if self._next != len(self._stored):
+            raise AssertionError("artifact writer finished before every tensor was written")
+        digests = [*self._digests, hashlib.sha256(self._recipe_text.encode()).digest()]
+        self._file.write(b"".join(digests))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Artifact:
+    """An artifact opened for reading; every tensor read through it is checked by SHA-256."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._reader = SafetensorsReader(self.path)
+        try:
+            self._open()
+        except BaseException:
+            self._reader.close()
+            raise
+
+    def _open(self) -> None:
+        header_meta = self._reader.metadata().get("__metadata__") or {}
+        text = header_meta.get(METADATA_KEY)
+        if text is None:
+            raise InputError(
+                f"{self.path}: a safetensors file but not a qcompress artifact "
+                "(no 'qcompress' entry in its metadata)"
+            )
+        try:
+            recipe = json.loads(text)
+            version = recipe["format_version"]
+            covers = recipe["integrity"]["covers"]
+            entries = recipe["tensors"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise FormatError(f"{self.path}: corrupt qcompress recipe ({e})") from None
+        if version != FORMAT_VERSION:
+            raise FormatError(
+                f"{self.path}: artifact format version {version} is not supported by qcompress "
+                f"{__version__} (expects {FORMAT_VERSION}); upgrade qcompress"
+            )
+        self.recipe: dict[str, Any] = recipe
+        self.recipe_text: str = text
+        self.entries: list[dict[str, Any]] = entries
+        self._row = {name: i for i, name in enumerate(covers)}
+        self._infos = {i.name: i for i in self._reader.tensor_infos()}
+        self._check_structure()
+        digests = self._reader.read(CHECKSUM_TENSOR)
+        self._digests = [bytes(digests[i]) for i in range(digests.shape[0])]
+
+    def _check_structure(self) -> None:
+        """Every stored tensor the recipe names exists with the dtype and shape it implies."""
+        plans = []
+        try:
+            for e in self.entries:
+                info = TensorInfo(e["name"], tuple(e["shape"]), e["dtype"])
+                spec = spec_from_entry(e) if e["action"] == QUANTIZED else None
+                plans.append(TensorPlan(info, e["action"], e["reason"], spec))
+            expected_recipe, expected = build_recipe(plans, self.recipe["source"])
+        except (KeyError, TypeError, ValueError, AssertionError, InputError) as err:
+            raise FormatError(f"{self.path}: corrupt qcompress recipe ({err})") from None
+        if expected_recipe["tensors"] != self.entries:
+            raise FormatError(f"{self.path}: recipe entries are inconsistent; the file was altered")
+        n_stored = len(expected)
+        expected.append(TensorInfo(CHECKSUM_TENSOR, (n_stored + 1, 32), "uint8"))
+        for info in expected:
+            actual = self._infos.get(info.name)
+            if actual is None:
+                raise FormatError(f"{self.path}: stored tensor {info.name!r} is missing")
+            if actual.shape != info.shape or actual.dtype != info.dtype:
+                raise FormatError(
+                    f"{self.path}: stored tensor {info.name!r} is {actual.dtype} "
+                    f"{list(actual.shape)}, the recipe needs {info.dtype} {list(info.shape)}"
+                )
+        if len(self._infos) != len(expected):
+            raise FormatError(f"{self.path}: holds tensors the recipe does not name")
+        if list(self._row) != [i.name for i in expected[:-1]] + [RECIPE_ROW]:
+            raise FormatError(f"{self.path}: integrity list does not match the stored tensors")
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> Artifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _checked(self, name: str) -> np.ndarray:
+        array = self._reader.read(name)
+        if hashlib.sha256(memoryview(_as_bytes(array))).digest() != self._digests[self._row[name]]:
+            raise FormatError(
+                f"{self.path}: checksum mismatch in stored tensor {name!r}; the artifact is corrupt"
+            )
+        return array
+
+    def stored_bytes(self, entry: dict[str, Any]) -> int:
+        """Bytes the artifact spends on one original tensor."""
+        names = [
+            entry.get("codes"),
+            entry.get("scale"),
+            entry.get("zero_point"),
+            entry.get("stored"),
+        ]
+        total = 0
+        for n in names:
+            if n is not None:
+                info = self._infos[n]
+                total += info.size * np.dtype(_numpy_dtype(info.dtype)).itemsize
+        return total
+
+    def stats(self) -> np.ndarray:
+        """(n_tensors, 3) MSE, max abs error and SQNR dB of every original tensor."""
+        return np.asarray(self._checked(STATS_TENSOR), dtype=np.float64)
+
+    def quantized(self, entry: dict[str, Any]) -> QuantizedTensor:
+        """A quantized tensor's codes and parameters, checksums verified, codes unpacked."""
+        spec = spec_from_entry(entry)
+        rows, cols = entry["rows"], entry["cols"]
+        codes = self._checked(entry["codes"])
+        if entry["packing"] != "none":
+            codes = unpack_codes(codes, spec.bits, rows * cols, spec.scheme == "symmetric")
+        codes = codes.reshape(rows, cols)
+        scale = self._checked(entry["scale"])
+        zero = self._checked(entry["zero_point"]) if entry["zero_point"] else None
+        unknown = np.full(scale.shape, np.nan, np.float32)  # clip range is a report-only field
+        return QuantizedTensor(codes, scale, zero, unknown, unknown, spec, tuple(entry["shape"]))
+
+    def stored_tensor(self, entry: dict[str, Any]) -> np.ndarray:
+        """A kept or passed-through tensor exactly as it was, checksum verified."""
+        return self._checked(entry["stored"])
+
+    def verify(self) -> list[str]:
+        """Names of every stored tensor (or the recipe) whose checksum does not match."""
+        bad = []
+        for name, row in self._row.items():
+            if name == RECIPE_ROW:
+                actual = hashlib.sha256(self.recipe_text.encode()).digest()
+            else:
+                actual = hashlib.sha256(memoryview(_as_bytes(self._reader.read(name)))).digest()
+            if actual != self._digests[row]:
+                bad.append(name)
+        return bad
+
+
+def _numpy_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def is_artifact(reader_metadata: dict[str, Any]) -> bool:
+    """Whether a safetensors reader's metadata marks the file as a qcompress artifact."""
+    return METADATA_KEY in (reader_metadata.get("__metadata__") or {})

@@ -1,0 +1,345 @@
+"""The ``qcompress`` command: parse options, call one :mod:`qcompress.api` function, render.
+
+Results go to stdout (exactly one JSON document with ``--json``); people-facing summaries go to
+stderr. Errors are converted once, in :func:`main`, to a one-line message and an exit code.
+Heavy modules (numpy, h5py, rich) are imported inside the commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qcompress import __version__
+from qcompress.engine.spec import BITS, GRANULARITIES, RANGE_METHODS, SCALE_DTYPES, SCHEMES
+
+EXIT_CODES_HELP = """\b
+Exit status:
+  0  success
+  1  a quality gate failed (verify, compare)
+  2  usage error or bad input (unreadable, corrupt, unsupported, NaN/Inf)"""
+
+MIN_ELEMENTS_DEFAULT = 1024
+
+
+class _Failure(click.ClickException):
+    """A QCompressError as click shows it: ``Error: message`` on stderr, the error's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _Group(click.Group):
+    """Converts every error a user can cause, once, into a one-line message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from qcompress.atomic import Terminated
+        from qcompress.errors import QCompressError
+
+        try:
+            return super().invoke(ctx)
+        except QCompressError as e:
+            raise _Failure(str(e), e.exit_code) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            raise _Failure(f"{where}{e.strerror or e}", 2) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was written.", err=True)
+            raise click.exceptions.Exit(130) from None
+        except Terminated:
+            raise click.exceptions.Exit(143) from None
+
+
+@click.group(
+    cls=_Group, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.version_option(__version__, prog_name="qcompress")
+def cli() -> None:
+    """Shrink neural-network weight files by integer quantization and report what it cost.
+
+    Reads .npz, Keras .h5 and .safetensors files (detected by content) and writes one safetensors
+    artifact plus a JSON report of every tensor's scales, ranges and error.
+    """
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _echo_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, allow_nan=False))
+
+
+def _fmt_sqnr(value: float | None) -> str:
+    return "exact" if value is None else f"{value:.1f}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Artifact path [default: INPUT with .qc.safetensors].",
+)
+@click.option(
+    "--bits",
+    type=click.Choice([str(b) for b in BITS]),
+    default="8",
+    show_default=True,
+    help="Bits per code.",
+)
+@click.option(
+    "--scheme",
+    type=click.Choice(SCHEMES),
+    help="symmetric (zero-point 0) or affine (scale and zero-point) [default: symmetric].",
+)
+@click.option(
+    "--granularity",
+    type=click.Choice(GRANULARITIES),
+    help="One scale per tensor, output channel or group [default: channel at 8 bits, group below].",
+)
+@click.option(
+    "--group-size", type=int, help="Elements per group along the input dimension [default: 64]."
+)
+@click.option(
+    "--axis",
+    type=int,
+    help="Output-channel axis [default: 0 for npz/safetensors; last for h5, 2 for depthwise].",
+)
+@click.option(
+    "--range",
+    "range_method",
+    type=click.Choice(RANGE_METHODS),
+    help="How the clipping range is chosen [default: minmax at 8 bits, mse below].",
+)
+@click.option(
+    "--scale-dtype",
+    type=click.Choice(SCALE_DTYPES),
+    default="float32",
+    show_default=True,
+    help="Dtype of stored scales and zero-points.",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="GLOB",
+    help="Keep tensors whose name matches GLOB in float (repeatable).",
+)
+@click.option(
+    "--min-elements",
+    type=int,
+    default=MIN_ELEMENTS_DEFAULT,
+    show_default=True,
+    help="Tensors with fewer elements stay in float.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(path_type=Path),
+    help="Report path [default: artifact path with .json].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print no summary on stderr.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+def quantize(
+    input_path: Path,
+    output: Path | None,
+    bits: str,
+    scheme: str | None,
+    granularity: str | None,
+    group_size: int | None,
+    axis: int | None,
+    range_method: str | None,
+    scale_dtype: str,
+    keep: tuple[str, ...],
+    min_elements: int,
+    report_path: Path | None,
+    as_json: bool,
+    quiet: bool,
+    force: bool,
+) -> None:
+    """Quantize INPUT (a .npz, .h5 or .safetensors file) into an artifact and a JSON report."""
+    from qcompress import api
+
+    options = api.QuantizeOptions(
+        bits=int(bits),
+        scheme=scheme,
+        granularity=granularity,
+        group_size=group_size,
+        axis=axis,
+        range_method=range_method,
+        scale_dtype=scale_dtype,
+        keep=keep,
+        min_elements=min_elements,
+    )
+    result = api.quantize_file(input_path, options, output=output, report=report_path, force=force)
+    if as_json:
+        _echo_json(result.report)
+    if not quiet:
+        _render_quantize_summary(result)
+
+
+def _render_quantize_summary(result: Any) -> None:
+    from rich.table import Table
+
+    report = result.report
+    table = Table(title=f"{report['input']['path']} -> {result.artifact}", title_justify="left")
+    for column in ("tensor", "shape", "action", "bits", "granularity", "SQNR dB", "bytes"):
+        table.add_column(
+            column, justify="right" if column in ("bits", "SQNR dB", "bytes") else "left"
+        )
+    for t in report["tensors"]:
+        table.add_row(
+            t["name"],
+            "x".join(map(str, t["shape"])) or "scalar",
+            t["action"],
+            str(t["bits"] or "-"),
+            t["granularity"] or "-",
+            _fmt_sqnr(t["sqnr_db"]) if t["action"] == "quantized" else "-",
+            f"{_fmt_bytes(t['original_bytes'])} -> {_fmt_bytes(t['stored_bytes'])}",
+        )
+    console = _stderr_console()
+    console.print(table)
+    totals = report["totals"]
+    bpw = totals["bits_per_weight"]
+    console.print(
+        f"{_fmt_bytes(totals['original_bytes'])} -> {_fmt_bytes(totals['artifact_bytes'])} "
+        f"({totals['compression_ratio']:.2f}x), "
+        f"{totals['quantized_tensors']}/{totals['tensors']} tensors quantized"
+        + (f" at {bpw:.2f} bits/weight" if bpw else "")
+        + f", overall SQNR {_fmt_sqnr(totals['overall_sqnr_db'])} dB; report: {result.report_path}",
+        highlight=False,
+    )
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output file: .npz, .h5 or .safetensors.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["original", "float32", "float16"]),
+    default="original",
+    show_default=True,
+    help="Dtype of the rebuilt float tensors.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="Print no summary on stderr.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def dequantize(
+    artifact: Path, output: Path, dtype: str, as_json: bool, quiet: bool, force: bool
+) -> None:
+    """Rebuild a float weight file from ARTIFACT, in the format OUTPUT's suffix names."""
+    from qcompress import api
+
+    result = api.dequantize_file(artifact, output, dtype=dtype, force=force)
+    if as_json:
+        _echo_json(result.as_dict())
+    if not quiet:
+        console = _stderr_console()
+        for note in result.notes:
+            console.print(f"note: {note}", highlight=False)
+        console.print(
+            f"wrote {result.output} ({result.format}, {result.tensors} tensors, "
+            f"{_fmt_bytes(result.bytes)})",
+            highlight=False,
+        )
+
+
+@cli.command()
+@click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--tensor", "tensor_name", metavar="NAME", help="Show only this tensor.")
+def inspect(path: Path, as_json: bool, tensor_name: str | None) -> None:
+    """List the tensors of FILE: any weight file, or an artifact (with bits and error)."""
+    from qcompress import api
+    from qcompress.errors import UsageError
+
+    result = api.inspect(path)
+    if tensor_name is not None:
+        result["tensors"] = [t for t in result["tensors"] if t["name"] == tensor_name]
+        if not result["tensors"]:
+            raise UsageError(f"{path}: has no tensor named {tensor_name!r}")
+    if as_json:
+        _echo_json(result)
+    else:
+        _render_inspect(result)
+
+
+def _render_inspect(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    artifact = result["kind"] == "artifact"
+    title = f"{result['path']} ({result['format']}"
+    title += (
+        f" artifact from {result['source_format']})"
+        if artifact
+        else f", {result['layout']} layout)"
+    )
+    table = Table(title=title, title_justify="left")
+    columns = ["tensor", "shape", "dtype", "parameters", "bytes"]
+    if artifact:
+        columns += ["stored", "bits", "scheme", "granularity", "SQNR dB"]
+    for column in columns:
+        table.add_column(
+            column,
+            justify="right"
+            if column in ("parameters", "bytes", "stored", "bits", "SQNR dB")
+            else "left",
+        )
+    for t in result["tensors"]:
+        row = [
+            t["name"],
+            "x".join(map(str, t["shape"])) or "scalar",
+            t["dtype"],
+            f"{t['parameters']:,}",
+            _fmt_bytes(t["bytes"]),
+        ]
+        if artifact:
+            quantized = t["action"] == "quantized"
+            row += [
+                _fmt_bytes(t["stored_bytes"]),
+                str(t["bits"]) if quantized else t["action"],
+                t["scheme"] or "-",
+                t["granularity"] or "-",
+                _fmt_sqnr(t["sqnr_db"]) if quantized else "-",
+            ]
+        table.add_row(*row)
+    console = _stdout_console()
+    console.print(table)
+    summary = (
+        f"{len(result['tensors'])} tensors, {result['parameters']:,} parameters, "
+        f"file {_fmt_bytes(result['file_bytes'])}"
+    )
+    if artifact and result["bits_per_weight"]:
+        summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
+    console.print(summary, highlight=False)
+
+
+main = cli  # the console-script entry point

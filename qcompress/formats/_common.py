@@ -1,0 +1,89 @@
+"""Helpers shared by the format modules: dtype names, array checks, atomic output files.
+
+Kept private: the public surface is ``qcompress.formats`` and the per-format modules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
+import numpy as np
+
+from qcompress.formats.base import TensorInfo
+
+
+def one_line(text: object) -> str:
+    """Collapse an exception's text (HDF5 and zipfile messages span lines) into one line."""
+    return " ".join(str(text).split())
+
+
+def dtype_name(dt: np.dtype) -> str:
+    """The name a ``TensorInfo`` carries: ``dt.name`` ("float32", "bfloat16"), or ``dt.str``
+    ("|S10", "<U3") for fixed-length strings, whose ``name`` ("bytes80") does not parse back."""
+    if dt.kind in "SU":
+        return dt.str
+    return dt.name
+
+
+def to_dtype(name: str) -> np.dtype:
+    """Inverse of ``dtype_name``, always in native byte order."""
+    dt = np.dtype(name)
+    return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
+
+
+def check_array(info: TensorInfo, array: np.ndarray) -> np.ndarray:
+    """Return ``array`` as a C-contiguous array, or raise ValueError when it does not match
+    ``info``. A mismatch means the caller paired the wrong array with an info: a programming
+    error, not a user error, so it is not a QCompressError."""
+    array = np.asarray(array)
+    if tuple(array.shape) != tuple(info.shape):
+        raise ValueError(
+            f"tensor {info.name!r}: array shape {array.shape} does not match info {info.shape}"
+        )
+    if dtype_name(array.dtype) != info.dtype and array.dtype != to_dtype(info.dtype):
+        raise ValueError(
+            f"tensor {info.name!r}: array dtype {array.dtype} does not match info {info.dtype}"
+        )
+    if array.dtype.byteorder not in "=|":
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(array)
+
+
+def _temp_beside(path: Path) -> Path:
+    """A fresh name in ``path``'s folder, created with ``open(..., "xb")`` so it gets the
+    user's umask (``mkstemp`` would make the final file private to the owner)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            open(tmp, "xb").close()
+        except FileExistsError:
+            continue
+        return tmp
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` and move it into place only when the body
+    succeeds, so a failed or interrupted write never leaves a half-written weight file."""
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[IO[bytes]]:
+    """``atomic_path`` opened as a binary file handle."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        yield fh

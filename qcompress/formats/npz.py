@@ -1,0 +1,165 @@
+"""npz: a zip of ``.npy`` members, as written by ``np.savez`` / ``np.savez_compressed``.
+
+Layout is assumed PyTorch-style ``[out, in, ...]``: npz carries no framework information, and
+most npz checkpoints are exported from PyTorch state dicts.
+
+The reader lists names, shapes and dtypes from each member's ``.npy`` header without reading
+its data, reads one member per ``read``, and never unpickles: members holding Python objects
+are refused when the file is opened. The writer is deterministic (fixed timestamps, stored
+members, fixed permissions), so the same tensors give the same bytes.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from qcompress.errors import FormatError, InputError, UsageError
+from qcompress.formats._common import atomic_output, check_array, dtype_name, one_line
+from qcompress.formats.base import TensorInfo, WeightReader
+
+# dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
+# fixed-length bytes/str. Objects need pickle; ml_dtypes types (bfloat16) are saved as opaque
+# void ("<V2") and would come back as raw bytes.
+_NPZ_KINDS = "biufcSU"
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_ZIP64_LIMIT = 1 << 31  # below zipfile's own 2 GiB cut-off, leaving room for the .npy header
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError)
+
+
+class NpzReader(WeightReader):
+    """An ``.npz`` file opened lazily: one zip member read per ``read``."""
+
+    format = "npz"
+    layout = "pytorch"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            self._zip = zipfile.ZipFile(self.path)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+        except _ZIP_ERRORS as exc:
+            raise FormatError(f"{self.path}: corrupt npz (zip) file: {one_line(exc)}") from exc
+        try:
+            self._infos, self._members = self._index()
+        except BaseException:
+            self._zip.close()
+            raise
+
+    def _index(self) -> tuple[list[TensorInfo], dict[str, zipfile.ZipInfo]]:
+        infos: list[TensorInfo] = []
+        members: dict[str, zipfile.ZipInfo] = {}
+        entries = self._zip.infolist()
+        names = {e.filename for e in entries}
+        for entry in entries:
+            if entry.is_dir():
+                continue
+            if not entry.filename.endswith(".npy"):
+                hint = (
+                    " (this is a Keras .keras archive: extract model.weights.h5 and pass that)"
+                    if "model.weights.h5" in names
+                    else ""
+                )
+                raise FormatError(
+                    f"{self.path}: zip member {entry.filename!r} is not a .npy array{hint}"
+                )
+            name = entry.filename[: -len(".npy")]
+            if name in members:
+                raise FormatError(f"{self.path}: zip member {entry.filename!r} appears twice")
+            try:
+                with self._zip.open(entry) as fh:
+                    shape, dtype = _read_npy_header(fh)
+            except _ZIP_ERRORS as exc:
+                raise FormatError(
+                    f"{self.path}: corrupt npz member {entry.filename!r}: {one_line(exc)}"
+                ) from exc
+            if dtype.hasobject:
+                raise FormatError(
+                    f"{self.path}: tensor {name!r} holds pickled Python objects; "
+                    "qcompress never unpickles (re-save it as a numeric array)"
+                )
+            if dtype.kind not in _NPZ_KINDS or dtype.fields is not None:
+                raise FormatError(
+                    f"{self.path}: tensor {name!r} has dtype {dtype.str}, which qcompress "
+                    "does not support in npz (numeric, bool or fixed-length strings only)"
+                )
+            infos.append(TensorInfo(name, shape, dtype_name(dtype)))
+            members[name] = entry
+        return infos, members
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        """Tensors in zip member order."""
+        return list(self._infos)
+
+    def read(self, name: str) -> np.ndarray:
+        """Read and decompress one member; a bad CRC or short member is a FormatError."""
+        if name not in self._members:
+            raise InputError(f"{self.path}: no tensor named {name!r}")
+        try:
+            with self._zip.open(self._members[name]) as fh:
+                array = np.lib.format.read_array(fh, allow_pickle=False)
+                if fh.read(1):
+                    raise ValueError("member has bytes after the array data")
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+        except _ZIP_ERRORS as exc:
+            raise FormatError(
+                f"{self.path}: corrupt npz member for tensor {name!r}: {one_line(exc)}"
+            ) from exc
+        if array.dtype.byteorder not in "=|":
+            array = array.astype(array.dtype.newbyteorder("="))
+        return array
+
+    def metadata(self) -> dict[str, Any]:
+        return {"format": "npz"}
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+def _read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a ``.npy`` header. ``read_array_header_*`` parse the header dict
+    with ``ast.literal_eval`` (no code runs) and do not touch the data."""
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        shape, _fortran, dtype = np.lib.format._read_array_header(fh, version)
+    return tuple(int(d) for d in shape), dtype
+
+
+def write_npz(
+    path: Path, infos: Sequence[TensorInfo], arrays: Iterable[np.ndarray], metadata: Any = None
+) -> None:
+    """Write an uncompressed ``.npz`` (what ``np.savez`` makes), one member per tensor named
+    ``name + ".npy"``, streaming each array into its member. ``metadata`` is ignored: npz has
+    nowhere to keep it. Tensors npz cannot hold portably (bfloat16, float8) are a UsageError."""
+    for info in infos:
+        kind = np.dtype(info.dtype).kind
+        if kind not in _NPZ_KINDS or info.dtype.startswith(("bfloat", "float8")):
+            raise UsageError(
+                f"{path}: npz cannot store tensor {info.name!r} of dtype {info.dtype}; "
+                "write .safetensors instead, or convert it (e.g. --dtype float32)"
+            )
+    if len({i.name for i in infos}) != len(infos):
+        raise ValueError("duplicate tensor names")
+    with (
+        atomic_output(Path(path)) as fh,
+        zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
+    ):
+        for info, array in zip(infos, arrays, strict=True):
+            array = check_array(info, array)
+            member = zipfile.ZipInfo(info.name + ".npy", date_time=_ZIP_DATE)
+            member.compress_type = zipfile.ZIP_STORED
+            member.external_attr = 0o644 << 16
+            member.create_system = 3  # unix, whatever the host, for identical bytes
+            with zf.open(member, "w", force_zip64=array.nbytes >= _ZIP64_LIMIT) as out:
+                np.lib.format.write_array(out, array, allow_pickle=False)

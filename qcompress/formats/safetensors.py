@@ -1,0 +1,321 @@
+"""safetensors: our own reader and writer.
+
+The format (https://github.com/huggingface/safetensors): an 8-byte little-endian header length
+N, N bytes of UTF-8 JSON, then the data section. The JSON object maps each tensor name to
+``{"dtype": CODE, "shape": [...], "data_offsets": [begin, end]}`` (offsets relative to the data
+section) and may hold ``"__metadata__"``: a str -> str object. Data is little-endian and
+row-major; tensors must cover the data section exactly, without holes or overlaps.
+
+Why not the ``safetensors`` package: its writer needs every tensor in memory at once, and its
+numpy loader cannot produce bfloat16. This reader memory-maps the file and hands out one
+read-only view per tensor; the writer streams one tensor at a time. Tests check both against
+the package in each direction.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompress.errors import FormatError, InputError, UsageError
+from qcompress.formats._common import atomic_output, check_array, one_line, to_dtype
+from qcompress.formats.base import TensorInfo, WeightReader
+
+# numpy dtype name -> safetensors dtype code. The single source of truth for what can be stored.
+DTYPE_CODES: dict[str, str] = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint64": "U64",
+    "uint32": "U32",
+    "uint16": "U16",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+# safetensors dtype code -> numpy dtype name.
+CODE_DTYPES: dict[str, str] = {code: name for name, code in DTYPE_CODES.items()}
+
+# The reference implementation refuses headers above 100 MB; so do we, before reading them.
+MAX_HEADER_BYTES = 100_000_000
+_LEN = struct.Struct("<Q")
+
+
+def tensor_nbytes(info: TensorInfo) -> int:
+    """Bytes ``info``'s tensor occupies in the data section (itemsize × elements)."""
+    return to_dtype(info.dtype).itemsize * info.size
+
+
+def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The 8-byte length and the JSON header for ``infos`` laid out contiguously in the given
+    order, ``__metadata__`` first. Padded with spaces to a multiple of 8 so every tensor whose
+    offset is a multiple of its itemsize lands aligned. Deterministic: compact separators,
+    metadata keys sorted, no timestamps. Raises ValueError for duplicate names, and
+    UsageError for a dtype safetensors cannot hold."""
+    parts: list[str] = []
+    if metadata:
+        for key, value in metadata.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(f"safetensors __metadata__ must map str to str, got {key!r}")
+        parts.append('"__metadata__":' + _dumps(dict(metadata), sort_keys=True))
+    seen: set[str] = set()
+    offset = 0
+    for info in infos:
+        if info.name in seen:
+            raise ValueError(f"duplicate tensor name {info.name!r}")
+        if info.name == "__metadata__":
+            raise ValueError("a tensor cannot be named '__metadata__' in safetensors")
+        seen.add(info.name)
+        code = DTYPE_CODES.get(info.dtype)
+        if code is None:
+            raise UsageError(
+                f"tensor {info.name!r} has dtype {info.dtype}, which safetensors cannot store "
+                f"(supported: {', '.join(DTYPE_CODES)})"
+            )
+        end = offset + tensor_nbytes(info)
+        entry = {"dtype": code, "shape": list(info.shape), "data_offsets": [offset, end]}
+        parts.append(_dumps(info.name) + ":" + _dumps(entry))
+        offset = end
+    header = ("{" + ",".join(parts) + "}").encode("utf-8")
+    header += b" " * (-len(header) % 8)
+    return _LEN.pack(len(header)) + header
+
+
+def write_safetensors(
+    path: Path,
+    infos: Sequence[TensorInfo],
+    arrays: Iterable[np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Write the header, then stream each array's bytes (C order, little-endian), one array at
+    a time. An array that does not match its info is a programming error (ValueError)."""
+    header = encode_header(infos, metadata)
+    with atomic_output(Path(path)) as fh:
+        fh.write(header)
+        for info, array in zip(infos, arrays, strict=True):
+            array = check_array(info, array).astype(_file_dtype(info.dtype), copy=False)
+            if array.size:
+                fh.write(memoryview(array.reshape(-1).view(np.uint8)))
+
+
+def _dumps(value: Any, sort_keys: bool = False) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise _DuplicateKey(dup)
+    return dict(pairs)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class SafetensorsReader(WeightReader):
+    """A safetensors file, memory-mapped; ``read`` returns a read-only view into the map."""
+
+    format = "safetensors"
+    layout = "pytorch"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._map: mmap.mmap | None = None
+        try:
+            with open(self.path, "rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(0)
+                prefix = fh.read(8)
+                if len(prefix) < 8:
+                    raise self._corrupt(
+                        f"file is {size} bytes, too short for the 8-byte header length"
+                    )
+                (header_len,) = _LEN.unpack(prefix)
+                if header_len > size - 8:
+                    raise self._corrupt(
+                        f"header length {header_len} is larger than the file "
+                        f"({size} bytes; truncated?)"
+                    )
+                if header_len > MAX_HEADER_BYTES:
+                    raise self._corrupt(
+                        f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+                    )
+                raw = fh.read(header_len)
+                self._data_start = 8 + header_len
+                data_len = size - self._data_start
+                self._infos, self._offsets, self._meta = self._parse(raw, data_len)
+                if size:
+                    self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+
+    def _corrupt(self, what: str) -> FormatError:
+        return FormatError(f"{self.path}: corrupt safetensors header: {what}")
+
+    def _parse(
+        self, raw: bytes, data_len: int
+    ) -> tuple[list[TensorInfo], dict[str, tuple[TensorInfo, int, int]], dict[str, str]]:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self._corrupt(f"header is not UTF-8 (byte {8 + exc.start})") from None
+        try:
+            header = json.loads(text, object_pairs_hook=_reject_duplicates)
+        except _DuplicateKey as exc:
+            raise self._corrupt(f"key {exc.args[0]!r} appears twice") from None
+        except RecursionError:
+            raise self._corrupt("JSON is nested too deeply") from None
+        except ValueError as exc:
+            raise self._corrupt(f"invalid JSON ({one_line(exc)})") from None
+        if not isinstance(header, dict):
+            raise self._corrupt(f"expected a JSON object, got {type(header).__name__}")
+
+        meta: dict[str, str] = {}
+        entries: list[tuple[int, int, int, TensorInfo]] = []
+        for index, (name, entry) in enumerate(header.items()):
+            if name == "__metadata__":
+                meta = self._parse_metadata(entry)
+                continue
+            info, begin, end = self._parse_entry(name, entry)
+            if end > data_len:
+                raise self._corrupt(
+                    f"tensor {name!r} data ends at byte {end} but the file has "
+                    f"{data_len} data bytes"
+                )
+            entries.append((begin, end, index, info))
+
+        entries.sort(key=lambda e: (e[0], e[1], e[2]))
+        position = 0
+        previous = None
+        for begin, end, _, info in entries:
+            if begin < position:
+                assert previous is not None
+                raise self._corrupt(
+                    f"tensors {previous.name!r} and {info.name!r} overlap "
+                    f"(bytes {begin}..{position} belong to both)"
+                )
+            if begin > position:
+                raise self._corrupt(
+                    f"bytes {position}..{begin} of the data section belong to no tensor "
+                    f"(hole before tensor {info.name!r})"
+                )
+            position = end
+            previous = info
+        if position != data_len:
+            raise self._corrupt(
+                f"the data section has {data_len} bytes but the tensors cover only {position}"
+            )
+        infos = [e[3] for e in entries]
+        offsets = {e[3].name: (e[3], e[0], e[1]) for e in entries}
+        return infos, offsets, meta
+
+    def _parse_metadata(self, entry: Any) -> dict[str, str]:
+        if not isinstance(entry, dict):
+            raise self._corrupt("__metadata__ must be an object of strings")
+        for key, value in entry.items():
+            if not isinstance(value, str):
+                raise self._corrupt(
+                    f"__metadata__ value for {key!r} must be a string, "
+                    f"got {type(value).__name__}"
+                )
+        return dict(entry)
+
+    def _parse_entry(self, name: str, entry: Any) -> tuple[TensorInfo, int, int]:
+        if not isinstance(entry, dict):
+            raise self._corrupt(f"tensor {name!r} must be an object, got {type(entry).__name__}")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+        if missing:
+            raise self._corrupt(f"tensor {name!r} lacks {', '.join(missing)}")
+        code = entry["dtype"]
+        if not isinstance(code, str) or code not in CODE_DTYPES:
+            raise self._corrupt(
+                f"tensor {name!r} has unknown dtype {code!r} "
+                f"(supported: {', '.join(CODE_DTYPES)})"
+            )
+        shape = entry["shape"]
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise self._corrupt(
+                f"tensor {name!r} shape must be a list of non-negative integers, got {shape!r}"
+            )
+        offsets = entry["data_offsets"]
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_count(o) for o in offsets)
+            or offsets[0] > offsets[1]
+        ):
+            raise self._corrupt(
+                f"tensor {name!r} data_offsets must be [begin, end] with "
+                f"0 <= begin <= end, got {offsets!r}"
+            )
+        info = TensorInfo(name, tuple(shape), CODE_DTYPES[code])
+        begin, end = offsets
+        need = tensor_nbytes(info)
+        if end - begin != need:
+            raise self._corrupt(
+                f"tensor {name!r} has {end - begin} data bytes but {code} {shape} "
+                f"needs {need}"
+            )
+        return info, begin, end
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        """Tensors in data-section order (the order they were written in)."""
+        return list(self._infos)
+
+    def read(self, name: str) -> np.ndarray:
+        """A read-only view into the memory map; copy it to keep it past ``close``."""
+        if name not in self._offsets:
+            raise InputError(f"{self.path}: no tensor named {name!r}")
+        info, begin, end = self._offsets[name]
+        dtype = _file_dtype(info.dtype)
+        if begin == end:
+            return np.empty(info.shape, dtype=dtype)
+        if self._map is None:
+            raise InputError(f"{self.path}: reader is closed")
+        flat = np.frombuffer(
+            self._map, dtype=dtype, count=info.size, offset=self._data_start + begin
+        )
+        return flat.reshape(info.shape)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"format": "safetensors", "__metadata__": dict(self._meta)}
+
+    def close(self) -> None:
+        """Unmap the file unless views are still alive; then the map closes when they go."""
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass
+            self._map = None
+
+
+def _file_dtype(name: str) -> np.dtype:
+    """The dtype of the bytes on disk: little-endian for numpy's own types. ml_dtypes types
+    (bfloat16, float8) have no byte-order variants and are taken as native, which is
+    little-endian on every platform qcompress supports."""
+    dt = to_dtype(name)
+    return dt.newbyteorder("<") if name in _NUMPY_MULTIBYTE else dt
+
+
+_NUMPY_MULTIBYTE = frozenset(
+    ["float64", "float32", "float16", "int64", "int32", "int16", "uint64", "uint32", "uint16"]
+)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

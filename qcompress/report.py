@@ -1,0 +1,160 @@
+"""The JSON report: what was done to every tensor and what it cost, checked by a shipped schema.
+
+Numbers that JSON cannot hold are mapped, never dropped: an exact reconstruction's infinite SQNR
+is ``null``. Long per-channel or per-group parameter lists are summarised, with the name of the
+artifact tensor that holds them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompress import __version__
+from qcompress.engine.spec import ErrorStats, QuantizedTensor
+
+LIST_LIMIT = 64  # parameter lists longer than this are summarised in the report
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: an exact reconstruction reports its SQNR as null."""
+    return None if not math.isfinite(value) else float(value)
+
+
+def _values(array: np.ndarray, stored_as: str) -> list[float] | dict[str, Any]:
+    flat = np.asarray(array, dtype=np.float64).reshape(-1)
+    if flat.size <= LIST_LIMIT:
+        return [float(v) for v in flat]
+    return {
+        "count": int(flat.size),
+        "min": float(flat.min()),
+        "max": float(flat.max()),
+        "mean": float(flat.mean()),
+        "stored_as": stored_as,
+    }
+
+
+def error_fields(stats: ErrorStats) -> dict[str, Any]:
+    return {
+        "mse": float(stats.mse),
+        "max_abs_error": float(stats.max_abs_error),
+        "sqnr_db": finite_or_none(stats.sqnr_db),
+    }
+
+
+def tensor_entry(
+    recipe_entry: dict[str, Any],
+    x_min: float | None,
+    x_max: float | None,
+    q: QuantizedTensor | None,
+    stats: ErrorStats,
+    original_bytes: int,
+    stored_bytes: int,
+) -> dict[str, Any]:
+    """One tensor's line in the report."""
+    e = recipe_entry
+    entry: dict[str, Any] = {
+        "name": e["name"],
+        "shape": e["shape"],
+        "dtype": e["dtype"],
+        "action": e["action"],
+        "reason": e["reason"],
+        "bits": None,
+        "scheme": None,
+        "granularity": None,
+        "axis": None,
+        "group_size": None,
+        "range": None,
+        "original_min": x_min,
+        "original_max": x_max,
+        "clip_min": None,
+        "clip_max": None,
+        "scale": None,
+        "zero_point": None,
+        **error_fields(stats),
+        "original_bytes": original_bytes,
+        "stored_bytes": stored_bytes,
+    }
+    if q is not None:
+        entry.update(
+            bits=e["bits"],
+            scheme=e["scheme"],
+            granularity=e["granularity"],
+            axis=e["axis"],
+            group_size=e["group_size"],
+            range=e["range"],
+            clip_min=float(np.min(q.clip_min)) if q.clip_min.size else None,
+            clip_max=float(np.max(q.clip_max)) if q.clip_max.size else None,
+            scale=_values(q.scale, e["scale"]),
+            zero_point=None if q.zero_point is None else _values(q.zero_point, e["zero_point"]),
+        )
+    return entry
+
+
+def totals(entries: list[dict[str, Any]], overall: ErrorStats, artifact_bytes: int) -> dict:
+    """Model-wide numbers; bits per weight come from the bytes actually stored."""
+    params = sum(math.prod(e["shape"]) for e in entries)
+    quantized = [e for e in entries if e["action"] == "quantized"]
+    q_params = sum(math.prod(e["shape"]) for e in quantized)
+    q_bytes = sum(e["stored_bytes"] for e in quantized)
+    original = sum(e["original_bytes"] for e in entries)
+    return {
+        "tensors": len(entries),
+        "quantized_tensors": len(quantized),
+        "parameters": params,
+        "quantized_parameters": q_params,
+        "original_bytes": original,
+        "artifact_bytes": artifact_bytes,
+        "compression_ratio": original / artifact_bytes if artifact_bytes else None,
+        "bits_per_weight": 8 * q_bytes / q_params if q_params else None,
+        "quantized_original_bytes": sum(e["original_bytes"] for e in quantized),
+        "quantized_stored_bytes": q_bytes,
+        **{f"overall_{k}": v for k, v in error_fields(overall).items()},
+    }
+
+
+def build_report(
+    *,
+    input_info: dict[str, Any],
+    artifact_info: dict[str, Any],
+    options: dict[str, Any],
+    entries: list[dict[str, Any]],
+    overall: ErrorStats,
+    elapsed: float,
+) -> dict[str, Any]:
+    return {
+        "tool": "qcompress",
+        "version": __version__,
+        "input": input_info,
+        "artifact": artifact_info,
+        "options": options,
+        "totals": totals(entries, overall, artifact_info["bytes"]),
+        "elapsed_seconds": round(elapsed, 3),
+        "tensors": entries,
+    }
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+
+
+@cache
+def schema() -> dict[str, Any]:
+    """The report's JSON Schema, shipped inside the package."""
+    text = resources.files("qcompress").joinpath("report.schema.json").read_text()
+    return json.loads(text)
