@@ -16,22 +16,39 @@ from typing import Any
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact import STATS_COLUMNS, Artifact, ArtifactWriter, build_recipe, is_artifact
+from qcompress.artifact import (
+    STATS_COLUMNS,
+    STATS_TENSOR,
+    Artifact,
+    ArtifactWriter,
+    build_recipe,
+    is_artifact,
+)
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.gates import Gate, failed_gates
 from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
-from qcompress.report import build_report, dumps, finite_or_none, sha256_file, tensor_entry
+from qcompress.report import (
+    build_report,
+    dumps,
+    error_fields,
+    finite_or_none,
+    sha256_file,
+    tensor_entry,
+)
 
 __all__ = [
     "DequantizeResult",
     "QuantizeOptions",
     "QuantizeResult",
+    "compare",
     "dequantize_file",
     "inspect",
     "quantize_file",
+    "verify",
 ]
 
 OUTPUT_DTYPES = ("original", "float32", "float16")
@@ -345,3 +362,164 @@ def _inspect_artifact(path: Path) -> dict[str, Any]:
             ),
             "tensors": tensors,
         }
+
+
+class _FloatTensors:
+    """Any weight file or artifact as named tensors; artifacts are dequantized on read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reader = open_weights(path)
+        self._artifact: Artifact | None = None
+        self._entries: dict[str, dict[str, Any]] = {}
+        if self._reader.format == "safetensors" and is_artifact(self._reader.metadata()):
+            self._reader.close()
+            self._artifact = Artifact(path)
+            self._entries = {e["name"]: e for e in self._artifact.entries}
+
+    def infos(self) -> list[TensorInfo]:
+        if self._artifact is None:
+            return self._reader.tensor_infos()
+        return [TensorInfo(n, tuple(e["shape"]), e["dtype"]) for n, e in self._entries.items()]
+
+    def read(self, name: str) -> np.ndarray:
+        if self._artifact is None:
+            return self._reader.read(name)
+        entry = self._entries[name]
+        if entry["action"] == QUANTIZED:
+            return engine.dequantize(self._artifact.quantized(entry))
+        return self._artifact.stored_tensor(entry)
+
+    def close(self) -> None:
+        (self._artifact or self._reader).close()
+
+    def __enter__(self) -> _FloatTensors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _errors(reference: np.ndarray, other: np.ndarray) -> dict[str, float | None]:
+    if str(reference.dtype) not in FLOAT_DTYPES or str(other.dtype) not in FLOAT_DTYPES:
+        reference, other = reference.astype(np.float64), other.astype(np.float64)
+    return error_fields(engine.error_stats(reference, other))
+
+
+def verify(
+    artifact_path: str | Path, *, against: str | Path | None = None, gates: list[Gate] | None = None
+) -> dict[str, Any]:
+    """Check an artifact's structure and checksums and, against gates, each tensor's error.
+
+    Without ``against`` the errors are those recorded at quantization; with it they are recomputed
+    from the original file. ``result["passed"]`` is False when a checksum or a gate failed.
+    """
+    artifact_path = Path(artifact_path)
+    gates = gates or []
+    with _open_artifact(artifact_path) as art:
+        bad = set(art.verify())
+        stats = None if STATS_TENSOR in bad else art.stats()
+        original = _FloatTensors(Path(against)) if against is not None else None
+        try:
+            if original is not None:
+                _check_same_tensors(original, artifact_path, [(e["name"], e) for e in art.entries])
+            tensors = []
+            for i, e in enumerate(art.entries):
+                corrupt = sorted(bad & set(_stored_names(e)))
+                if corrupt:
+                    errors: dict[str, float | None] = dict.fromkeys(STATS_COLUMNS)
+                elif original is not None:
+                    rebuilt = (
+                        engine.dequantize(art.quantized(e))
+                        if e["action"] == QUANTIZED
+                        else art.stored_tensor(e)
+                    )
+                    errors = _errors(original.read(e["name"]), rebuilt)
+                elif stats is not None:
+                    errors = dict(zip(STATS_COLUMNS, map(float, stats[i]), strict=True))
+                    errors["sqnr_db"] = finite_or_none(errors["sqnr_db"] or 0.0)
+                else:
+                    errors = dict.fromkeys(STATS_COLUMNS)
+                failed = [f"checksum of {n}" for n in corrupt]
+                if errors["mse"] is not None:
+                    failed += failed_gates(e["name"], errors, gates)
+                tensors.append(
+                    {
+                        "name": e["name"],
+                        "action": e["action"],
+                        "bits": e.get("bits"),
+                        **errors,
+                        "failed": failed,
+                    }
+                )
+        finally:
+            if original is not None:
+                original.close()
+    failures = [t["name"] for t in tensors if t["failed"]]
+    other_bad = sorted(bad - {n for e in art.entries for n in _stored_names(e)})
+    return {
+        "artifact": str(artifact_path),
+        "against": None if against is None else str(against),
+        "passed": not failures and not other_bad,
+        "checksums": {"checked": len(art.entries), "failed": sorted(bad)},
+        "gates": [g.describe() for g in gates],
+        "failures": failures + [f"checksum of {n}" for n in other_bad],
+        "tensors": tensors,
+    }
+
+
+def _stored_names(entry: dict[str, Any]) -> list[str]:
+    keys = ("codes", "scale", "zero_point", "stored")
+    return [entry[k] for k in keys if entry.get(k)]
+
+
+def _check_same_tensors(
+    reference: _FloatTensors, other_path: Path, others: list[tuple[str, Any]]
+) -> dict[str, TensorInfo]:
+    """The reference's infos by name, after checking both sides hold the same names and shapes."""
+    ref = {i.name: i for i in reference.infos()}
+    names = [n for n, _ in others]
+    missing = [n for n in ref if n not in set(names)]
+    extra = [n for n in names if n not in ref]
+    if missing:
+        raise InputError(
+            f"{other_path}: lacks {len(missing)} tensor(s) that {reference.path} has: "
+            + ", ".join(repr(n) for n in missing[:3])
+        )
+    if extra:
+        raise InputError(
+            f"{other_path}: has {len(extra)} tensor(s) that {reference.path} lacks: "
+            + ", ".join(repr(n) for n in extra[:3])
+        )
+    for name, other in others:
+        shape = tuple(other["shape"]) if isinstance(other, dict) else other.shape
+        if tuple(shape) != ref[name].shape:
+            raise InputError(
+                f"{other_path}: tensor {name!r} has shape {list(shape)} but "
+                f"{reference.path} has {list(ref[name].shape)}"
+            )
+    return ref
+
+
+def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> dict[str, Any]:
+    """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
+    a, b = Path(a), Path(b)
+    gates = gates or []
+    with _FloatTensors(a) as ref, _FloatTensors(b) as other:
+        _check_same_tensors(ref, b, [(i.name, i) for i in other.infos()])
+        tensors = []
+        for info in ref.infos():
+            errors = _errors(ref.read(info.name), other.read(info.name))
+            failed = failed_gates(info.name, errors, gates)
+            tensors.append(
+                {"name": info.name, "shape": list(info.shape), **errors, "failed": failed}
+            )
+    failures = [t["name"] for t in tensors if t["failed"]]
+    return {
+        "a": str(a),
+        "b": str(b),
+        "passed": not failures,
+        "gates": [g.describe() for g in gates],
+        "failures": failures,
+        "tensors": tensors,
+    }

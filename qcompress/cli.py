@@ -343,3 +343,100 @@ def _render_inspect(result: dict[str, Any]) -> None:
 
 
 main = cli  # the console-script entry point
+
+
+def _gate_options(command: Any) -> Any:
+    """--min-sqnr, --max-abs-error and --gate, shared by verify and compare."""
+    command = click.option(
+        "--gate",
+        "gate_specs",
+        multiple=True,
+        metavar="GLOB:METRIC:VALUE",
+        help="A gate for tensors matching GLOB; METRIC is min_sqnr, max_abs_error or max_mse "
+        "(repeatable).",
+    )(command)
+    command = click.option(
+        "--max-abs-error", type=float, metavar="E", help="Fail if any tensor's max abs error > E."
+    )(command)
+    command = click.option(
+        "--min-sqnr", type=float, metavar="DB", help="Fail if any tensor's SQNR is below DB."
+    )(command)
+    return command
+
+
+def _render_gate_result(result: dict[str, Any], what: str) -> None:
+    from rich.table import Table
+
+    console = _stderr_console()
+    failing = [t for t in result["tensors"] if t["failed"]]
+    if failing:
+        table = Table(title="failing tensors", title_justify="left")
+        for column in ("tensor", "SQNR dB", "max abs error", "failed"):
+            table.add_column(column)
+        for t in failing:
+            max_abs = "-" if t["max_abs_error"] is None else f"{t['max_abs_error']:.3g}"
+            sqnr = "-" if t["mse"] is None else _fmt_sqnr(t["sqnr_db"])
+            table.add_row(t["name"], sqnr, max_abs, "; ".join(t["failed"]))
+        console.print(table)
+    verdict = "PASSED" if result["passed"] else "FAILED"
+    console.print(
+        f"{verdict}: {what}, {len(result['tensors'])} tensors, {len(failing)} failing",
+        highlight=False,
+    )
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option(
+    "--against", type=click.Path(path_type=Path), help="Recompute every error from this original."
+)
+@_gate_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+def verify(
+    ctx: click.Context,
+    artifact: Path,
+    against: Path | None,
+    min_sqnr: float | None,
+    max_abs_error: float | None,
+    gate_specs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Check ARTIFACT's structure, checksums and (with gates) each tensor's error; exit 1 on failure."""
+    from qcompress import api
+    from qcompress.gates import build_gates
+
+    gates = build_gates(min_sqnr, max_abs_error, gate_specs)
+    result = api.verify(artifact, against=against, gates=gates)
+    if as_json:
+        _echo_json(result)
+    _render_gate_result(result, f"{len(result['checksums']['failed'])} checksum failures")
+    if not result["passed"]:
+        ctx.exit(1)
+
+
+@cli.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@_gate_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+@click.pass_context
+def compare(
+    ctx: click.Context,
+    a: Path,
+    b: Path,
+    min_sqnr: float | None,
+    max_abs_error: float | None,
+    gate_specs: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Per-tensor error of B against A (any formats, artifacts dequantized); exit 1 on failure."""
+    from qcompress import api
+    from qcompress.gates import build_gates
+
+    result = api.compare(a, b, gates=build_gates(min_sqnr, max_abs_error, gate_specs))
+    if as_json:
+        _echo_json(result)
+    _render_gate_result(result, f"{b} against {a}")
+    if not result["passed"]:
+        ctx.exit(1)

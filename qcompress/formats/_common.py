@@ -52,7 +52,8 @@ def check_array(info: TensorInfo, array: np.ndarray) -> np.ndarray:
         )
     if array.dtype.byteorder not in "=|":
         array = array.astype(array.dtype.newbyteorder("="))
-    return np.ascontiguousarray(array)
+    # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def _temp_beside(path: Path) -> Path:

@@ -37,7 +37,7 @@ class WeightReader(ABC):
     """A weight file opened for reading. Use as a context manager."""
 
     format: ClassVar[str]
-    # Which axis holds output channels by convention: "pytorch" [out, in, ...], "keras" [..., in, out].
+    # Where output channels are by convention: "pytorch" [out, in, ...], "keras" [..., in, out].
     layout: ClassVar[Layout]
 
     def __init__(self, path: Path) -> None:
