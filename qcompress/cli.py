@@ -402,7 +402,7 @@ def verify(
     gate_specs: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Check ARTIFACT's structure, checksums and (with gates) each tensor's error; exit 1 on failure."""
+    """Check ARTIFACT: structure, checksums and (with gates) each tensor's error; 1 on failure."""
     from qcompress import api
     from qcompress.gates import build_gates
 
