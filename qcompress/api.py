@@ -8,10 +8,10 @@ can cause are raised as :class:`qcompress.errors.QCompressError` naming the file
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -52,9 +52,14 @@ __all__ = [
 ]
 
 OUTPUT_DTYPES = ("original", "float32", "float16")
-ProgressCallback = Callable[
-    [str, int], None
-]  # (tensor name, its original bytes), after each tensor
+
+
+class Progress(Protocol):
+    """What a caller may pass to follow a long command: told the total, then each tensor done."""
+
+    def start(self, tensors: int, total_bytes: int) -> None: ...
+
+    def advance(self, name: str, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def quantize_file(
     output: str | Path | None = None,
     report: str | Path | None = None,
     force: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> QuantizeResult:
     """Quantize a weight file into an artifact plus a JSON report, and return the report."""
     started = time.perf_counter()
@@ -145,6 +150,8 @@ def quantize_file(
         check_outputs([artifact_path, report_path], [input_path], force)
         source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
         recipe, stored = build_recipe(plans, source)
+        if progress:
+            progress.start(len(plans), sum(nbytes(p.info) for p in plans))
         with atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report):
             with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
                 outcomes = [
@@ -183,7 +190,7 @@ def _quantize_one(
     plan: TensorPlan,
     entry: dict[str, Any],
     writer: ArtifactWriter,
-    progress: ProgressCallback | None,
+    progress: Progress | None,
 ) -> tuple[dict[str, Any], ErrorStats]:
     """Quantize (or copy) one tensor into the artifact; return its report entry and error."""
     name = plan.info.name
@@ -211,7 +218,7 @@ def _quantize_one(
         )
         writer.write(entry["stored"], x)
     if progress:
-        progress(name, nbytes(plan.info))
+        progress.advance(name, nbytes(plan.info))
     report_entry = tensor_entry(entry, x_min, x_max, q, stats, nbytes(plan.info), 0)
     return report_entry, stats
 
@@ -249,7 +256,7 @@ def dequantize_file(
     *,
     dtype: str = "original",
     force: bool = False,
-    progress: ProgressCallback | None = None,
+    progress: Progress | None = None,
 ) -> DequantizeResult:
     """Rebuild a float weight file (npz, h5 or safetensors, by ``output``'s suffix)."""
     if dtype not in OUTPUT_DTYPES:
@@ -275,8 +282,10 @@ def dequantize_file(
                     x = x.astype(_dtype(info.dtype))
                 yield x
                 if progress:
-                    progress(e["name"], nbytes(info))
+                    progress.advance(e["name"], nbytes(info))
 
+        if progress:
+            progress.start(len(infos), sum(nbytes(i) for i in infos))
         with atomic_outputs([output]) as (tmp,):
             write_weights(tmp, fmt, infos, arrays(), art.recipe["source"]["metadata"])
     return DequantizeResult(output, fmt, len(infos), output.stat().st_size, tuple(sorted(notes)))

@@ -7,7 +7,10 @@ Heavy modules (numpy, h5py, rich) are imported inside the commands so ``--help``
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,57 @@ def _stdout_console() -> Any:
     from rich.console import Console
 
     return Console()
+
+
+class _RichProgress:
+    """A progress bar on stderr (tensors, bytes per second, time left) that vanishes when done."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=_stderr_console(),
+            transient=True,
+        )
+        self._task: Any = None
+        self._total = self._done = 0
+
+    def start(self, tensors: int, total_bytes: int) -> None:
+        self._bar.start()
+        self._total = tensors
+        self._task = self._bar.add_task(f"0/{tensors} tensors", total=total_bytes)
+
+    def advance(self, name: str, nbytes: int) -> None:
+        self._done += 1
+        self._bar.update(
+            self._task, advance=nbytes, description=f"{self._done}/{self._total} tensors"
+        )
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A progress bar only where a person watches: stderr is a terminal and output is not JSON."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    bar = _RichProgress()
+    try:
+        yield bar
+    finally:
+        bar.stop()
 
 
 def _echo_json(document: Any) -> None:
@@ -193,7 +247,10 @@ def quantize(
         keep=keep,
         min_elements=min_elements,
     )
-    result = api.quantize_file(input_path, options, output=output, report=report_path, force=force)
+    with _progress(not (quiet or as_json)) as progress:
+        result = api.quantize_file(
+            input_path, options, output=output, report=report_path, force=force, progress=progress
+        )
     if as_json:
         _echo_json(result.report)
     if not quiet:
@@ -258,7 +315,8 @@ def dequantize(
     """Rebuild a float weight file from ARTIFACT, in the format OUTPUT's suffix names."""
     from qcompress import api
 
-    result = api.dequantize_file(artifact, output, dtype=dtype, force=force)
+    with _progress(not (quiet or as_json)) as progress:
+        result = api.dequantize_file(artifact, output, dtype=dtype, force=force, progress=progress)
     if as_json:
         _echo_json(result.as_dict())
     if not quiet:

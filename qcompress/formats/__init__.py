@@ -117,12 +117,8 @@ def detect_format(path: Path) -> str:
             f"{path}: only {size} bytes, the start of an HDF5 or npz file (truncated?)"
         )
     if size < 9:
-        raise FormatError(
-            f"{path}: only {size} bytes, too short to be a weight file (truncated?)"
-        )
-    raise FormatError(
-        f"{path}: not a weight file (expected .npz, HDF5 or safetensors content)"
-    )
+        raise FormatError(f"{path}: only {size} bytes, too short to be a weight file (truncated?)")
+    raise FormatError(f"{path}: not a weight file (expected .npz, HDF5 or safetensors content)")
 
 
 def open_weights(path: Path) -> WeightReader:

@@ -236,9 +236,7 @@ def decode_attr(attrs: h5py.AttributeManager, key: str, enc: dict[str, Any]) -> 
     shape = tuple(enc["shape"])
     if kind in ("str", "bytes"):
         flat = np.asarray(enc["value"], dtype=object).reshape(-1)
-        items = [
-            base64.b64decode(v) if enc.get("b64") else str(v).encode("utf-8") for v in flat
-        ]
+        items = [base64.b64decode(v) if enc.get("b64") else str(v).encode("utf-8") for v in flat]
         if kind == "bytes":
             dt = h5py.string_dtype(enc["cset"], np.dtype(enc["dtype"]).itemsize)
             data = np.array(items, dtype=enc["dtype"]).reshape(shape)

@@ -229,8 +229,7 @@ class SafetensorsReader(WeightReader):
         for key, value in entry.items():
             if not isinstance(value, str):
                 raise self._corrupt(
-                    f"__metadata__ value for {key!r} must be a string, "
-                    f"got {type(value).__name__}"
+                    f"__metadata__ value for {key!r} must be a string, got {type(value).__name__}"
                 )
         return dict(entry)
 
@@ -243,8 +242,7 @@ class SafetensorsReader(WeightReader):
         code = entry["dtype"]
         if not isinstance(code, str) or code not in CODE_DTYPES:
             raise self._corrupt(
-                f"tensor {name!r} has unknown dtype {code!r} "
-                f"(supported: {', '.join(CODE_DTYPES)})"
+                f"tensor {name!r} has unknown dtype {code!r} (supported: {', '.join(CODE_DTYPES)})"
             )
         shape = entry["shape"]
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
@@ -267,8 +265,7 @@ class SafetensorsReader(WeightReader):
         need = tensor_nbytes(info)
         if end - begin != need:
             raise self._corrupt(
-                f"tensor {name!r} has {end - begin} data bytes but {code} {shape} "
-                f"needs {need}"
+                f"tensor {name!r} has {end - begin} data bytes but {code} {shape} needs {need}"
             )
         return info, begin, end
 
