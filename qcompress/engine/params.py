@@ -11,8 +11,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from qcompress.engine.spec import BITS, GRANULARITIES, RANGE_METHODS, SCALE_DTYPES, SCHEMES
-from qcompress.engine.spec import QuantSpec
+from qcompress.engine.spec import (
+    BITS,
+    GRANULARITIES,
+    RANGE_METHODS,
+    SCALE_DTYPES,
+    SCHEMES,
+    QuantSpec,
+)
 
 F32_MAX = float(np.finfo(np.float32).max)
 

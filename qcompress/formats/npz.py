@@ -11,6 +11,8 @@ members, fixed permissions), so the same tensors give the same bytes.
 
 from __future__ import annotations
 
+import lzma
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
@@ -29,7 +31,21 @@ from qcompress.formats.base import TensorInfo, WeightReader
 _NPZ_KINDS = "biufcSU"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _ZIP64_LIMIT = 1 << 31  # below zipfile's own 2 GiB cut-off, leaving room for the .npy header
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError)
+# What zipfile and the decompressors raise on damaged archives: a bad header can name an
+# unknown compression method (NotImplementedError) or claim encryption (RuntimeError); bz2
+# reports bad data as an errno-less OSError.
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    OverflowError,
+)
 
 
 class NpzReader(WeightReader):
@@ -43,7 +59,7 @@ class NpzReader(WeightReader):
         try:
             self._zip = zipfile.ZipFile(self.path)
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+            raise self._os_error(exc) from exc
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{self.path}: corrupt npz (zip) file: {one_line(exc)}") from exc
         try:
@@ -75,6 +91,8 @@ class NpzReader(WeightReader):
             try:
                 with self._zip.open(entry) as fh:
                     shape, dtype = _read_npy_header(fh)
+            except OSError as exc:
+                raise self._os_error(exc, entry.filename) from exc
             except _ZIP_ERRORS as exc:
                 raise FormatError(
                     f"{self.path}: corrupt npz member {entry.filename!r}: {one_line(exc)}"
@@ -93,6 +111,14 @@ class NpzReader(WeightReader):
             members[name] = entry
         return infos, members
 
+    def _os_error(self, exc: OSError, member: str | None = None) -> InputError:
+        """An OSError with an errno is the file system's (InputError); without one it is a
+        decompressor rejecting the bytes (FormatError)."""
+        if exc.errno is not None:
+            return InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}")
+        where = f" member {member!r}" if member else ""
+        return FormatError(f"{self.path}: corrupt npz{where}: {one_line(exc)}")
+
     def tensor_infos(self) -> list[TensorInfo]:
         """Tensors in zip member order."""
         return list(self._infos)
@@ -107,7 +133,7 @@ class NpzReader(WeightReader):
                 if fh.read(1):
                     raise ValueError("member has bytes after the array data")
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+            raise self._os_error(exc, self._members[name].filename) from exc
         except _ZIP_ERRORS as exc:
             raise FormatError(
                 f"{self.path}: corrupt npz member for tensor {name!r}: {one_line(exc)}"
