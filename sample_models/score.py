@@ -2,7 +2,8 @@
 
 Why: SQNR says how far quantized weights moved; test accuracy says whether the model still works.
 This runs the same float32 numpy forward pass on any weight file (npz, safetensors in f32 or bf16,
-Keras h5, or a file qcompress dequantized), so the numbers compare across formats.
+Keras h5, or a file qcompress dequantized), read through ``qcompress.formats.open_weights``, so the
+numbers compare across formats and the project's readers are exercised on a real model.
 
     python sample_models/score.py FILE [FILE...]
     -> FILE: accuracy 0.9733 (438/450)
@@ -13,15 +14,15 @@ Import-safe (no work at import time): ``accuracy``, ``predictions``, ``read_laye
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import ClassVar
 
 import numpy as np
+
+from qcompress.errors import QCompressError
+from qcompress.formats import open_weights
 
 HERE = Path(__file__).resolve().parent
 TEST_SPLIT = HERE / "digits_test.npz"
@@ -58,7 +59,7 @@ def read_layers(path: str | Path) -> list[Layer]:
     identical across formats, so equal weights give bit-identical predictions.
     """
     found: dict[tuple[int, str], np.ndarray] = {}
-    with _open_weights(Path(path)) as reader:
+    with open_weights(Path(path)) as reader:
         for info in reader.tensor_infos():
             slot = _layer_slot(info.name)
             if slot is None:
@@ -66,7 +67,7 @@ def read_layers(path: str | Path) -> list[Layer]:
             index, kind, out_first = slot
             if (index, kind) in found:
                 raise ValueError(f"{path}: more than one tensor for layer {index + 1} {kind}")
-            value = np.asarray(reader.read(info.name)).astype(np.float32)
+            value = np.asarray(reader.read(info.name)).astype(np.float32)  # bf16 too
             found[index, kind] = value.T if kind == "kernel" and out_first else value
     expected = [(i, kind) for i in range(N_LAYERS) for kind in ("kernel", "bias")]
     if sorted(found) != sorted(expected):
@@ -118,89 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in paths:
         try:
             correct = int(np.sum(predictions(p, x) == y))
-        except (OSError, ValueError, KeyError) as exc:
+        except (QCompressError, OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             status = 2
             continue
         print(f"{p}: accuracy {correct / len(y):.4f} ({correct}/{len(y)})")
     return status
-
-
-# --- Fallback reader -------------------------------------------------------------------------
-# Used only until qcompress.formats provides open_weights (same interface: tensor_infos(), read()).
-
-
-class _Info:
-    """The one field of ``qcompress.formats.base.TensorInfo`` the scorer needs."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class _DirectReader:
-    """Minimal npz / safetensors / Keras-h5 reader (bf16 via ml_dtypes), by magic bytes."""
-
-    _SAFETENSORS_DTYPES: ClassVar[dict[str, str]] = {
-        "F32": "float32",
-        "F16": "float16",
-        "F64": "float64",
-        "I64": "int64",
-    }
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._tensors: dict[str, np.ndarray] = {}
-        magic = path.read_bytes()[:8]
-        if magic.startswith(b"PK"):
-            with np.load(path, allow_pickle=False) as data:
-                self._tensors = {k: data[k] for k in data.files}
-        elif magic == b"\x89HDF\r\n\x1a\n":
-            self._read_h5()
-        else:
-            self._read_safetensors()
-
-    def _read_h5(self) -> None:
-        import h5py
-
-        def visit(name: str, obj: object) -> None:
-            if isinstance(obj, h5py.Dataset):
-                self._tensors[name] = obj[()]
-
-        with h5py.File(self.path, "r") as f:
-            f.visititems(visit)
-
-    def _read_safetensors(self) -> None:
-        import ml_dtypes
-
-        data = self.path.read_bytes()
-        n = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8 : 8 + n])
-        header.pop("__metadata__", None)
-        for name, entry in header.items():
-            start, end = entry["data_offsets"]
-            code = entry["dtype"]
-            dtype = ml_dtypes.bfloat16 if code == "BF16" else self._SAFETENSORS_DTYPES[code]
-            raw = data[8 + n + start : 8 + n + end]
-            self._tensors[name] = np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
-
-    def tensor_infos(self) -> list[_Info]:
-        return [_Info(name) for name in self._tensors]
-
-    def read(self, name: str) -> np.ndarray:
-        return self._tensors[name]
-
-    def __enter__(self) -> _DirectReader:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._tensors = {}
-
-
-def _open_weights(path: Path) -> _DirectReader:
-    """Stand-in for ``qcompress.formats.open_weights`` while that module is being written."""
-    return _DirectReader(path)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -99,23 +102,81 @@ def test_truncated(tmp_path: Path, fmt: str, cut: str) -> None:
     assert_refused(path)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_flipped_byte_in_the_middle_never_escapes_as_another_error(
-    tmp_path: Path, fmt: str
-) -> None:
-    """Every single-byte corruption in a stretch of the file either still loads or raises a
-    QCompressError; nothing else (KeyError, struct.error, ...) gets out."""
-    path = valid_file(tmp_path, fmt)
-    data = bytearray(path.read_bytes())
-    for offset in range(0, len(data), max(1, len(data) // 60)):
+def flip_each(path: Path, offsets: Sequence[int]) -> None:
+    """Flip one byte at a time; each corrupted file must load or raise a QCompressError whose
+    one-line message names the file. Nothing else (UnicodeDecodeError, struct.error, ...) may
+    get out."""
+    data = path.read_bytes()
+    for offset in offsets:
         corrupt = bytearray(data)
         corrupt[offset] ^= 0xFF
         path.write_bytes(bytes(corrupt))
         try:
             load_everything(path)
         except QCompressError as exc:
-            assert path.name in str(exc)
-            assert "\n" not in str(exc)
+            assert path.name in str(exc), (offset, str(exc))
+            assert "\n" not in str(exc), (offset, str(exc))
+
+
+# Runs ``flip_each`` in a child process, printing each offset before trying it, so that a
+# crash inside the HDF5 C library (which trusts some on-disk lengths) kills only the child and
+# tells us where. The parent then resumes after that offset.
+_CHILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import test_corrupt_inputs as t
+path, offsets = Path(sys.argv[2]), [int(o) for o in sys.argv[3].split(",")]
+original = path.read_bytes()
+for offset in offsets:
+    print(offset, flush=True)
+    path.write_bytes(original)
+    t.flip_each(path, [offset])
+"""
+
+
+def flip_each_in_child(path: Path, offsets: Sequence[int]) -> list[int]:
+    """``flip_each`` for HDF5 files; returns the offsets at which the HDF5 library crashed."""
+    original = path.read_bytes()
+    crashes: list[int] = []
+    remaining = list(offsets)
+    while remaining:
+        path.write_bytes(original)
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(Path(__file__).parent), str(path),
+             ",".join(map(str, remaining))],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if proc.returncode == 0:
+            break
+        assert proc.returncode < 0, proc.stderr  # a Python exception escaped: a real failure
+        crashed = int(proc.stdout.split()[-1])
+        crashes.append(crashed)
+        remaining = remaining[remaining.index(crashed) + 1 :]
+    return crashes
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_every_flipped_byte_is_refused_cleanly(tmp_path: Path, fmt: str) -> None:
+    path = valid_file(tmp_path, fmt)
+    flip_each(path, range(path.stat().st_size))
+
+
+@pytest.mark.parametrize("source", ["plain", "keras"])
+def test_flipped_bytes_in_hdf5_are_refused_cleanly(tmp_path: Path, source: str) -> None:
+    """Every byte of the first KiB (superblock, root group), then a sample of the rest."""
+    if source == "plain":
+        path = valid_file(tmp_path, "h5")
+    else:
+        path = write_keras_h5(tmp_path / "keras.h5")
+    size = path.stat().st_size
+    crashes = flip_each_in_child(path, [*range(1024), *range(1024, size, 7 if size < 8000 else 41)])
+    if crashes:
+        # Seen with HDF5 2.0.0: a flipped length of a variable-length string attribute makes
+        # H5Aread read out of bounds. Not fixable from Python; recorded, not hidden.
+        pytest.xfail(f"HDF5 library crashed on flipped bytes at offsets {crashes}")
 
 
 # --- safetensors headers -----------------------------------------------------------------
@@ -141,7 +202,7 @@ BAD_HEADERS = [
     pytest.param({"w": {**F32_2, "data_offsets": [0]}}, b"\0" * 8, "data_offsets",
                  id="offsets-short"),
     pytest.param({"w": {**F32_2, "data_offsets": [792, 800]}}, b"\0" * 640,
-                 "tensor 'w' data ends at byte 800 but the file has 640 data bytes",
+                 "tensor 'w' data ends at byte 800 but the file has 640 data bytes (truncated?)",
                  id="beyond-data"),
     pytest.param({"w": {**F32_2, "data_offsets": [0, 12]}}, b"\0" * 12, "needs 8",
                  id="wrong-byte-count"),

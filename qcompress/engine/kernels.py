@@ -44,7 +44,8 @@ def squared_error(x: np.ndarray, grid32: tuple, qlo: int, qhi: int, buf: np.ndar
     ``buf`` is a float32 scratch array of x's shape.
     """
     scale, inv, zp = grid32
-    t = encode(x, inv, zp, qlo, qhi, out=buf)
-    decode(t, scale, zp, out=t)
-    t -= x
-    return np.einsum("rkg,rkg->rk", t, t, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # a hopeless candidate scores inf
+        t = encode(x, inv, zp, qlo, qhi, out=buf)
+        decode(t, scale, zp, out=t)
+        t -= x
+        return np.einsum("rkg,rkg->rk", t, t, dtype=np.float64)

@@ -92,8 +92,9 @@ def grid_for_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> Grid:
 def _symmetric(lo: np.ndarray, hi: np.ndarray, bits: int, dt: np.dtype) -> Grid:
     qhi = code_range(bits, "symmetric")[1]
     a = np.maximum(np.abs(lo), np.abs(hi))
-    s = _store_scale(np.where(lo == hi, a, a / qhi), dt)
-    s = _keep_decode_finite(s, np.zeros_like(s), qhi)
+    const = lo == hi
+    s = _store_scale(np.where(const, a, a / qhi), dt)
+    s = _keep_decode_finite(s, np.zeros_like(s), qhi, ~const)
     cover = qhi * s.astype(np.float64)
     return Grid(s, None, _to_f32(-cover), _to_f32(cover))
 
@@ -106,7 +107,7 @@ def _affine(lo: np.ndarray, hi: np.ndarray, bits: int, dt: np.dtype) -> Grid:
         s, z = _affine_f16(lo, hi, s, const, qmax)
     else:
         z = _zero_point(lo, s, dt)
-        s = _keep_decode_finite(s, z, qmax)
+        s = _keep_decode_finite(s, z, qmax, ~const)
         z = _zero_point(lo, s, dt)  # s may have moved one ulp
     s64, z64 = s.astype(np.float64), z.astype(np.float64)
     return Grid(s, z, _to_f32(-z64 * s64), _to_f32((qmax - z64) * s64))
@@ -117,8 +118,13 @@ def _zero_point(lo: np.ndarray, s: np.ndarray, dt: np.dtype) -> np.ndarray:
     s64 = s.astype(np.float64)
     z = np.zeros_like(s64)
     np.divide(-lo, s64, out=z, where=s64 != 0)
-    with np.errstate(over="ignore"):
-        return z.astype(dt)
+    return _finite(z, dt)
+
+
+def _finite(v: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """``v`` in ``dt``, clamped to its finite range (an infinite zero-point would decode to inf)."""
+    big = float(np.finfo(dt).max)
+    return np.clip(v, -big, big).astype(dt)
 
 
 def _affine_f16(
@@ -142,17 +148,17 @@ def _affine_f16(
     for _ in range(8):
         s64 = w_s.astype(np.float64)
         z_lo, z_hi = -w_lo / s64, qmax - w_hi / s64
-        with np.errstate(over="ignore"):
-            zt = ((z_lo + z_hi) / 2).astype(np.float16)
+        zt = _finite((z_lo + z_hi) / 2, np.dtype(np.float16))
         s_flat[idx], z_flat[idx] = w_s, zt
         ok = (zt >= z_lo) & (zt <= z_hi)
         if ok.all():
             break
-        room = qmax - 2 * np.spacing(np.abs(zt)).astype(np.float64)
-        fixable = ~ok & (room > qmax / 2)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
+            room = qmax - 2 * np.spacing(np.abs(zt)).astype(np.float64)
+            fixable = ~ok & (room > qmax / 2)
             wider = _store_scale((w_hi - w_lo) / np.where(fixable, room, qmax), w_s.dtype)
-        w_s = np.where(fixable, np.maximum(wider, np.nextafter(w_s, np.float16(np.inf))), w_s)
+            nudged = np.minimum(np.nextafter(w_s, np.float16(np.inf)), np.finfo(np.float16).max)
+        w_s = np.where(fixable, np.maximum(wider, nudged), w_s)
         hopeless = ~ok & ~fixable
         w_lo = np.where(hopeless, np.minimum(w_lo, 0.0), w_lo)
         w_hi = np.where(hopeless, np.maximum(w_hi, 0.0), w_hi)
@@ -174,17 +180,20 @@ def _store_scale(s: np.ndarray, dt: np.dtype) -> np.ndarray:
     s = np.where(s > 0, np.maximum(s, float(floor)), 0.0)
     with np.errstate(over="ignore"):
         st = s.astype(dt)
-    low = st.astype(np.float64) < s
-    st = np.where(low, np.nextafter(st, dt.type(np.inf)), st)
+        low = st.astype(np.float64) < s
+        st = np.where(low, np.nextafter(st, dt.type(np.inf)), st)
     return np.minimum(st, fi.max).astype(dt)
 
 
-def _keep_decode_finite(s: np.ndarray, z: np.ndarray, qhi: int) -> np.ndarray:
-    """Nudge a scale down where decoding the top code would overflow float32 (|x| near 3.4e38)."""
+def _keep_decode_finite(s: np.ndarray, z: np.ndarray, qhi: int, where: np.ndarray) -> np.ndarray:
+    """Nudge a scale down where decoding the top code would overflow float32 (|x| near 3.4e38).
+
+    Only ``where`` (non-constant groups): a constant group only ever uses codes -1, 0 and 1.
+    """
     for _ in range(4):
         with np.errstate(over="ignore", invalid="ignore"):
             top = (np.float32(qhi) - z.astype(np.float32)) * s.astype(np.float32)
-        bad = ~np.isfinite(top)
+        bad = ~np.isfinite(top) & where
         if not bad.any():
             break
         s = np.where(bad, np.nextafter(s, s.dtype.type(0)), s)

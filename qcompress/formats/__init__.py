@@ -112,13 +112,16 @@ def detect_format(path: Path) -> str:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if size < 9 and any(m.startswith(head) for m in (_HDF5_MAGIC, *_ZIP_MAGICS)):
-        raise FormatError(
-            f"{path}: only {size} bytes, the start of an HDF5 or npz file (truncated?)"
-        )
     if size < 9:
-        raise FormatError(f"{path}: only {size} bytes, too short to be a weight file (truncated?)")
+        plural = "byte" if size == 1 else "bytes"
+        kind = "HDF5" if _HDF5_MAGIC.startswith(head) else "npz" if _is_zip_prefix(head) else ""
+        what = f"the start of an {kind} file" if kind else "too short to be a weight file"
+        raise FormatError(f"{path}: only {size} {plural}, {what} (truncated?)")
     raise FormatError(f"{path}: not a weight file (expected .npz, HDF5 or safetensors content)")
+
+
+def _is_zip_prefix(head: bytes) -> bool:
+    return any(m.startswith(head) for m in _ZIP_MAGICS)
 
 
 def open_weights(path: Path) -> WeightReader:
@@ -138,10 +141,9 @@ def format_for_output(path: Path) -> str:
             f"{path}: .keras files are Keras 3 zip archives, which qcompress does not write; "
             "use .h5 (Keras loads it with load_weights)"
         )
-    shown = f"suffix {suffix!r}" if suffix else "no suffix"
+    shown = f"from the suffix {suffix!r}" if suffix else "without a suffix"
     raise UsageError(
-        f"{path}: cannot tell the output format from {shown}; "
-        "use .npz, .h5 (or .hdf5) or .safetensors"
+        f"{path}: cannot tell the output format {shown}; use .npz, .h5 (or .hdf5) or .safetensors"
     )
 
 

@@ -35,6 +35,7 @@ sources lie in another file. Each is a FormatError on open.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,12 +44,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from qcompress.errors import FormatError, InputError, UsageError
+from qcompress.errors import FormatError, InputError, QCompressError, UsageError
 from qcompress.formats._common import atomic_path, check_array, dtype_name, one_line, to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 
-# Errors h5py raises for unreadable or corrupt content.
-_H5_ERRORS = (OSError, KeyError, ValueError, RuntimeError, TypeError)
+# h5py turns damage deep in a file into almost any exception: OSError and KeyError from HDF5,
+# UnicodeDecodeError for a mangled link name, even SystemError when that happens inside a
+# visit callback. For a file we are parsing, all of them mean "corrupt", so catch them all.
+_H5_ERRORS = (Exception,)
 
 
 class H5Reader(WeightReader):
@@ -72,11 +75,11 @@ class H5Reader(WeightReader):
             ) from exc
         try:
             self._index()
-        except FormatError:
-            self._file.close()
+        except QCompressError:
+            self.close()
             raise
         except _H5_ERRORS as exc:
-            self._file.close()
+            self.close()
             raise FormatError(f"{self.path}: corrupt HDF5 file: {one_line(exc)}") from exc
 
     def _index(self) -> None:
@@ -181,7 +184,8 @@ class H5Reader(WeightReader):
         }
 
     def close(self) -> None:
-        self._file.close()
+        with contextlib.suppress(*_H5_ERRORS):  # closing a damaged file can fail too
+            self._file.close()
 
 
 class _Unsupported(Exception):

@@ -60,6 +60,11 @@ class NpzReader(WeightReader):
             self._zip = zipfile.ZipFile(self.path)
         except OSError as exc:
             raise self._os_error(exc) from exc
+        except zipfile.BadZipFile as exc:
+            raise FormatError(
+                f"{self.path}: truncated or corrupt npz: the zip directory is missing or "
+                f"damaged ({one_line(exc)})"
+            ) from exc
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{self.path}: corrupt npz (zip) file: {one_line(exc)}") from exc
         try:

@@ -194,7 +194,7 @@ class SafetensorsReader(WeightReader):
             if end > data_len:
                 raise self._corrupt(
                     f"tensor {name!r} data ends at byte {end} but the file has "
-                    f"{data_len} data bytes"
+                    f"{data_len} data bytes (truncated?)"
                 )
             entries.append((begin, end, index, info))
 

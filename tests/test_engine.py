@@ -1,0 +1,402 @@
+"""Engine: the error bound as a property, exact edge cases, and a slow reference for minmax."""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from qcompress.engine import (
+    MSE_SHRINKS,
+    ErrorStats,
+    NonFiniteError,
+    QuantSpec,
+    code_range,
+    combine_error_stats,
+    dequantize,
+    error_stats,
+    from_rows,
+    n_groups,
+    quantize,
+    to_rows,
+)
+from qcompress.engine.spec import BITS, GRANULARITIES, RANGE_METHODS, SCALE_DTYPES, SCHEMES
+
+REL_TOL = 1e-6  # float32 arithmetic slack, relative to the larger of the group's |x| and its grid
+
+
+def per_element(a: np.ndarray, cols: int, spec: QuantSpec) -> np.ndarray:
+    """A (rows, n_groups) parameter array broadcast to (rows, cols)."""
+    width = spec.group_size if spec.granularity == "group" else max(cols, 1)
+    return np.repeat(a, width, axis=1)[:, :cols]
+
+
+def group_absmax(rows: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Per element, the largest |x| of its group (the scale of float32 rounding noise)."""
+    n_rows, cols = rows.shape
+    out = np.zeros((n_rows, n_groups(cols, spec)), np.float64)
+    width = spec.group_size if spec.granularity == "group" else max(cols, 1)
+    for j in range(out.shape[1]):
+        seg = np.abs(rows[:, j * width : (j + 1) * width].astype(np.float64))
+        if seg.size:
+            out[:, j] = seg.max(axis=1)
+    return per_element(out, cols, spec)
+
+
+def check_bound(x: np.ndarray, spec: QuantSpec, *, all_values: bool) -> None:
+    """Codes in range; |x - x̂| <= scale/2 inside [clip_min, clip_max] (everywhere if all_values)."""
+    q = quantize(x, spec)
+    qlo, qhi = code_range(spec.bits, spec.scheme)
+    assert q.codes.dtype == (np.int8 if spec.scheme == "symmetric" else np.uint8)
+    rows = to_rows(np.asarray(x, np.float32), spec)
+    assert q.codes.shape == rows.shape
+    groups = (rows.shape[0], n_groups(rows.shape[1], spec))
+    assert q.scale.shape == groups and q.scale.dtype == np.dtype(spec.scale_dtype)
+    assert q.clip_min.shape == groups and q.clip_max.dtype == np.float32
+    assert (q.zero_point is None) == (spec.scheme == "symmetric")
+    if q.codes.size:
+        assert qlo <= int(q.codes.min()) and int(q.codes.max()) <= qhi
+    xhat = dequantize(q)
+    assert xhat.shape == np.shape(x) and xhat.dtype == np.float32 and xhat.flags.c_contiguous
+    cols = rows.shape[1]
+    err = np.abs(to_rows(xhat, spec).astype(np.float64) - rows)
+    half_step = per_element(q.scale.astype(np.float64), cols, spec) / 2
+    grid_mag = np.maximum(np.abs(q.clip_min), np.abs(q.clip_max)).astype(np.float64)
+    tol = REL_TOL * np.maximum(group_absmax(rows, spec), per_element(grid_mag, cols, spec)) + 1e-45
+    inside = (rows >= per_element(q.clip_min, cols, spec)) & (
+        rows <= per_element(q.clip_max, cols, spec)
+    )
+    if all_values:  # except where a float16 scale had to be clamped (documented clipping)
+        clamped = per_element(q.scale == np.finfo(np.float16).max, cols, spec)
+        ok = (err <= half_step + tol) | (err == 0) | (clamped & (spec.scale_dtype == "float16"))
+        assert ok.all(), "bound broken (all values)"
+    assert (err[inside] <= half_step[inside] + tol[inside]).all(), "bound broken inside clip"
+
+
+specs = st.builds(
+    QuantSpec,
+    bits=st.sampled_from(BITS),
+    scheme=st.sampled_from(SCHEMES),
+    granularity=st.sampled_from(GRANULARITIES),
+    axis=st.just(0),
+    group_size=st.sampled_from([1, 3, 4, 16]),
+    range_method=st.sampled_from(RANGE_METHODS),
+    scale_dtype=st.sampled_from(SCALE_DTYPES),
+)
+finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+arrays = hnp.arrays(
+    np.float32, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=7), elements=finite32
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(arrays, specs, st.data())
+def test_error_bound_property(x: np.ndarray, spec: QuantSpec, data) -> None:
+    if x.ndim:
+        spec = QuantSpec(**{**spec.__dict__, "axis": data.draw(st.integers(0, x.ndim - 1))})
+    check_bound(x, spec, all_values=spec.range_method == "minmax")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    hnp.arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 40)), elements=finite32),
+    st.floats(-1e3, 1e3),
+    st.floats(1e-6, 1e6),
+    specs,
+)
+def test_error_bound_for_shifted_and_scaled_data(x, shift, spread, spec) -> None:
+    """Ranges far from zero stress the affine zero-point, above all in float16."""
+    x = np.clip(x, -1, 1) * np.float32(spread) + np.float32(shift)
+    if np.isfinite(x).all():
+        check_bound(x.astype(np.float32), spec, all_values=spec.range_method == "minmax")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("value", [0.0, 1.0, -2.5, 3.1e-3, 7e30, -1e-30])
+def test_constant_tensors_are_exact(scheme: str, granularity: str, value: float) -> None:
+    x = np.full((3, 20), value, np.float32)
+    for bits in (2, 8):
+        spec = QuantSpec(bits, scheme, granularity, group_size=16)
+        q = quantize(x, spec)
+        assert np.array_equal(dequantize(q), x)
+        assert error_stats(x, dequantize(q)).sqnr_db == math.inf
+
+
+def test_constant_rows_are_exact_beside_other_rows() -> None:
+    x = np.array([[2.0] * 8, [0.0] * 8, [-0.3] * 8, list(range(8))], np.float32)
+    for scheme in SCHEMES:
+        xhat = dequantize(quantize(x, QuantSpec(4, scheme, "channel")))
+        assert np.array_equal(xhat[:3], x[:3])
+
+
+def test_zero_groups_have_zero_scale() -> None:
+    x = np.zeros((2, 40), np.float32)
+    x[1, :16] = 1.0
+    for scheme in SCHEMES:
+        q = quantize(x, QuantSpec(4, scheme, "group", group_size=16))
+        assert q.scale[0].tolist() == [0, 0, 0] and q.scale[1, 1:].tolist() == [0, 0]
+        assert np.array_equal(dequantize(q), x)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 5), (5, 0), (3, 0, 2), (1,), (1, 1)])
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_tiny_and_empty_tensors(shape, granularity, scheme) -> None:
+    x = np.full(shape, 1.5, np.float32)
+    for method in RANGE_METHODS:
+        spec = QuantSpec(3, scheme, granularity, range_method=method, group_size=16)
+        q = quantize(x, spec)
+        assert q.shape == shape
+        assert q.scale.shape[1] == 1 == n_groups(q.codes.shape[1], spec)
+        xhat = dequantize(q)
+        assert xhat.shape == shape and np.array_equal(xhat, x)
+    stats = error_stats(x, x)
+    assert stats.count == x.size and stats.sqnr_db == math.inf
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_refused(bad: float) -> None:
+    x = np.ones((4, 8), np.float32)
+    x[2, 3] = bad
+    x[0, 0] = bad
+    with pytest.raises(NonFiniteError, match="2 (NaN|Inf)"):
+        quantize(x, QuantSpec(8))
+
+
+def test_float64_beyond_float32_range_is_refused() -> None:
+    x = np.array([1.0, 1e300])
+    with pytest.raises(NonFiniteError, match="beyond float32"):
+        quantize(x, QuantSpec(8, granularity="tensor"))
+
+
+def test_non_float_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="floating-point"):
+        quantize(np.arange(4), QuantSpec(8))
+
+
+def test_bad_spec_is_refused() -> None:
+    with pytest.raises(ValueError, match="bits"):
+        quantize(np.ones(4, np.float32), QuantSpec(9))
+    with pytest.raises(ValueError, match="axis 2"):
+        quantize(np.ones((4, 4), np.float32), QuantSpec(8, axis=2))
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.float16, np.float32, np.float64, np.dtype(ml_dtypes.bfloat16)]
+)
+def test_input_dtypes(dtype) -> None:
+    x = np.random.default_rng(0).standard_normal((6, 33)).astype(dtype)
+    spec = QuantSpec(8, "affine", "group", group_size=16)
+    xhat = dequantize(quantize(x, spec))
+    assert xhat.dtype == np.float32
+    assert error_stats(x, xhat).sqnr_db > 40
+
+
+def test_extreme_magnitudes_stay_finite() -> None:
+    big = np.finfo(np.float32).max
+    x = np.array([[big, -big, 0.0, big / 3], [big, big, big, big]], np.float32)
+    for scheme in SCHEMES:
+        for dt in SCALE_DTYPES:
+            xhat = dequantize(quantize(x, QuantSpec(8, scheme, "channel", scale_dtype=dt)))
+            assert np.isfinite(xhat).all()
+            if dt == "float32":
+                assert np.array_equal(xhat[1], x[1])
+
+
+def test_rows_round_trip_on_any_axis() -> None:
+    x = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    for axis in range(3):
+        spec = QuantSpec(8, axis=axis)
+        rows = to_rows(x, spec)
+        assert rows.shape == (x.shape[axis], x.size // x.shape[axis])
+        assert np.array_equal(rows[1], np.take(x, 1, axis=axis).reshape(-1))
+        assert np.array_equal(from_rows(rows, x.shape, spec), x)
+    assert to_rows(x, QuantSpec(8, granularity="tensor", axis=2)).shape == (1, 24)
+
+
+def test_per_channel_follows_the_axis() -> None:
+    """Channel i on axis 2 gets its own scale: a channel 100x larger does not hurt the others."""
+    x = np.random.default_rng(1).standard_normal((3, 5, 4)).astype(np.float32)
+    x[:, :, 1] *= 100
+    q = quantize(x, QuantSpec(8, axis=2))
+    assert q.scale.shape == (4, 1) and q.scale[1, 0] > 50 * q.scale[0, 0]
+    check_bound(x, QuantSpec(8, axis=2), all_values=True)
+
+
+# A slow reference: the classic per-group recipe in plain Python loops over groups.
+
+
+def reference_quantize(x: np.ndarray, spec: QuantSpec):
+    rows = to_rows(x.astype(np.float32), spec)
+    n_rows, cols = rows.shape
+    width = spec.group_size if spec.granularity == "group" else cols
+    qlo, qhi = code_range(spec.bits, spec.scheme)
+    codes = np.zeros(rows.shape, np.int64)
+    scales, zps = [], []
+    for r in range(n_rows):
+        srow, zrow = [], []
+        for c0 in range(0, cols, width):
+            g = rows[r, c0 : c0 + width]
+            lo, hi = float(g.min()), float(g.max())
+            if spec.scheme == "symmetric":
+                s = np.float32(max(abs(lo), abs(hi)) / qhi)
+                s = np.nextafter(s, np.float32(np.inf)) if float(s) < max(abs(lo), abs(hi)) / qhi else s
+                z = np.float32(0)
+            else:
+                s = np.float32((hi - lo) / qhi)
+                s = np.nextafter(s, np.float32(np.inf)) if float(s) < (hi - lo) / qhi else s
+                z = np.float32(-lo / float(s))
+            inv = np.float32(1) / s
+            codes[r, c0 : c0 + width] = np.clip(np.rint(g * inv + z), qlo, qhi)
+            srow.append(s)
+            zrow.append(z)
+        scales.append(srow)
+        zps.append(zrow)
+    return codes, np.array(scales, np.float32), np.array(zps, np.float32)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_minmax_matches_slow_reference(scheme: str, granularity: str, bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_normal((5, 6, 7)) * rng.uniform(0.01, 10, (5, 1, 1))).astype(np.float32)
+    x[:, :, 0] += 0.5  # some groups off-centre
+    spec = QuantSpec(bits, scheme, granularity, axis=1, group_size=16)  # 35 cols: ragged
+    q = quantize(x, spec)
+    codes, scales, zps = reference_quantize(x, spec)
+    assert np.array_equal(q.codes.astype(np.int64), codes)
+    assert np.array_equal(q.scale, scales)
+    if scheme == "affine":
+        assert np.array_equal(q.zero_point, zps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 5), st.integers(1, 70)),
+        elements=st.floats(-100, 100, width=32),
+    ),
+    specs,
+)
+def test_mse_never_worse_than_minmax(x: np.ndarray, spec: QuantSpec) -> None:
+    minmax = QuantSpec(**{**spec.__dict__, "range_method": "minmax"})
+    mse = QuantSpec(**{**spec.__dict__, "range_method": "mse"})
+    e_minmax = error_stats(x, dequantize(quantize(x, minmax))).mse
+    e_mse = error_stats(x, dequantize(quantize(x, mse))).mse
+    assert e_mse <= e_minmax * (1 + 1e-6) + 1e-30
+
+
+def test_mse_search_clips_outliers_and_helps() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    x[:, 0] = 8.0  # one outlier per row
+    base = QuantSpec(3, "symmetric", "channel")
+    e_minmax = error_stats(x, dequantize(quantize(x, base))).mse
+    q = quantize(x, QuantSpec(3, "symmetric", "channel", range_method="mse"))
+    assert error_stats(x, dequantize(q)).mse < 0.9 * e_minmax
+    assert (q.clip_max < 8.0).all()
+    assert MSE_SHRINKS[0] == 1.0
+
+
+def test_percentile_clips_outliers() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 5000)).astype(np.float32)
+    x[:, 7] = -50.0
+    for scheme in SCHEMES:
+        q = quantize(x, QuantSpec(8, scheme, "channel", range_method="percentile"))
+        assert (q.clip_min > -10).all() and (q.clip_max < 10).all()
+        check_bound(x, QuantSpec(8, scheme, "channel", range_method="percentile"), all_values=False)
+
+
+def test_long_rows_are_processed_in_pieces() -> None:
+    """Rows longer than a tile: per-tensor and per-channel groups split across tiles."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 150_001)).astype(np.float32)
+    x[1, -1] = 9.0
+    for method in RANGE_METHODS:
+        for scheme in SCHEMES:
+            for granularity in ("tensor", "channel"):
+                spec = QuantSpec(4, scheme, granularity, range_method=method)
+                q = quantize(x, spec)
+                if method == "minmax":
+                    assert q.clip_max.max() >= 9.0 * (1 - 1e-6)
+                check_bound(x, spec, all_values=method == "minmax")
+
+
+def test_float16_scales_keep_the_bound_for_hard_ranges() -> None:
+    cases = [
+        np.linspace(1000, 1001, 64),  # zero-point far beyond float16 precision
+        np.linspace(-3e-9, 5e-9, 64),  # scale below float16's smallest subnormal
+        np.linspace(60000, 65000, 64),
+        np.linspace(-0.5, 70.0, 64),
+    ]
+    for values in cases:
+        x = np.tile(values.astype(np.float32), (3, 1))
+        for scheme in SCHEMES:
+            for bits in (2, 4, 8):
+                spec = QuantSpec(bits, scheme, "channel", scale_dtype="float16")
+                check_bound(x, spec, all_values=True)
+                q = quantize(x, spec)
+                assert (q.clip_min <= x.min() + 1e-6 * np.abs(x).max()).all()
+                assert (q.clip_max >= x.max() - 1e-6 * np.abs(x).max()).all()
+
+
+def test_float16_scale_overflow_is_clipped_and_reported() -> None:
+    x = np.array([[-1e8, 0.0, 1e8]], np.float32)
+    q = quantize(x, QuantSpec(8, "symmetric", "channel", scale_dtype="float16"))
+    assert q.scale[0, 0] == np.finfo(np.float16).max
+    assert q.clip_max[0, 0] < 1e8  # the report shows the clipping
+    assert np.isfinite(dequantize(q)).all()
+
+
+def test_quantize_is_deterministic() -> None:
+    x = np.random.default_rng(5).standard_normal((33, 70)).astype(np.float32)
+    spec = QuantSpec(4, "affine", "group", group_size=32, range_method="mse")
+    a, b = quantize(x, spec), quantize(x.copy(), spec)
+    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.scale, b.scale)
+
+
+# Error statistics.
+
+
+def test_error_stats_known_values() -> None:
+    x = np.array([1.0, -2.0, 3.0, 0.0], np.float32)
+    xhat = np.array([1.0, -2.0, 2.0, 0.5], np.float32)
+    s = error_stats(x, xhat)
+    assert s.count == 4 and s.max_abs_error == 1.0
+    assert s.mse == pytest.approx(1.25 / 4) and s.signal_power == pytest.approx(14 / 4)
+    assert s.sqnr_db == pytest.approx(10 * math.log10(14 / 1.25))
+
+
+def test_error_stats_of_zero_signal() -> None:
+    z = np.zeros(5, np.float32)
+    assert error_stats(z, z).sqnr_db == math.inf
+    assert error_stats(z, z + 1).sqnr_db == 0.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        error_stats(z, np.zeros(4, np.float32))
+
+
+def test_error_stats_large_values_and_chunks() -> None:
+    x = np.full(200_000, 3e38, np.float32)
+    s = error_stats(x, np.zeros_like(x))
+    assert math.isfinite(s.mse) and s.sqnr_db == pytest.approx(0.0)
+
+
+def test_combine_error_stats_equals_concatenation() -> None:
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal(n).astype(np.float32) * k for n, k in ((10, 1), (1000, 5), (3, 0))]
+    hats = [x + rng.standard_normal(x.size).astype(np.float32) * 0.01 for x in xs]
+    combined = combine_error_stats(error_stats(x, h) for x, h in zip(xs, hats, strict=True))
+    whole = error_stats(np.concatenate(xs), np.concatenate(hats))
+    for field in ("mse", "max_abs_error", "sqnr_db", "signal_power"):
+        assert getattr(combined, field) == pytest.approx(getattr(whole, field), rel=1e-9)
+    assert combined.count == whole.count
+    assert combine_error_stats([]) == ErrorStats(0.0, 0.0, math.inf, 0.0, 0)

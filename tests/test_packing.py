@@ -1,0 +1,112 @@
+"""Bit packing is part of the artifact format: exact round trips and pinned bytes per width."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcompress.engine import code_range, pack_codes, packed_nbytes, unpack_codes
+from qcompress.engine.packing import CHUNK_CODES
+
+WIDTHS = range(2, 9)
+
+# Unsigned codes (i * 5 + 1) mod 2^b for i in 0..10: 11 codes, so the last byte is ragged.
+GOLDEN_UNSIGNED = {
+    2: "393939",
+    3: "f1509df100",
+    4: "610ba54fe903",
+    5: "c12c58f527c94d",
+    6: "81b14095f691a93b03",
+    7: "01c30252d17c4829d70c",
+    8: "01060b10151a1f24292e33",
+}
+# Signed codes [-hi, -1, 0, 1, hi], stored offset by 2^(b-1).
+GOLDEN_SIGNED = {
+    2: "e503",
+    3: "197b",
+    4: "71980f",
+    5: "e1c1f801",
+    6: "c107863f",
+    7: "811f30f807",
+    8: "017f8081ff",
+}
+
+
+def reference_pack(codes: list[int], bits: int) -> bytes:
+    """The documented bit order, spelled with a Python integer: code i at bits [i*b, (i+1)*b)."""
+    value = sum(c << (i * bits) for i, c in enumerate(codes))
+    return value.to_bytes(packed_nbytes(len(codes), bits), "little")
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+def test_golden_bytes(bits: int) -> None:
+    unsigned = np.array([(i * 5 + 1) % (1 << bits) for i in range(11)], np.uint8)
+    assert pack_codes(unsigned, bits).tobytes().hex() == GOLDEN_UNSIGNED[bits]
+    hi = code_range(bits, "symmetric")[1]
+    signed = np.array([-hi, -1, 0, 1, hi], np.int8)
+    assert pack_codes(signed, bits).tobytes().hex() == GOLDEN_SIGNED[bits]
+    assert (unpack_codes(pack_codes(signed, bits), bits, 5, signed=True) == signed).all()
+
+
+def test_four_and_two_bit_layout_in_words() -> None:
+    assert pack_codes(np.array([0x1, 0xA], np.uint8), 4).tolist() == [0xA1]
+    assert pack_codes(np.array([1, 2, 3, 0], np.uint8), 2).tolist() == [0b00111001]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.sampled_from(WIDTHS), st.booleans(), st.integers(0, 70))
+def test_round_trip_matches_reference(data, bits: int, signed: bool, count: int) -> None:
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    values = data.draw(st.lists(st.integers(lo, hi), min_size=count, max_size=count))
+    codes = np.array(values, np.int8 if signed else np.uint8)
+    packed = pack_codes(codes, bits)
+    assert packed.dtype == np.uint8 and packed.ndim == 1
+    assert packed.size == packed_nbytes(count, bits)
+    offset = 1 << (bits - 1) if signed else 0
+    assert packed.tobytes() == reference_pack([v + offset for v in values], bits)
+    out = unpack_codes(packed, bits, count, signed)
+    assert out.dtype == codes.dtype
+    assert np.array_equal(out, codes)
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+@pytest.mark.parametrize("signed", [True, False])
+def test_round_trip_across_chunks(bits: int, signed: bool) -> None:
+    rng = np.random.default_rng(bits)
+    lo, hi = code_range(bits, "symmetric" if signed else "affine")
+    codes = rng.integers(lo, hi + 1, size=2 * CHUNK_CODES + 13).astype(
+        np.int8 if signed else np.uint8
+    )
+    packed = pack_codes(codes.reshape(-1, 1), bits)  # any shape, read in C order
+    assert packed.size == packed_nbytes(codes.size, bits)
+    assert np.array_equal(unpack_codes(packed, bits, codes.size, signed), codes)
+
+
+def test_packed_nbytes() -> None:
+    assert [packed_nbytes(n, 3) for n in (0, 1, 2, 3, 8, 9)] == [0, 1, 1, 2, 3, 4]
+    assert packed_nbytes(7, 8) == 7 and packed_nbytes(3, 4) == 2
+
+
+def test_code_out_of_range_is_rejected() -> None:
+    with pytest.raises(ValueError, match="does not fit in 4 bits"):
+        pack_codes(np.array([16], np.uint8), 4)
+    with pytest.raises(ValueError, match="does not fit in 4 bits"):
+        pack_codes(np.array([-9], np.int8), 4)
+    with pytest.raises(ValueError, match="int8 or uint8"):
+        pack_codes(np.array([1], np.int32), 4)
+
+
+def test_short_stream_and_bad_width_are_rejected() -> None:
+    with pytest.raises(ValueError, match="need 2 bytes"):
+        unpack_codes(np.zeros(1, np.uint8), 3, 5, signed=False)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        pack_codes(np.zeros(3, np.uint8), 1)
+
+
+def test_longer_stream_is_read_up_to_count() -> None:
+    packed = np.concatenate([pack_codes(np.array([3, 1, 2], np.uint8), 2), [0xFF]]).astype(
+        np.uint8
+    )
+    assert unpack_codes(packed, 2, 3, signed=False).tolist() == [3, 1, 2]
