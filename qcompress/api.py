@@ -110,14 +110,19 @@ def _dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def _exact(x: np.ndarray) -> ErrorStats:
-    return engine.error_stats(x, x)
+EXACT = ErrorStats(0.0, 0.0, float("inf"), 0.0, 0)  # kept or passed through: no error
 
 
 def _min_max(x: np.ndarray) -> tuple[float | None, float | None]:
+    """The finite extremes of a float tensor (a kept tensor may hold NaN or Inf)."""
     if x.size == 0 or str(x.dtype) not in FLOAT_DTYPES:
         return None, None
-    return float(np.min(x)), float(np.max(x))
+    with np.errstate(invalid="ignore"):
+        x = x.astype(np.float32, copy=False)
+        finite = x[np.isfinite(x)] if not np.isfinite(x).all() else x
+    if finite.size == 0:
+        return None, None
+    return float(finite.min()), float(finite.max())
 
 
 def _refuse_artifact(reader: WeightReader) -> None:
@@ -213,9 +218,7 @@ def _quantize_one(
         if entry["zero_point"]:
             writer.write(entry["zero_point"], q.zero_point)
     else:
-        stats = (
-            _exact(x) if plan.info.dtype in FLOAT_DTYPES else ErrorStats(0.0, 0.0, np.inf, 0.0, 0)
-        )
+        stats = EXACT
         writer.write(entry["stored"], x)
     if progress:
         progress.advance(name, nbytes(plan.info))

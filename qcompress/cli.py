@@ -69,16 +69,22 @@ def cli() -> None:
     """
 
 
-def _stderr_console() -> Any:
+PIPE_WIDTH = 160  # rich's 80 columns would truncate tensor names when output is not a terminal
+
+
+def _console(stderr: bool) -> Any:
     from rich.console import Console
 
-    return Console(stderr=True)
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else PIPE_WIDTH)
+
+
+def _stderr_console() -> Any:
+    return _console(stderr=True)
 
 
 def _stdout_console() -> Any:
-    from rich.console import Console
-
-    return Console()
+    return _console(stderr=False)
 
 
 class _RichProgress:
@@ -392,7 +398,7 @@ def _render_inspect(result: dict[str, Any]) -> None:
     console = _stdout_console()
     console.print(table)
     summary = (
-        f"{len(result['tensors'])} tensors, {result['parameters']:,} parameters, "
+        f"{len(result['tensors'])} tensors shown, {result['parameters']:,} parameters in the file, "
         f"file {_fmt_bytes(result['file_bytes'])}"
     )
     if artifact and result["bits_per_weight"]:

@@ -268,7 +268,8 @@ def test_conv_kernels_default_axes(tmp_path: Path) -> None:
     torch_report = json.loads(run("quantize", torch_path, *args).stdout)
     assert torch_report["tensors"][0]["axis"] == 0
     assert torch_report["tensors"][0]["scale"] and len(torch_report["tensors"][0]["scale"]) == 16
-    keras = {t["name"]: t for t in json.loads(run("quantize", keras_path, *args).stdout)["tensors"]}
+    keras_report = run("quantize", keras_path, "-o", tmp_path / "k.safetensors", *args)
+    keras = {t["name"]: t for t in json.loads(keras_report.stdout)["tensors"]}
     assert keras["model_weights/conv/conv/kernel:0"]["axis"] == 3
     assert keras["model_weights/dw/dw/depthwise_kernel:0"]["axis"] == 2
     assert len(keras["model_weights/dw/dw/depthwise_kernel:0"]["scale"]) == 32

@@ -165,7 +165,7 @@ def test_non_finite_values_are_refused(bad: float) -> None:
     x = np.ones((4, 8), np.float32)
     x[2, 3] = bad
     x[0, 0] = bad
-    with pytest.raises(NonFiniteError, match="2 (NaN|Inf)"):
+    with pytest.raises(NonFiniteError, match=r"2 (NaN|Inf)"):
         quantize(x, QuantSpec(8))
 
 
@@ -246,7 +246,11 @@ def reference_quantize(x: np.ndarray, spec: QuantSpec):
             lo, hi = float(g.min()), float(g.max())
             if spec.scheme == "symmetric":
                 s = np.float32(max(abs(lo), abs(hi)) / qhi)
-                s = np.nextafter(s, np.float32(np.inf)) if float(s) < max(abs(lo), abs(hi)) / qhi else s
+                s = (
+                    np.nextafter(s, np.float32(np.inf))
+                    if float(s) < max(abs(lo), abs(hi)) / qhi
+                    else s
+                )
                 z = np.float32(0)
             else:
                 s = np.float32((hi - lo) / qhi)

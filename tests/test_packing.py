@@ -106,7 +106,5 @@ def test_short_stream_and_bad_width_are_rejected() -> None:
 
 
 def test_longer_stream_is_read_up_to_count() -> None:
-    packed = np.concatenate([pack_codes(np.array([3, 1, 2], np.uint8), 2), [0xFF]]).astype(
-        np.uint8
-    )
+    packed = np.concatenate([pack_codes(np.array([3, 1, 2], np.uint8), 2), [0xFF]]).astype(np.uint8)
     assert unpack_codes(packed, 2, 3, signed=False).tolist() == [3, 1, 2]
