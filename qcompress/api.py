@@ -98,18 +98,6 @@ def default_outputs(
     return output, report
 
 
-def nbytes(info: TensorInfo) -> int:
-    return info.size * _dtype(info.dtype).itemsize
-
-
-def _dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
 EXACT = ErrorStats(0.0, 0.0, float("inf"), 0.0, 0)  # kept or passed through: no error
 
 
@@ -156,7 +144,7 @@ def quantize_file(
         source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
         recipe, stored = build_recipe(plans, source)
         if progress:
-            progress.start(len(plans), sum(nbytes(p.info) for p in plans))
+            progress.start(len(plans), sum(p.info.nbytes for p in plans))
         with atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report):
             with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
                 outcomes = [
@@ -221,8 +209,8 @@ def _quantize_one(
         stats = EXACT
         writer.write(entry["stored"], x)
     if progress:
-        progress.advance(name, nbytes(plan.info))
-    report_entry = tensor_entry(entry, x_min, x_max, q, stats, nbytes(plan.info), 0)
+        progress.advance(name, plan.info.nbytes)
+    report_entry = tensor_entry(entry, x_min, x_max, q, stats, plan.info.nbytes, 0)
     return report_entry, stats
 
 
@@ -282,13 +270,13 @@ def dequantize_file(
                 else:
                     x = art.stored_tensor(e)
                 if str(x.dtype) != info.dtype:
-                    x = x.astype(_dtype(info.dtype))
+                    x = x.astype(info.dtype)
                 yield x
                 if progress:
-                    progress.advance(e["name"], nbytes(info))
+                    progress.advance(e["name"], info.nbytes)
 
         if progress:
-            progress.start(len(infos), sum(nbytes(i) for i in infos))
+            progress.start(len(infos), sum(i.nbytes for i in infos))
         with atomic_outputs([output]) as (tmp,):
             write_weights(tmp, fmt, infos, arrays(), art.recipe["source"]["metadata"])
     return DequantizeResult(output, fmt, len(infos), output.stat().st_size, tuple(sorted(notes)))
@@ -320,7 +308,7 @@ def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:
             "shape": list(i.shape),
             "dtype": i.dtype,
             "parameters": i.size,
-            "bytes": nbytes(i),
+            "bytes": i.nbytes,
         }
         for i in reader.tensor_infos()
     ]
@@ -347,7 +335,7 @@ def _inspect_artifact(path: Path) -> dict[str, Any]:
                     "shape": e["shape"],
                     "dtype": e["dtype"],
                     "parameters": info.size,
-                    "bytes": nbytes(info),
+                    "bytes": info.nbytes,
                     "action": e["action"],
                     "bits": e.get("bits"),
                     "scheme": e.get("scheme"),

@@ -305,12 +305,7 @@ class Artifact:
             entry.get("zero_point"),
             entry.get("stored"),
         ]
-        total = 0
-        for n in names:
-            if n is not None:
-                info = self._infos[n]
-                total += info.size * np.dtype(_numpy_dtype(info.dtype)).itemsize
-        return total
+        return sum(self._infos[n].nbytes for n in names if n is not None)
 
     def stats(self) -> np.ndarray:
         """(n_tensors, 3) MSE, max abs error and SQNR dB of every original tensor."""
@@ -344,14 +339,6 @@ class Artifact:
             if actual != self._digests[row]:
                 bad.append(name)
         return bad
-
-
-def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
 
 
 def is_artifact(reader_metadata: dict[str, Any]) -> bool:

@@ -407,3 +407,26 @@ def test_help_lists_exit_codes() -> None:
     result = run("--help")
     assert result.exit_code == 0
     assert "Exit status" in result.stdout and "quality gate" in result.stdout
+
+
+@pytest.mark.parametrize("out_format", FORMATS)
+def test_failure_mid_write_leaves_nothing(
+    sample: Path, tmp_path: Path, out_format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    artifact = tmp_path / "m.qc.safetensors"
+    assert run("quantize", sample, "-o", artifact, "-q").exit_code == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    from qcompress import api
+
+    real, calls = api.engine.dequantize, []
+
+    def failing(q: object) -> np.ndarray:
+        calls.append(q)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived halfway through the output
+        return real(q)
+
+    monkeypatch.setattr(api.engine, "dequantize", failing)
+    result = run("dequantize", artifact, "-o", tmp_path / f"o.{out_format}")
+    assert result.exit_code == 130 and "no output was written" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -169,6 +169,15 @@ def test_non_finite_values_are_refused(bad: float) -> None:
         quantize(x, QuantSpec(8))
 
 
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_non_finite_values_in_long_rows_are_refused(granularity: str) -> None:
+    """A row longer than a tile is reduced piece by piece: a NaN in a later piece still counts."""
+    x = np.ones((2, 300_001), np.float32)
+    x[1, -1] = np.nan
+    with pytest.raises(NonFiniteError, match="1 NaN and 0 Inf"):
+        quantize(x, QuantSpec(8, granularity=granularity, group_size=1024))
+
+
 def test_float64_beyond_float32_range_is_refused() -> None:
     x = np.array([1.0, 1e300])
     with pytest.raises(NonFiniteError, match="beyond float32"):

@@ -58,9 +58,7 @@ def write_tensors(
     path: Path, fmt: str, tensors: Mapping[str, np.ndarray], metadata: dict | None = None
 ) -> Path:
     """Write through ``write_weights`` from a generator, so streaming is what gets tested."""
-    write_weights(
-        path, fmt, infos_for(tensors), (a for a in tensors.values()), metadata or {}
-    )
+    write_weights(path, fmt, infos_for(tensors), (a for a in tensors.values()), metadata or {})
     return path
 
 
@@ -94,7 +92,7 @@ def write_keras_h5(path: Path) -> Path:
         f.attrs["keras_version"] = b"2.15.0"  # h5py 3 stores bytes as vlen ascii
         f.attrs["backend"] = b"tensorflow"
         f.attrs["model_config"] = json.dumps(config)  # vlen utf-8
-        f.attrs["training_config"] = "{\"loss\": \"mse\", \"note\": \"π≈3.14\"}"
+        f.attrs["training_config"] = '{"loss": "mse", "note": "π≈3.14"}'
         mw = f.create_group("model_weights")
         mw.attrs["layer_names"] = np.array([n.encode() for n in layers])  # |S16
         mw.attrs["backend"] = b"tensorflow"
@@ -136,8 +134,11 @@ def all_h5_objects(path: Path) -> dict[str, dict[str, tuple]]:
             if isinstance(value, h5py.Empty):
                 value = ("empty", value.dtype.str)
             elif isinstance(value, np.ndarray):
-                value = (value.dtype.str, value.shape, value.tobytes() if value.dtype != object
-                         else tuple(value.reshape(-1).tolist()))
+                value = (
+                    value.dtype.str,
+                    value.shape,
+                    value.tobytes() if value.dtype != object else tuple(value.reshape(-1).tolist()),
+                )
             elif isinstance(value, np.generic):
                 value = (value.dtype.str, value.tobytes())
             attrs[key] = (aid.dtype.str, h5py.check_string_dtype(aid.dtype), aid.shape, value)

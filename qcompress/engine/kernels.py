@@ -17,7 +17,7 @@ def encode(
     qhi: int,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Codes (as integral float32) of an (r, k, g) block: clip(rint(x / scale + zp), qlo, qhi).
+    """Codes (as integral float32) of an (r, k, g) block: clip(rint(x * inv + zp), qlo, qhi).
 
     ``inv`` is 1/scale (0 where scale is 0, so all-zero groups give code zp = 0 with no division
     by zero); ``inv`` and ``zp`` are (r, k) float32.
@@ -41,6 +41,9 @@ def decode(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, out: np.
 def squared_error(x: np.ndarray, grid32: tuple, qlo: int, qhi: int, buf: np.ndarray) -> np.ndarray:
     """Sum over g of (x - decode(encode(x)))^2 for an (r, k, g) block, as (r, k) float64.
 
+    Summed in float32 (relative error ~1e-6 for a few thousand terms); callers compare candidates
+    with a margin larger than that, see ``ranges.MSE_MIN_GAIN``.
+
     ``buf`` is a float32 scratch array of x's shape.
     """
     scale, inv, zp = grid32
@@ -48,4 +51,4 @@ def squared_error(x: np.ndarray, grid32: tuple, qlo: int, qhi: int, buf: np.ndar
         t = encode(x, inv, zp, qlo, qhi, out=buf)
         decode(t, scale, zp, out=t)
         t -= x
-        return np.einsum("rkg,rkg->rk", t, t, dtype=np.float64)
+        return np.einsum("rkg,rkg->rk", t, t).astype(np.float64)  # float32: 5x faster

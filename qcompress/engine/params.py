@@ -59,7 +59,8 @@ def code_dtype(scheme: str) -> np.dtype:
 
 class Grid(NamedTuple):
     """Parameters of one grid per (row, group): scale and zero_point in the scale dtype
-    (zero_point None when symmetric), and the covered range [(lo - zp) * s, (hi - zp) * s]."""
+    (zero_point None when symmetric), and the range the grid covers, [(qlo - zp) * s,
+    (qhi - zp) * s] for the smallest and largest codes qlo, qhi, as float32."""
 
     scale: np.ndarray
     zero_point: np.ndarray | None

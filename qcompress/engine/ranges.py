@@ -30,7 +30,11 @@ method matters for large groups and per-channel rows."""
 MSE_SHRINKS: tuple[float, ...] = tuple(float(t) for t in np.linspace(1.0, 0.5, 21))
 """Candidate clipping factors for range method "mse": fractions of the group's absmax
 (symmetric) or of each bound's magnitude (affine). 1.0 (no clipping, i.e. minmax) is scored
-first and kept unless a candidate is strictly better, so "mse" is never worse than "minmax"."""
+first and kept unless a candidate is clearly better, so "mse" is never worse than "minmax"."""
+
+MSE_MIN_GAIN = 1e-4
+"""A candidate replaces the best so far only if it cuts the (float32-summed) squared error by
+more than this fraction: far above summation noise, so a choice is never worse in fact."""
 
 
 def group_minmax(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -50,8 +54,8 @@ def group_minmax(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
         for t in iter_col_tiles(cols, glen):
             blk = tile_view(rows, rs, t)
             gs = slice(t.g0, t.g0 + t.k)
-            np.fmin(lo[rs, gs], blk.min(axis=-1), out=lo[rs, gs])
-            np.fmax(hi[rs, gs], blk.max(axis=-1), out=hi[rs, gs])
+            np.minimum(lo[rs, gs], blk.min(axis=-1), out=lo[rs, gs])  # not fmin: keep NaN
+            np.maximum(hi[rs, gs], blk.max(axis=-1), out=hi[rs, gs])
     return lo, hi
 
 
@@ -127,7 +131,7 @@ def _mse_range(
     def consider(c_lo: np.ndarray, c_hi: np.ndarray) -> None:
         nonlocal best_lo, best_hi, best_err
         err = score(c_lo, c_hi)
-        better = err < best_err
+        better = err < best_err * (1 - MSE_MIN_GAIN)
         best_err = np.where(better, err, best_err)
         best_lo = np.where(better, c_lo, best_lo)
         best_hi = np.where(better, c_hi, best_hi)

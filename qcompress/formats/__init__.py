@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
+from qcompress.formats._common import one_line
 from qcompress.formats.base import Layout, TensorInfo, WeightReader
 from qcompress.formats.h5 import H5Reader, write_h5
 from qcompress.formats.npz import NpzReader, write_npz
@@ -157,15 +158,18 @@ def write_weights(
     """Write tensors to ``path`` in ``fmt``, consuming ``arrays`` (one per info, in order) one
     at a time. ``metadata`` is what a reader's ``metadata()`` returned; only metadata from the
     same format is used (h5 groups and attributes, safetensors ``__metadata__``). The file
-    appears only once it is complete. A dtype or name the format cannot hold is a UsageError;
-    an array that does not match its info is a ValueError."""
+    appears only once it is complete. A dtype or name the format cannot hold, or a file that
+    cannot be written, is a UsageError; an array that does not match its info is a ValueError."""
     meta = dict(metadata or {})
-    if fmt == "npz":
-        write_npz(path, infos, arrays)
-    elif fmt == "h5":
-        write_h5(path, infos, arrays, meta if meta.get("format") == "h5" else None)
-    elif fmt == "safetensors":
-        st_meta = meta.get("__metadata__") if meta.get("format") == "safetensors" else None
-        write_safetensors(path, infos, arrays, st_meta)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    try:
+        if fmt == "npz":
+            write_npz(path, infos, arrays)
+        elif fmt == "h5":
+            write_h5(path, infos, arrays, meta if meta.get("format") == "h5" else None)
+        elif fmt == "safetensors":
+            st_meta = meta.get("__metadata__") if meta.get("format") == "safetensors" else None
+            write_safetensors(path, infos, arrays, st_meta)
+        else:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+    except OSError as exc:  # missing folder, no permission, disk full
+        raise UsageError(f"{path}: cannot write: {one_line(exc.strerror or exc)}") from exc

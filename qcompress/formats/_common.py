@@ -1,16 +1,12 @@
-"""Helpers shared by the format modules: dtype names, array checks, atomic output files.
+"""Helpers shared by the format modules: dtype names and array checks.
+
+Writers write to the path they are given; making outputs atomic is the caller's job
+(:mod:`qcompress.atomic`), since one command may write several files that must appear together.
 
 Kept private: the public surface is ``qcompress.formats`` and the per-format modules.
 """
 
 from __future__ import annotations
-
-import contextlib
-import os
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
-from typing import IO
 
 import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
 import numpy as np
@@ -54,37 +50,3 @@ def check_array(info: TensorInfo, array: np.ndarray) -> np.ndarray:
         array = array.astype(array.dtype.newbyteorder("="))
     # Not np.ascontiguousarray: it turns a 0-d array into shape (1,).
     return array if array.flags.c_contiguous else array.copy(order="C")
-
-
-def _temp_beside(path: Path) -> Path:
-    """A fresh name in ``path``'s folder, created with ``open(..., "xb")`` so it gets the
-    user's umask (``mkstemp`` would make the final file private to the owner)."""
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            open(tmp, "xb").close()
-        except FileExistsError:
-            continue
-        return tmp
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` and move it into place only when the body
-    succeeds, so a failed or interrupted write never leaves a half-written weight file."""
-    path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[IO[bytes]]:
-    """``atomic_path`` opened as a binary file handle."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        yield fh

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import ml_dtypes  # noqa: F401 - registers bfloat16, so np.dtype("bfloat16") works
 import numpy as np
 
 Layout = Literal["pytorch", "keras"]
@@ -31,6 +32,10 @@ class TensorInfo:
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
 
 
 class WeightReader(ABC):

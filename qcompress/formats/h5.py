@@ -30,6 +30,11 @@ refuse them. Other HDF5 types (compound, opaque, references, ...) are refused on
 
 Never followed: external links, soft links, external raw storage and virtual datasets whose
 sources lie in another file. Each is a FormatError on open.
+
+Limit: h5py and the HDF5 C library parse the file. Any Python exception they raise on damaged
+content becomes a FormatError, but HDF5 (2.0.0 here) trusts some on-disk lengths, notably of
+variable-length string attributes, and a crafted or bit-flipped file can crash or hang the
+process inside it. Do not open untrusted HDF5 files in a process that must survive.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import h5py
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, QCompressError, UsageError
-from qcompress.formats._common import atomic_path, check_array, dtype_name, one_line, to_dtype
+from qcompress.formats._common import check_array, dtype_name, one_line, to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # h5py turns damage deep in a file into almost any exception: OSError and KeyError from HDF5,
@@ -207,7 +212,7 @@ def encode_attr(attrs: h5py.AttributeManager, key: str) -> dict[str, Any]:
     if string is not None:
         fixed = string.length is not None
         raw = np.asarray(value, dtype=object)
-        items = [_to_bytes(v, string.encoding) for v in raw.reshape(-1)]
+        items = [_to_bytes(v) for v in raw.reshape(-1)]
         enc: dict[str, Any] = {"kind": "bytes" if fixed else "str"}
         if fixed:
             enc["dtype"] = dt.str
@@ -259,7 +264,7 @@ def decode_attr(attrs: h5py.AttributeManager, key: str, enc: dict[str, Any]) -> 
     raise ValueError(f"unknown attribute kind {kind!r}")
 
 
-def _to_bytes(value: Any, encoding: str) -> bytes:
+def _to_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     # h5py decodes variable-length strings, with surrogateescape for invalid bytes.
@@ -297,7 +302,7 @@ def write_h5(
     path = Path(path)
     _check_h5_names(path, infos)
     source = metadata if metadata and metadata.get("format") == "h5" else None
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+    with h5py.File(path, "w", track_order=False) as f:
         if source is not None:
             for key, enc in source.get("attrs", {}).items():
                 decode_attr(f.attrs, key, enc)

@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import atomic_output, check_array, dtype_name, one_line
+from qcompress.formats._common import check_array, dtype_name, one_line
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
@@ -96,6 +96,7 @@ class NpzReader(WeightReader):
             try:
                 with self._zip.open(entry) as fh:
                     shape, dtype = _read_npy_header(fh)
+                    header_end = fh.tell()
             except OSError as exc:
                 raise self._os_error(exc, entry.filename) from exc
             except _ZIP_ERRORS as exc:
@@ -112,7 +113,16 @@ class NpzReader(WeightReader):
                     f"{self.path}: tensor {name!r} has dtype {dtype.str}, which qcompress "
                     "does not support in npz (numeric, bool or fixed-length strings only)"
                 )
-            infos.append(TensorInfo(name, shape, dtype_name(dtype)))
+            info = TensorInfo(name, shape, dtype_name(dtype))
+            # Checked against the zip directory, so a lying header cannot make ``read``
+            # allocate more than the member holds.
+            expected = header_end + info.size * dtype.itemsize
+            if entry.file_size != expected:
+                raise FormatError(
+                    f"{self.path}: npz member {entry.filename!r} has {entry.file_size} bytes "
+                    f"but its header ({dtype.str} {list(shape)}) needs {expected} (truncated?)"
+                )
+            infos.append(info)
             members[name] = entry
         return infos, members
 
@@ -137,6 +147,8 @@ class NpzReader(WeightReader):
                 array = np.lib.format.read_array(fh, allow_pickle=False)
                 if fh.read(1):
                     raise ValueError("member has bytes after the array data")
+        except MemoryError:
+            raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
         except OSError as exc:
             raise self._os_error(exc, self._members[name].filename) from exc
         except _ZIP_ERRORS as exc:
@@ -183,7 +195,7 @@ def write_npz(
     if len({i.name for i in infos}) != len(infos):
         raise ValueError("duplicate tensor names")
     with (
-        atomic_output(Path(path)) as fh,
+        open(path, "wb") as fh,
         zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,
     ):
         for info, array in zip(infos, arrays, strict=True):

@@ -14,6 +14,7 @@ the package in each direction.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import struct
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import atomic_output, check_array, one_line, to_dtype
+from qcompress.formats._common import check_array, one_line, to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # numpy dtype name -> safetensors dtype code. The single source of truth for what can be stored.
@@ -102,7 +103,7 @@ def write_safetensors(
     """Write the header, then stream each array's bytes (C order, little-endian), one array at
     a time. An array that does not match its info is a programming error (ValueError)."""
     header = encode_header(infos, metadata)
-    with atomic_output(Path(path)) as fh:
+    with open(path, "wb") as fh:
         fh.write(header)
         for info, array in zip(infos, arrays, strict=True):
             array = check_array(info, array).astype(_file_dtype(info.dtype), copy=False)
@@ -294,10 +295,8 @@ class SafetensorsReader(WeightReader):
     def close(self) -> None:
         """Unmap the file unless views are still alive; then the map closes when they go."""
         if self._map is not None:
-            try:
+            with contextlib.suppress(BufferError):
                 self._map.close()
-            except BufferError:
-                pass
             self._map = None
 
 
