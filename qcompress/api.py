@@ -27,7 +27,7 @@ from qcompress.artifact import (
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
-from qcompress.formats import format_for_output, open_weights, write_weights
+from qcompress.formats import DTYPE_CODES, format_for_output, open_weights, write_weights
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.gates import Gate, failed_gates
 from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
@@ -121,6 +121,16 @@ def _refuse_artifact(reader: WeightReader) -> None:
         )
 
 
+def _check_storable(path: Path, infos: list[TensorInfo]) -> None:
+    """Every tensor must fit in a safetensors artifact (strings and objects do not)."""
+    for info in infos:
+        if info.dtype not in DTYPE_CODES:
+            raise InputError(
+                f"{path}: tensor {info.name!r} has dtype {info.dtype}, which a safetensors "
+                "artifact cannot hold; remove it from the model first"
+            )
+
+
 def quantize_file(
     input_path: str | Path,
     options: QuantizeOptions | None = None,
@@ -139,7 +149,9 @@ def quantize_file(
     )
     with open_weights(input_path) as reader:
         _refuse_artifact(reader)
-        plans = [plan_tensor(info, reader.layout, options) for info in reader.tensor_infos()]
+        infos = reader.tensor_infos()
+        _check_storable(reader.path, infos)
+        plans = [plan_tensor(info, reader.layout, options) for info in infos]
         check_outputs([artifact_path, report_path], [input_path], force)
         source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
         recipe, stored = build_recipe(plans, source)

@@ -430,3 +430,12 @@ def test_failure_mid_write_leaves_nothing(
     result = run("dequantize", artifact, "-o", tmp_path / f"o.{out_format}")
     assert result.exit_code == 130 and "no output was written" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_string_tensor_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f["w"] = np.ones((64, 64), np.float32)
+        f["vocab"] = np.array([b"a", b"bc"])
+    assert_clean_error(run("quantize", path), "m.h5", "'vocab'", "cannot hold")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
