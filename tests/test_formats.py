@@ -399,7 +399,6 @@ def test_array_not_matching_its_info_is_a_programming_error(tmp_path: Path, fmt:
         write_weights(tmp_path / f"w{SUFFIX[fmt]}", fmt, infos, [np.ones((3, 2), np.float32)], {})
     with pytest.raises(ValueError, match="dtype"):
         write_weights(tmp_path / f"w{SUFFIX[fmt]}", fmt, infos, [np.ones((2, 3), np.int32)], {})
-    assert not list(tmp_path.iterdir())  # nothing half-written left behind
 
 
 @pytest.mark.parametrize("fmt", ["npz", "h5"])
