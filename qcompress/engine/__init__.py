@@ -1,34 +1,42 @@
 """The numpy-only engine: choose grids, quantize, pack, dequantize, and measure the error.
 
 Pure functions over numpy arrays; no file I/O and no imports from the rest of qcompress.
+Names load on first use, so that reading the tables in ``spec`` (as the CLI does to build its
+--help) does not import numpy.
 """
 
 from __future__ import annotations
 
-from qcompress.engine.metrics import combine_error_stats, error_stats
-from qcompress.engine.packing import pack_codes, packed_nbytes, unpack_codes
-from qcompress.engine.params import code_range
-from qcompress.engine.quantize import dequantize, quantize
-from qcompress.engine.ranges import MSE_SHRINKS, PERCENTILE
-from qcompress.engine.rows import from_rows, n_groups, to_rows
-from qcompress.engine.spec import ErrorStats, NonFiniteError, QuantizedTensor, QuantSpec
+import importlib
+from typing import Any
 
-__all__ = [
-    "MSE_SHRINKS",
-    "PERCENTILE",
-    "ErrorStats",
-    "NonFiniteError",
-    "QuantSpec",
-    "QuantizedTensor",
-    "code_range",
-    "combine_error_stats",
-    "dequantize",
-    "error_stats",
-    "from_rows",
-    "n_groups",
-    "pack_codes",
-    "packed_nbytes",
-    "quantize",
-    "to_rows",
-    "unpack_codes",
-]
+_EXPORTS = {
+    "combine_error_stats": "metrics",
+    "error_stats": "metrics",
+    "pack_codes": "packing",
+    "packed_nbytes": "packing",
+    "unpack_codes": "packing",
+    "code_range": "params",
+    "dequantize": "codec",
+    "quantize": "codec",
+    "MSE_SHRINKS": "ranges",
+    "PERCENTILE": "ranges",
+    "from_rows": "rows",
+    "n_groups": "rows",
+    "to_rows": "rows",
+    "ErrorStats": "spec",
+    "NonFiniteError": "spec",
+    "QuantizedTensor": "spec",
+    "QuantSpec": "spec",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'qcompress.engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"qcompress.engine.{module}"), name)
+    globals()[name] = value
+    return value

@@ -6,8 +6,10 @@ CLI choices, validation bounds and report fields all derive from these tuples.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 SCHEMES: tuple[str, ...] = ("symmetric", "affine")
