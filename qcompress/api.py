@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -25,19 +25,18 @@ from qcompress.artifact import (
     is_artifact,
 )
 from qcompress.atomic import atomic_outputs, check_outputs
-from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import DTYPE_CODES, format_for_output, open_weights, write_weights
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.gates import Gate, failed_gates
-from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
+from qcompress.pipeline import Progress, default_jobs, stream_quantize
+from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, plan_tensor
 from qcompress.report import (
     build_report,
     dumps,
     error_fields,
     finite_or_none,
     sha256_file,
-    tensor_entry,
 )
 
 __all__ = [
@@ -52,14 +51,6 @@ __all__ = [
 ]
 
 OUTPUT_DTYPES = ("original", "float32", "float16")
-
-
-class Progress(Protocol):
-    """What a caller may pass to follow a long command: told the total, then each tensor done."""
-
-    def start(self, tensors: int, total_bytes: int) -> None: ...
-
-    def advance(self, name: str, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,21 +89,6 @@ def default_outputs(
     return output, report
 
 
-EXACT = ErrorStats(0.0, 0.0, float("inf"), 0.0, 0)  # kept or passed through: no error
-
-
-def _min_max(x: np.ndarray) -> tuple[float | None, float | None]:
-    """The finite extremes of a float tensor (a kept tensor may hold NaN or Inf)."""
-    if x.size == 0 or str(x.dtype) not in FLOAT_DTYPES:
-        return None, None
-    with np.errstate(invalid="ignore"):
-        x = x.astype(np.float32, copy=False)
-        finite = x[np.isfinite(x)] if not np.isfinite(x).all() else x
-    if finite.size == 0:
-        return None, None
-    return float(finite.min()), float(finite.max())
-
-
 def _refuse_artifact(reader: WeightReader) -> None:
     if reader.format == "safetensors" and is_artifact(reader.metadata()):
         raise UsageError(
@@ -138,6 +114,7 @@ def quantize_file(
     output: str | Path | None = None,
     report: str | Path | None = None,
     force: bool = False,
+    jobs: int | None = None,
     progress: Progress | None = None,
 ) -> QuantizeResult:
     """Quantize a weight file into an artifact plus a JSON report, and return the report."""
@@ -159,12 +136,15 @@ def quantize_file(
             progress.start(len(plans), sum(p.info.nbytes for p in plans))
         with atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report):
             with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
-                outcomes = [
-                    _quantize_one(reader, plan, entry, writer, progress)
-                    for plan, entry in zip(plans, recipe["tensors"], strict=True)
-                ]
-                writer.finish(np.array([_stats_row(s) for _, s in outcomes], dtype=np.float64))
-            entries = _confirm(tmp_artifact, artifact_path, outcomes)
+                results = stream_quantize(
+                    reader,
+                    plans,
+                    recipe["tensors"],
+                    writer,
+                    jobs=jobs or default_jobs(),
+                    progress=progress,
+                )
+            entries = _confirm(tmp_artifact, artifact_path, [r.report for r in results])
             result = build_report(
                 input_info={
                     "path": str(input_path),
@@ -179,55 +159,15 @@ def quantize_file(
                 },
                 options=options.defaults(),
                 entries=entries,
-                overall=engine.combine_error_stats(s for _, s in outcomes),
+                overall=engine.combine_error_stats(r.stats for r in results),
                 elapsed=time.perf_counter() - started,
             )
             tmp_report.write_text(dumps(result))
     return QuantizeResult(artifact_path, report_path, result)
 
 
-def _stats_row(stats: ErrorStats) -> list[float]:
-    return [getattr(stats, column) for column in STATS_COLUMNS]
-
-
-def _quantize_one(
-    reader: WeightReader,
-    plan: TensorPlan,
-    entry: dict[str, Any],
-    writer: ArtifactWriter,
-    progress: Progress | None,
-) -> tuple[dict[str, Any], ErrorStats]:
-    """Quantize (or copy) one tensor into the artifact; return its report entry and error."""
-    name = plan.info.name
-    x = reader.read(name)
-    x_min, x_max = _min_max(x)
-    q = None
-    if plan.action == QUANTIZED:
-        assert plan.spec is not None
-        try:
-            q = engine.quantize(x, plan.spec)
-        except NonFiniteError as e:
-            raise InputError(
-                f"{reader.path}: tensor {name!r}: {e}; fix the model or keep the tensor in float "
-                f"with --keep '{name}'"
-            ) from None
-        stats = engine.error_stats(x, engine.dequantize(q))
-        codes = q.codes if entry["packing"] == "none" else engine.pack_codes(q.codes, q.spec.bits)
-        writer.write(entry["codes"], codes)
-        writer.write(entry["scale"], q.scale)
-        if entry["zero_point"]:
-            writer.write(entry["zero_point"], q.zero_point)
-    else:
-        stats = EXACT
-        writer.write(entry["stored"], x)
-    if progress:
-        progress.advance(name, plan.info.nbytes)
-    report_entry = tensor_entry(entry, x_min, x_max, q, stats, plan.info.nbytes, 0)
-    return report_entry, stats
-
-
 def _confirm(
-    tmp_artifact: Path, artifact_path: Path, outcomes: list[tuple[dict[str, Any], ErrorStats]]
+    tmp_artifact: Path, artifact_path: Path, reports: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Reopen the written artifact, check every checksum, and fill in the bytes it really stores."""
     with Artifact(tmp_artifact) as art:
@@ -237,7 +177,7 @@ def _confirm(
                 f"{artifact_path}: written artifact failed its own checksum ({bad[0]})"
             )
         entries = []
-        for (entry, _), recipe_entry in zip(outcomes, art.entries, strict=True):
+        for entry, recipe_entry in zip(reports, art.entries, strict=True):
             entries.append({**entry, "stored_bytes": art.stored_bytes(recipe_entry)})
     return entries
 

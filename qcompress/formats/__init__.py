@@ -28,6 +28,7 @@ from qcompress.formats.safetensors import (
     tensor_nbytes,
     write_safetensors,
 )
+from qcompress.formats.sharded import ShardedReader, find_index, read_index
 
 __all__ = [
     "CODE_DTYPES",
@@ -126,8 +127,14 @@ def _is_zip_prefix(head: bytes) -> bool:
 
 
 def open_weights(path: Path) -> WeightReader:
-    """Detect ``path``'s format and open it lazily. Use the reader as a context manager."""
+    """Detect ``path``'s format and open it lazily. Use the reader as a context manager.
+
+    A sharded checkpoint (its ``*.safetensors.index.json``, or the folder holding it) opens as
+    one reader over all its shards."""
     path = Path(path)
+    index = find_index(path)
+    if index is not None:
+        return ShardedReader(read_index(index))
     return READERS[detect_format(path)](path)
 
 

@@ -60,6 +60,10 @@ class WeightReader(ABC):
         """Format-specific, JSON-serialisable data needed to rewrite the file faithfully."""
         return {}
 
+    def release(self, name: str) -> None:  # noqa: B027 - optional hook
+        """The caller is done with tensor ``name``: a memory-mapped reader drops its pages from
+        this process, so resident memory follows the tensors in use, not the file."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 

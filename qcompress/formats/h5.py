@@ -31,10 +31,23 @@ refuse them. Other HDF5 types (compound, opaque, references, ...) are refused on
 Never followed: external links, soft links, external raw storage and virtual datasets whose
 sources lie in another file. Each is a FormatError on open.
 
-Limit: h5py and the HDF5 C library parse the file. Any Python exception they raise on damaged
-content becomes a FormatError, but HDF5 (2.0.0 here) trusts some on-disk lengths, notably of
-variable-length string attributes, and a crafted or bit-flipped file can crash or hang the
-process inside it. Do not open untrusted HDF5 files in a process that must survive.
+Crashes and hangs in the HDF5 C library: h5py and HDF5 parse the file, and any Python exception
+they raise on damaged content becomes a FormatError. But HDF5 (2.0.0 here) trusts some on-disk
+values, and a crafted or bit-flipped file can crash or hang the process inside it, out of reach
+of any Python check. Fuzzing the sample files found hangs in ``H5Aread`` of variable-length
+string attributes (a damaged global-heap reference; Keras's ``backend`` and ``model_config``
+are such attributes), and there is no HDF5 call that reads those without following the
+reference. So before a file is opened in-process, ``probe_h5`` runs the whole index (open, walk
+every link, read every attribute, check every dataset's storage) in a short-lived child process
+(forked, so it costs a few milliseconds and no re-import; spawned where fork is missing) with a
+timeout. A child that dies by a signal or runs out of time becomes a FormatError naming the file;
+a child that finishes means the same deterministic work is safe in-process. Dataset data is not
+read by the probe: ``_check_storage`` first bounds every dataset's data by the bytes the file
+really holds for it, so the reads that follow are plain copies (contiguous) or decompression of
+chunks HDF5 has already located (chunked).
+
+``QCOMPRESS_H5_PROBE_TIMEOUT`` sets the child's time limit in seconds (default 30); ``0`` turns
+the probe off, for trusted files in a process that may crash.
 """
 
 from __future__ import annotations
@@ -42,6 +55,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import math
+import os
+import select
+import signal
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,9 +83,12 @@ class H5Reader(WeightReader):
     format = "h5"
     layout = "keras"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, probe: bool = True) -> None:
         super().__init__(path)
+        if probe:
+            probe_h5(self.path)
         try:
+            self._file_size = self.path.stat().st_size
             # locking=False: reading must work on read-only media and files another process has.
             self._file = h5py.File(self.path, "r", locking=False)
         except FileNotFoundError as exc:
@@ -131,6 +152,7 @@ class H5Reader(WeightReader):
             )
         if dset.shape is None:
             raise FormatError(f"{self.path}: dataset {name!r} is empty (null dataspace)")
+        self._check_storage(name, dset)
         dt = dset.dtype
         string = h5py.check_string_dtype(dt)
         if string is not None and string.length is None:
@@ -143,6 +165,36 @@ class H5Reader(WeightReader):
                 "support (numbers, bools and strings only)"
             )
         return TensorInfo(name, tuple(int(d) for d in dset.shape), dtype)
+
+    def _check_storage(self, name: str, dset: h5py.Dataset) -> None:
+        """Refuse data said to lie past the end of the file, and a dataspace larger than the
+        stored bytes could expand to: a damaged or hostile shape must not make ``read``
+        allocate memory out of proportion to the file's real size."""
+        size = self._file_size
+        dsid = dset.id
+        stored = dsid.get_storage_size()
+        if dset.chunks is None:
+            offset = dsid.get_offset()  # None for compact or never-written data
+            if offset is not None and offset + stored > size:
+                raise FormatError(
+                    f"{self.path}: dataset {name!r} data runs to byte {offset + stored} but the "
+                    f"file has {size} bytes (truncated?)"
+                )
+        else:
+            for i in range(dsid.get_num_chunks()):
+                chunk = dsid.get_chunk_info(i)
+                if chunk.byte_offset + chunk.size > size:
+                    raise FormatError(
+                        f"{self.path}: dataset {name!r} has a chunk running to byte "
+                        f"{chunk.byte_offset + chunk.size} but the file has {size} bytes "
+                        "(truncated?)"
+                    )
+        nbytes = int(np.prod(dset.shape, dtype=np.float64)) * dset.dtype.itemsize
+        if nbytes > _MAX_EXPANSION * stored + _EXPANSION_SLACK:
+            raise FormatError(
+                f"{self.path}: dataset {name!r} claims {nbytes} bytes of data but the file "
+                f"holds only {stored} for it (corrupt shape?)"
+            )
 
     def _attrs(self, obj: h5py.HLObject, where: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -195,6 +247,121 @@ class H5Reader(WeightReader):
 
 class _Unsupported(Exception):
     pass
+
+
+# deflate, HDF5's usual filter, expands at most about 1032:1; the slack covers tiny datasets and
+# fill values of never-written ones.
+_MAX_EXPANSION = 1032
+_EXPANSION_SLACK = 1 << 20
+
+PROBE_TIMEOUT_ENV = "QCOMPRESS_H5_PROBE_TIMEOUT"
+_PROBE_TIMEOUT_DEFAULT = 30.0
+_PROBE_OK = 0
+_PROBE_REFUSED = 3  # the child raised a QCompressError: the in-process open raises it again
+
+
+def probe_timeout() -> float:
+    """Seconds the probe child may take (``QCOMPRESS_H5_PROBE_TIMEOUT``); 0 disables it."""
+    raw = os.environ.get(PROBE_TIMEOUT_ENV, "")
+    try:
+        return float(raw) if raw.strip() else _PROBE_TIMEOUT_DEFAULT
+    except ValueError:
+        raise UsageError(f"{PROBE_TIMEOUT_ENV}={raw!r}: must be a number of seconds") from None
+
+
+def _probe_work(path: Path) -> int:
+    """What the child does: everything ``H5Reader`` does on open, plus reading the
+    variable-length string datasets (their data are global-heap references, like the
+    attributes that hang). Returns the child's exit status."""
+    try:
+        with H5Reader(path, probe=False) as reader:
+            for info in reader.tensor_infos():
+                if info.dtype == "object":
+                    reader.read(info.name)
+    except QCompressError:
+        return _PROBE_REFUSED
+    return _PROBE_OK
+
+
+def probe_h5(path: Path) -> None:
+    """Parse ``path``'s HDF5 structure in a child process first; a crash or hang there becomes
+    a FormatError here instead of killing or freezing this process. See the module docstring."""
+    timeout = probe_timeout()
+    if timeout <= 0:
+        return
+    probe = _probe_forked if hasattr(os, "fork") else _probe_spawned
+    status = probe(path, timeout)
+    if status is None:
+        raise FormatError(
+            f"{path}: the HDF5 library did not finish parsing the file within {timeout:g} s "
+            f"(corrupt or hostile file; {PROBE_TIMEOUT_ENV} sets the limit)"
+        )
+    if status < 0:
+        raise FormatError(
+            f"{path}: the HDF5 library crashed parsing the file "
+            f"({_signal_name(-status)}); the file is corrupt or hostile"
+        )
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _probe_forked(path: Path, timeout: float) -> int | None:
+    """Exit status of a forked child running ``_probe_work`` (negative: killed by that signal),
+    or None when it ran out of time. fork shares the already-imported h5py, so the probe costs
+    a few milliseconds; the child leaves by ``os._exit`` without running any cleanup of ours."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its exit status is what is tested
+        status = 4
+        try:
+            os.close(read_end)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)  # glibc and HDF5 abort messages must not reach our stderr
+            os.dup2(devnull, 2)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            status = _probe_work(path)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    try:
+        # The pipe's write end closes when the child exits, however it exits.
+        ready, _, _ = select.select([read_end], [], [], timeout)
+        if not ready:
+            return None
+        _, raw = os.waitpid(pid, 0)
+        pid = 0
+        return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+    finally:
+        os.close(read_end)
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _probe_spawned(path: Path, timeout: float) -> int | None:  # pragma: no cover - Windows
+    """``_probe_forked`` for platforms without fork: a fresh interpreter (slower: it imports
+    h5py again)."""
+    code = (
+        "import sys; from pathlib import Path; from qcompress.formats.h5 import _probe_work; "
+        "sys.exit(_probe_work(Path(sys.argv[1])))"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(path)],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    return proc.returncode
 
 
 def encode_attr(attrs: h5py.AttributeManager, key: str) -> dict[str, Any]:

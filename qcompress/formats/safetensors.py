@@ -292,6 +292,17 @@ class SafetensorsReader(WeightReader):
     def metadata(self) -> dict[str, Any]:
         return {"format": "safetensors", "__metadata__": dict(self._meta)}
 
+    def release(self, name: str) -> None:
+        """Drop the tensor's pages from this process (they stay in the page cache); views
+        still alive fault them back in from the file, so this is always safe."""
+        if self._map is None or name not in self._offsets or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        _, begin, end = self._offsets[name]
+        start = (self._data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        length = self._data_start + end - start
+        if length > 0:
+            self._map.madvise(mmap.MADV_DONTNEED, start, length)
+
     def close(self) -> None:
         """Unmap the file unless views are still alive; then the map closes when they go."""
         if self._map is not None:

@@ -1,0 +1,174 @@
+"""Sharded safetensors checkpoints: a ``*.safetensors.index.json`` that maps tensors to shard files.
+
+The index is the Hugging Face layout, ``{"metadata": {...}, "weight_map": {tensor: file}}``, with
+shard files named relative to the index's folder. A checkpoint may be named by its index file or
+by the folder holding exactly one index. Shards are listed in the order their first tensor appears
+in the weight map, which is also the order the tools that write these files use.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qcompress.errors import FormatError, InputError
+from qcompress.formats._common import one_line
+from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.safetensors import SafetensorsReader
+
+INDEX_SUFFIX = ".safetensors.index.json"
+MAX_INDEX_BYTES = 64 << 20  # an index of a million tensors is ~50 MB; anything larger is hostile
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """A parsed index: where it is, its shard files in order, and which shard holds each tensor."""
+
+    path: Path
+    metadata: dict[str, Any]
+    weight_map: dict[str, str]  # tensor name -> shard file name (relative to the index's folder)
+
+    @property
+    def shards(self) -> list[str]:
+        return list(dict.fromkeys(self.weight_map.values()))
+
+    def shard_path(self, shard: str) -> Path:
+        return self.path.parent / shard
+
+    def names_in(self, shard: str) -> list[str]:
+        return [name for name, s in self.weight_map.items() if s == shard]
+
+
+def find_index(path: Path) -> Path | None:
+    """The index file ``path`` names (itself, or the one in a folder), or None for a plain file."""
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*" + INDEX_SUFFIX))
+        if not found:
+            raise InputError(
+                f"{path}: is a folder without a *{INDEX_SUFFIX} (name a weight file or an index)"
+            )
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise InputError(f"{path}: holds several indexes ({names}); name one of them")
+        return found[0]
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(64).lstrip()
+        # A JSON object opens with '{' then '"' or '}'; a safetensors header length never does.
+        if not start.startswith(b"{") or start[1:].lstrip()[:1] not in (b'"', b"}"):
+            return None
+        if path.stat().st_size > MAX_INDEX_BYTES:
+            return None
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None  # not an index: the format readers will say what it is, or what is wrong
+    return path if isinstance(doc, dict) and "weight_map" in doc else None
+
+
+def read_index(path: Path) -> ShardIndex:
+    """Parse and check an index: JSON of the right shape, shard names that stay in its folder."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            raise FormatError(f"{path}: index is {size} bytes, over the {MAX_INDEX_BYTES} limit")
+        doc = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {one_line(exc.strerror or exc)}") from None
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{path}: not a valid index JSON ({one_line(exc)})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
+        raise FormatError(f"{path}: an index needs a 'weight_map' object of tensor -> shard file")
+    metadata = doc.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise FormatError(f"{path}: the index's 'metadata' must be an object")
+    weight_map: dict[str, str] = {}
+    for name, shard in doc["weight_map"].items():
+        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
+            raise FormatError(
+                f"{path}: tensor {name!r} maps to {shard!r}; shard files must be plain file "
+                "names in the index's folder"
+            )
+        weight_map[name] = shard
+    if not weight_map:
+        raise FormatError(f"{path}: the index maps no tensors")
+    return ShardIndex(path, metadata, weight_map)
+
+
+def write_index(path: Path, metadata: dict[str, Any], weight_map: dict[str, str]) -> None:
+    """Write an index deterministically (the weight map in the order given)."""
+    doc = {"metadata": metadata, "weight_map": weight_map}
+    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+
+
+class ShardedReader(WeightReader):
+    """Every tensor of a sharded safetensors checkpoint, through one reader; shards open lazily."""
+
+    format = "safetensors"
+    layout = "pytorch"
+
+    def __init__(self, index: ShardIndex) -> None:
+        super().__init__(index.path)
+        self.index = index
+        self._open: tuple[str, SafetensorsReader] | None = None
+        self._infos: list[TensorInfo] = []
+        self._shard_of: dict[str, str] = {}
+        for shard in index.shards:
+            with self._shard_reader(shard) as reader:
+                check_shard(index, shard, [i.name for i in reader.tensor_infos()])
+                for info in reader.tensor_infos():
+                    self._infos.append(info)
+                    self._shard_of[info.name] = shard
+
+    def _shard_reader(self, shard: str) -> SafetensorsReader:
+        path = self.index.shard_path(shard)
+        if not path.is_file():
+            raise InputError(f"{self.index.path}: shard {shard} is missing from {path.parent}")
+        return SafetensorsReader(path)
+
+    def tensor_infos(self) -> list[TensorInfo]:
+        return list(self._infos)
+
+    def read(self, name: str) -> np.ndarray:
+        shard = self._shard_of.get(name)
+        if shard is None:
+            raise InputError(f"{self.path}: no tensor named {name!r}")
+        if self._open is None or self._open[0] != shard:
+            self.close()
+            self._open = (shard, self._shard_reader(shard))
+        return self._open[1].read(name)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"format": "safetensors", "__metadata__": {}, "index_metadata": self.index.metadata}
+
+    def release(self, name: str) -> None:
+        if self._open is not None and self._shard_of.get(name) == self._open[0]:
+            self._open[1].release(name)
+
+    def close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+
+def check_shard(index: ShardIndex, shard: str, names: Iterable[str]) -> None:
+    """The shard holds exactly the tensors the index maps to it."""
+    expected = set(index.names_in(shard))
+    actual = set(names)
+    missing, extra = sorted(expected - actual), sorted(actual - expected)
+    if missing:
+        raise FormatError(
+            f"{index.shard_path(shard)}: lacks tensor {missing[0]!r} that {index.path.name} maps "
+            "to it"
+        )
+    if extra:
+        raise FormatError(
+            f"{index.shard_path(shard)}: holds tensor {extra[0]!r} that {index.path.name} does "
+            "not map to it"
+        )

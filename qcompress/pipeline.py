@@ -1,0 +1,149 @@
+"""The streaming loop behind ``quantize``: read a tensor, quantize it, append it to the artifact.
+
+The main thread reads tensors in file order and writes results in the same order; worker threads
+do the numpy work (which releases the GIL), at most ``jobs`` tensors in flight. Because every
+tensor's result depends only on that tensor, the artifact is byte-identical for any ``jobs``,
+and memory grows with ``jobs`` times the largest tensor, never with the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from qcompress import engine
+from qcompress.artifact import STATS_COLUMNS, ArtifactWriter
+from qcompress.engine.spec import ErrorStats, NonFiniteError
+from qcompress.errors import InputError
+from qcompress.formats.base import WeightReader
+from qcompress.policy import FLOAT_DTYPES, QUANTIZED, TensorPlan
+from qcompress.report import tensor_entry
+
+EXACT = ErrorStats(0.0, 0.0, float("inf"), 0.0, 0)  # kept or passed through: no error
+
+
+class Progress(Protocol):
+    """What a caller may pass to follow a long command: told the total, then each tensor done."""
+
+    def start(self, tensors: int, total_bytes: int) -> None: ...
+
+    def advance(self, name: str, nbytes: int) -> None: ...
+
+
+def default_jobs() -> int:
+    """All the cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    """One tensor, done: the stored tensors to append (in order), its report entry, its error."""
+
+    stored: list[tuple[str, np.ndarray]]
+    report: dict[str, Any]
+    stats: ErrorStats
+
+
+def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
+    """The finite extremes of a float tensor (a kept tensor may hold NaN or Inf)."""
+    if x.size == 0 or str(x.dtype) not in FLOAT_DTYPES:
+        return None, None
+    x = x.astype(np.float32, copy=False)
+    finite_mask = np.isfinite(x)
+    finite = x if finite_mask.all() else x[finite_mask]
+    if finite.size == 0:
+        return None, None
+    return float(finite.min()), float(finite.max())
+
+
+def quantize_one(
+    path: object, plan: TensorPlan, entry: dict[str, Any], x: np.ndarray
+) -> TensorResult:
+    """Quantize (or keep) one tensor: the arrays the artifact stores for it, and its error."""
+    name = plan.info.name
+    x_min, x_max = min_max(x)
+    if plan.action != QUANTIZED:
+        report = tensor_entry(entry, x_min, x_max, None, EXACT, plan.info.nbytes, 0)
+        return TensorResult([(entry["stored"], x)], report, EXACT)
+    assert plan.spec is not None
+    try:
+        q = engine.quantize(x, plan.spec)
+    except NonFiniteError as e:
+        raise InputError(
+            f"{path}: tensor {name!r}: {e}; fix the model or keep the tensor in float "
+            f"with --keep '{name}'"
+        ) from None
+    stats = engine.error_stats(x, engine.dequantize(q))
+    codes = q.codes if entry["packing"] == "none" else engine.pack_codes(q.codes, q.spec.bits)
+    stored = [(entry["codes"], codes), (entry["scale"], q.scale)]
+    if entry["zero_point"]:
+        stored.append((entry["zero_point"], q.zero_point))
+    report = tensor_entry(entry, x_min, x_max, q, stats, plan.info.nbytes, 0)
+    return TensorResult(stored, report, stats)
+
+
+def stream_quantize(
+    reader: WeightReader,
+    plans: list[TensorPlan],
+    entries: list[dict[str, Any]],
+    writer: ArtifactWriter,
+    *,
+    jobs: int = 1,
+    progress: Progress | None = None,
+) -> list[TensorResult]:
+    """Quantize every planned tensor into ``writer`` in order; finish the artifact."""
+    results: list[TensorResult] = []
+
+    def finish(plan: TensorPlan, result: TensorResult) -> None:
+        for stored_name, array in result.stored:
+            writer.write(stored_name, array)
+        reader.release(plan.info.name)
+        results.append(result)
+        if progress:
+            progress.advance(plan.info.name, plan.info.nbytes)
+
+    work = zip(plans, entries, strict=True)
+    if jobs <= 1:
+        for plan, entry in work:
+            finish(plan, quantize_one(reader.path, plan, entry, reader.read(plan.info.name)))
+    else:
+        _in_threads(reader, work, jobs, finish)
+    writer.finish(np.array([stats_row(r.stats) for r in results], dtype=np.float64))
+    return results
+
+
+def _in_threads(
+    reader: WeightReader,
+    work: Any,
+    jobs: int,
+    finish: Callable[[TensorPlan, TensorResult], None],
+) -> None:
+    """Read in order, compute in ``jobs`` threads, finish in order."""
+    pending: deque[tuple[TensorPlan, Future[TensorResult]]] = deque()
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="qcompress") as pool:
+        try:
+            for plan, entry in work:
+                x = reader.read(plan.info.name)
+                pending.append((plan, pool.submit(quantize_one, reader.path, plan, entry, x)))
+                while len(pending) >= jobs:
+                    done_plan, future = pending.popleft()
+                    finish(done_plan, future.result())
+            while pending:
+                done_plan, future = pending.popleft()
+                finish(done_plan, future.result())
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def stats_row(stats: ErrorStats) -> list[float]:
+    return [getattr(stats, column) for column in STATS_COLUMNS]
