@@ -7,7 +7,6 @@ can cause are raised as :class:`qcompress.errors.QCompressError` naming the file
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,27 +16,27 @@ import numpy as np
 
 from qcompress import engine
 from qcompress.artifact import (
+    METADATA_KEY,
     STATS_COLUMNS,
     STATS_TENSOR,
     Artifact,
-    ArtifactWriter,
-    build_recipe,
-    is_artifact,
+    ShardedArtifact,
+    open_if_artifact,
 )
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.errors import InputError, UsageError
-from qcompress.formats import DTYPE_CODES, format_for_output, open_weights, write_weights
+from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.gates import Gate, failed_gates
-from qcompress.pipeline import Progress, default_jobs, stream_quantize
-from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, plan_tensor
+from qcompress.pipeline import Progress, default_jobs, quantize_single
+from qcompress.plan import load_plan
+from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions
 from qcompress.report import (
-    build_report,
-    dumps,
     error_fields,
     finite_or_none,
-    sha256_file,
 )
+from qcompress.sharding import ARTIFACT_SUFFIX, quantize_sharded
 
 __all__ = [
     "DequantizeResult",
@@ -46,6 +45,7 @@ __all__ = [
     "compare",
     "dequantize_file",
     "inspect",
+    "load_plan",
     "quantize_file",
     "verify",
 ]
@@ -55,8 +55,11 @@ OUTPUT_DTYPES = ("original", "float32", "float16")
 
 @dataclass(frozen=True)
 class QuantizeResult:
+    """The artifact (for a share of a sharded checkpoint's shards: the output folder), the
+    report's path (None for such a share) and the report itself."""
+
     artifact: Path
-    report_path: Path
+    report_path: Path | None
     report: dict[str, Any]
 
 
@@ -89,24 +92,6 @@ def default_outputs(
     return output, report
 
 
-def _refuse_artifact(reader: WeightReader) -> None:
-    if reader.format == "safetensors" and is_artifact(reader.metadata()):
-        raise UsageError(
-            f"{reader.path}: is already a qcompress artifact; dequantize it first "
-            "(qcompress dequantize ARTIFACT -o model.safetensors)"
-        )
-
-
-def _check_storable(path: Path, infos: list[TensorInfo]) -> None:
-    """Every tensor must fit in a safetensors artifact (strings and objects do not)."""
-    for info in infos:
-        if info.dtype not in DTYPE_CODES:
-            raise InputError(
-                f"{path}: tensor {info.name!r} has dtype {info.dtype}, which a safetensors "
-                "artifact cannot hold; remove it from the model first"
-            )
-
-
 def quantize_file(
     input_path: str | Path,
     options: QuantizeOptions | None = None,
@@ -115,71 +100,49 @@ def quantize_file(
     report: str | Path | None = None,
     force: bool = False,
     jobs: int | None = None,
+    shard: str | None = None,
+    merge: bool = False,
     progress: Progress | None = None,
 ) -> QuantizeResult:
-    """Quantize a weight file into an artifact plus a JSON report, and return the report."""
-    started = time.perf_counter()
+    """Quantize a weight file (or a sharded checkpoint) into an artifact plus a JSON report.
+
+    For a sharded checkpoint ``output`` is a folder (default: the checkpoint's own), ``shard``
+    ("K/N") quantizes only every N-th shard starting at the K-th, and ``merge`` only joins the
+    shards' reports into the index and the checkpoint's report.
+    """
     options = options or QuantizeOptions()
     input_path = Path(input_path)
+    jobs = jobs or default_jobs()
+    index_path = find_index(input_path)
+    if index_path is not None:
+        index = read_index(index_path)
+        if METADATA_KEY in index.metadata:
+            raise UsageError(
+                f"{index_path}: is already a qcompress artifact; dequantize it first "
+                "(qcompress dequantize ARTIFACT -o model.safetensors.index.json)"
+            )
+        done = quantize_sharded(
+            index,
+            options,
+            output=Path(output) if output else None,
+            report=Path(report) if report else None,
+            force=force,
+            jobs=jobs,
+            shard=shard,
+            merge=merge,
+            progress=progress,
+        )
+        return QuantizeResult(done.artifact, done.report_path, done.report)
+    if shard or merge:
+        raise UsageError(f"{input_path}: --shard and --merge need a sharded checkpoint's index")
     artifact_path, report_path = default_outputs(
         input_path, Path(output) if output else None, Path(report) if report else None
     )
     with open_weights(input_path) as reader:
-        _refuse_artifact(reader)
-        infos = reader.tensor_infos()
-        _check_storable(reader.path, infos)
-        plans = [plan_tensor(info, reader.layout, options) for info in infos]
-        check_outputs([artifact_path, report_path], [input_path], force)
-        source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
-        recipe, stored = build_recipe(plans, source)
-        if progress:
-            progress.start(len(plans), sum(p.info.nbytes for p in plans))
-        with atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report):
-            with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
-                results = stream_quantize(
-                    reader,
-                    plans,
-                    recipe["tensors"],
-                    writer,
-                    jobs=jobs or default_jobs(),
-                    progress=progress,
-                )
-            entries = _confirm(tmp_artifact, artifact_path, [r.report for r in results])
-            result = build_report(
-                input_info={
-                    "path": str(input_path),
-                    "format": reader.format,
-                    "sha256": sha256_file(input_path),
-                    "bytes": input_path.stat().st_size,
-                },
-                artifact_info={
-                    "path": str(artifact_path),
-                    "sha256": sha256_file(tmp_artifact),
-                    "bytes": tmp_artifact.stat().st_size,
-                },
-                options=options.defaults(),
-                entries=entries,
-                overall=engine.combine_error_stats(r.stats for r in results),
-                elapsed=time.perf_counter() - started,
-            )
-            tmp_report.write_text(dumps(result))
+        result = quantize_single(
+            reader, artifact_path, report_path, options, force=force, jobs=jobs, progress=progress
+        )
     return QuantizeResult(artifact_path, report_path, result)
-
-
-def _confirm(
-    tmp_artifact: Path, artifact_path: Path, reports: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Reopen the written artifact, check every checksum, and fill in the bytes it really stores."""
-    with Artifact(tmp_artifact) as art:
-        bad = art.verify()
-        if bad:
-            raise InputError(
-                f"{artifact_path}: written artifact failed its own checksum ({bad[0]})"
-            )
-        entries = []
-        for entry, recipe_entry in zip(reports, art.entries, strict=True):
-            entries.append({**entry, "stored_bytes": art.stored_bytes(recipe_entry)})
-    return entries
 
 
 def _output_dtype(dtype: str, requested: str, fmt: str) -> tuple[str, str | None]:
@@ -201,56 +164,107 @@ def dequantize_file(
     force: bool = False,
     progress: Progress | None = None,
 ) -> DequantizeResult:
-    """Rebuild a float weight file (npz, h5 or safetensors, by ``output``'s suffix)."""
+    """Rebuild a float weight file (npz, h5 or safetensors, by ``output``'s suffix).
+
+    A sharded artifact rebuilds into one file, or, when ``output`` is a
+    ``*.safetensors.index.json``, into shards that mirror the original checkpoint.
+    """
     if dtype not in OUTPUT_DTYPES:
         raise UsageError(f"--dtype {dtype}: must be one of {', '.join(OUTPUT_DTYPES)}")
     artifact_path, output = Path(artifact_path), Path(output)
-    fmt = format_for_output(output)
+    sharded_output = output.name.endswith(INDEX_SUFFIX)
+    fmt = "safetensors" if sharded_output else format_for_output(output)
     with _open_artifact(artifact_path) as art:
-        check_outputs([output], [artifact_path], force)
-        infos, notes = [], set()
-        for e in art.entries:
-            out_dtype, note = _output_dtype(e["dtype"], dtype, fmt)
-            infos.append(TensorInfo(e["name"], tuple(e["shape"]), out_dtype))
-            if note:
-                notes.add(note)
-
-        def arrays() -> Iterator[np.ndarray]:
-            for e, info in zip(art.entries, infos, strict=True):
-                if e["action"] == QUANTIZED:
-                    x = engine.dequantize(art.quantized(e))
-                else:
-                    x = art.stored_tensor(e)
-                if str(x.dtype) != info.dtype:
-                    x = x.astype(info.dtype)
-                yield x
-                if progress:
-                    progress.advance(e["name"], info.nbytes)
-
+        if sharded_output:
+            if not isinstance(art, ShardedArtifact):
+                raise UsageError(f"{output}: a sharded output needs a sharded artifact")
+            parts = [
+                (shard.entries, output.parent / _float_shard_name(shard.path), shard.recipe)
+                for shard in art.shards
+            ]
+        else:
+            parts = [(art.entries, output, art.recipe)]
+        outputs = [path for _, path, _ in parts] + ([output] if sharded_output else [])
+        check_outputs(outputs, [artifact_path], force)
         if progress:
-            progress.start(len(infos), sum(i.nbytes for i in infos))
-        with atomic_outputs([output]) as (tmp,):
-            write_weights(tmp, fmt, infos, arrays(), art.recipe["source"]["metadata"])
-    return DequantizeResult(output, fmt, len(infos), output.stat().st_size, tuple(sorted(notes)))
-
-
-def _open_artifact(path: Path) -> Artifact:
-    """Open ``path`` as an artifact, with the input checks every reader gets."""
-    with open_weights(path) as reader:  # missing, directory, not safetensors: one clear message
-        if reader.format != "safetensors" or not is_artifact(reader.metadata()):
-            raise InputError(
-                f"{path}: not a qcompress artifact (make one with: qcompress quantize MODEL)"
+            progress.start(
+                len(art.entries),
+                sum(
+                    TensorInfo(e["name"], tuple(e["shape"]), e["dtype"]).nbytes for e in art.entries
+                ),
             )
-    return Artifact(path)
+        notes: set[str] = set()
+        with atomic_outputs(outputs) as temps:
+            for (entries, _, recipe), tmp in zip(parts, temps, strict=False):
+                notes |= _write_float(art, entries, tmp, fmt, dtype, recipe, progress)
+            if sharded_output:
+                assert isinstance(art, ShardedArtifact)
+                weight_map = {e["name"]: path.name for entries, path, _ in parts for e in entries}
+                write_index(temps[-1], art.source_index.get("metadata") or {}, weight_map)
+    return DequantizeResult(
+        output, fmt, len(art.entries), sum(p.stat().st_size for p in outputs), tuple(sorted(notes))
+    )
+
+
+def _float_shard_name(artifact_shard: Path) -> str:
+    """``model-00001-of-00002.qc.safetensors`` rebuilds as ``model-00001-of-00002.safetensors``."""
+    name = artifact_shard.name
+    stem = name[: -len(ARTIFACT_SUFFIX)] if name.endswith(ARTIFACT_SUFFIX) else artifact_shard.stem
+    return stem + ".safetensors"
+
+
+def _write_float(
+    art: Artifact | ShardedArtifact,
+    entries: list[dict[str, Any]],
+    path: Path,
+    fmt: str,
+    dtype: str,
+    recipe: dict[str, Any],
+    progress: Progress | None,
+) -> set[str]:
+    """Dequantize ``entries`` into one float file; the notes on dtypes that had to change."""
+    infos, notes = [], set()
+    for e in entries:
+        out_dtype, note = _output_dtype(e["dtype"], dtype, fmt)
+        infos.append(TensorInfo(e["name"], tuple(e["shape"]), out_dtype))
+        if note:
+            notes.add(note)
+
+    def arrays() -> Iterator[np.ndarray]:
+        for e, info in zip(entries, infos, strict=True):
+            x = (
+                engine.dequantize(art.quantized(e))
+                if e["action"] == QUANTIZED
+                else (art.stored_tensor(e))
+            )
+            yield x if str(x.dtype) == info.dtype else x.astype(info.dtype)
+            art.release(e)
+            if progress:
+                progress.advance(e["name"], info.nbytes)
+
+    write_weights(path, fmt, infos, arrays(), recipe["source"]["metadata"])
+    return notes
+
+
+def _open_artifact(path: Path) -> Artifact | ShardedArtifact:
+    """Open ``path`` as an artifact, with the input checks every reader gets."""
+    art = open_if_artifact(path)
+    if art is None:
+        raise InputError(
+            f"{path}: not a qcompress artifact (make one with: qcompress quantize MODEL)"
+        )
+    return art
 
 
 def inspect(path: str | Path) -> dict[str, Any]:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     path = Path(path)
+    art = open_if_artifact(path)
+    if art is not None:
+        with art:
+            return _inspect_artifact(path, art)
     with open_weights(path) as reader:
-        if not (reader.format == "safetensors" and is_artifact(reader.metadata())):
-            return _inspect_weights(path, reader)
-    return _inspect_artifact(path)
+        return _inspect_weights(path, reader)
 
 
 def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:
@@ -275,45 +289,70 @@ def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:
     }
 
 
-def _inspect_artifact(path: Path) -> dict[str, Any]:
-    with Artifact(path) as art:
-        stats = art.stats()
-        tensors = []
-        for e, row in zip(art.entries, stats, strict=True):
-            info = TensorInfo(e["name"], tuple(e["shape"]), e["dtype"])
-            tensors.append(
-                {
-                    "name": e["name"],
-                    "shape": e["shape"],
-                    "dtype": e["dtype"],
-                    "parameters": info.size,
-                    "bytes": info.nbytes,
-                    "action": e["action"],
-                    "bits": e.get("bits"),
-                    "scheme": e.get("scheme"),
-                    "granularity": e.get("granularity"),
-                    "axis": e.get("axis"),
-                    "group_size": e.get("group_size"),
-                    "stored_bytes": art.stored_bytes(e),
-                    "mse": float(row[0]),
-                    "max_abs_error": float(row[1]),
-                    "sqnr_db": finite_or_none(float(row[2])),
-                }
-            )
-        quantized = [t for t in tensors if t["action"] == QUANTIZED]
-        q_params = sum(t["parameters"] for t in quantized)
-        return {
-            "path": str(path),
-            "kind": "artifact",
-            "format": "safetensors",
-            "source_format": art.recipe["source"]["format"],
-            "file_bytes": path.stat().st_size,
-            "parameters": sum(t["parameters"] for t in tensors),
-            "bits_per_weight": (
-                8 * sum(t["stored_bytes"] for t in quantized) / q_params if q_params else None
-            ),
-            "tensors": tensors,
-        }
+def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, Any]:
+    stats = art.stats()
+    tensors = []
+    for e, row in zip(art.entries, stats, strict=True):
+        info = TensorInfo(e["name"], tuple(e["shape"]), e["dtype"])
+        tensors.append(
+            {
+                "name": e["name"],
+                "shape": e["shape"],
+                "dtype": e["dtype"],
+                "parameters": info.size,
+                "bytes": info.nbytes,
+                "action": e["action"],
+                "bits": e.get("bits"),
+                "scheme": e.get("scheme"),
+                "granularity": e.get("granularity"),
+                "axis": e.get("axis"),
+                "group_size": e.get("group_size"),
+                "stored_bytes": art.stored_bytes(e),
+                "mse": float(row[0]),
+                "max_abs_error": float(row[1]),
+                "sqnr_db": finite_or_none(float(row[2])),
+            }
+        )
+    quantized = [t for t in tensors if t["action"] == QUANTIZED]
+    q_params = sum(t["parameters"] for t in quantized)
+    return {
+        "path": str(path),
+        "kind": "artifact",
+        "format": "safetensors",
+        "source_format": art.recipe["source"]["format"],
+        "file_bytes": _total_bytes(art),
+        "parameters": sum(t["parameters"] for t in tensors),
+        "bits_per_weight": (
+            8 * sum(t["stored_bytes"] for t in quantized) / q_params if q_params else None
+        ),
+        "by_width": _by_width(quantized),
+        "tensors": tensors,
+    }
+
+
+def _by_width(quantized: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per code width: how many tensors and weights use it, and their bits per weight (scales
+    included), so a mixed-precision artifact shows where its bits went."""
+    out = []
+    for bits in sorted({t["bits"] for t in quantized}):
+        group = [t for t in quantized if t["bits"] == bits]
+        params = sum(t["parameters"] for t in group)
+        stored = sum(t["stored_bytes"] for t in group)
+        out.append(
+            {
+                "bits": bits,
+                "tensors": len(group),
+                "parameters": params,
+                "stored_bytes": stored,
+                "bits_per_weight": 8 * stored / params if params else None,
+            }
+        )
+    return out
+
+
+def _total_bytes(art: Artifact | ShardedArtifact) -> int:
+    shards = art.shards if isinstance(art, ShardedArtifact) else [art]
+    return sum(shard.path.stat().st_size for shard in shards)
 
 
 class _FloatTensors:
@@ -321,12 +360,11 @@ class _FloatTensors:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._reader = open_weights(path)
-        self._artifact: Artifact | None = None
+        self._artifact = open_if_artifact(path)
         self._entries: dict[str, dict[str, Any]] = {}
-        if self._reader.format == "safetensors" and is_artifact(self._reader.metadata()):
-            self._reader.close()
-            self._artifact = Artifact(path)
+        if self._artifact is None:
+            self._reader = open_weights(path)
+        else:
             self._entries = {e["name"]: e for e in self._artifact.entries}
 
     def infos(self) -> list[TensorInfo]:

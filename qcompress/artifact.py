@@ -30,8 +30,10 @@ from qcompress import __version__
 from qcompress.engine import n_groups, packed_nbytes, unpack_codes
 from qcompress.engine.spec import QuantizedTensor, QuantSpec
 from qcompress.errors import FormatError, InputError
+from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import SafetensorsReader, encode_header
+from qcompress.formats.sharded import ShardIndex, find_index, read_index
 from qcompress.policy import QUANTIZED, TensorPlan
 
 FORMAT_VERSION = 1
@@ -307,6 +309,11 @@ class Artifact:
         ]
         return sum(self._infos[n].nbytes for n in names if n is not None)
 
+    def release(self, entry: dict[str, Any]) -> None:
+        """Done with one original tensor: drop its stored tensors' pages from this process."""
+        for name in _stored_of(entry):
+            self._reader.release(name)
+
     def stats(self) -> np.ndarray:
         """(n_tensors, 3) MSE, max abs error and SQNR dB of every original tensor."""
         return np.asarray(self._checked(STATS_TENSOR), dtype=np.float64)
@@ -336,6 +343,7 @@ class Artifact:
                 actual = hashlib.sha256(self.recipe_text.encode()).digest()
             else:
                 actual = hashlib.sha256(memoryview(_as_bytes(self._reader.read(name)))).digest()
+                self._reader.release(name)
             if actual != self._digests[row]:
                 bad.append(name)
         return bad
@@ -344,3 +352,96 @@ class Artifact:
 def is_artifact(reader_metadata: dict[str, Any]) -> bool:
     """Whether a safetensors reader's metadata marks the file as a qcompress artifact."""
     return METADATA_KEY in (reader_metadata.get("__metadata__") or {})
+
+
+class ShardedArtifact:
+    """The shards of a sharded artifact as one: its entries in shard order, each read from its own
+    shard. Every shard is checked as :class:`Artifact` checks a single file, and the index must
+    name exactly the tensors the shards hold."""
+
+    def __init__(self, index: ShardIndex) -> None:
+        self.path = index.path
+        meta = index.metadata.get(METADATA_KEY)
+        try:
+            shard_names = list(meta["shards"])
+            placement = dict(meta["tensors"])
+        except (TypeError, KeyError):
+            raise FormatError(f"{self.path}: not a qcompress artifact index") from None
+        self.shards: list[Artifact] = []
+        try:
+            for name in shard_names:
+                shard_path = index.shard_path(name)
+                if not shard_path.is_file():
+                    raise InputError(
+                        f"{self.path}: shard {name} is missing from {shard_path.parent}"
+                    )
+                self.shards.append(Artifact(shard_path))
+            self._check(index, shard_names, placement)
+        except BaseException:
+            self.close()
+            raise
+        self.entries = [e for shard in self.shards for e in shard.entries]
+        self._owner = {e["name"]: shard for shard in self.shards for e in shard.entries}
+        self.recipe = self.shards[0].recipe if self.shards else {"source": {"metadata": {}}}
+        self.source_index: dict[str, Any] = meta.get("source_index") or {}
+
+    def _check(self, index: ShardIndex, names: list[str], placement: dict[str, str]) -> None:
+        for name, shard in zip(names, self.shards, strict=True):
+            held = {e["name"] for e in shard.entries}
+            mapped = {t for t, s in placement.items() if s == name}
+            if held != mapped:
+                raise FormatError(
+                    f"{self.path}: lists other tensors for {name} than the shard holds; "
+                    "the index or a shard was replaced"
+                )
+            stored = {n for e in shard.entries for n in _stored_of(e)}
+            mapped_stored = {t for t, s in index.weight_map.items() if s == name}
+            if stored != mapped_stored:
+                raise FormatError(f"{self.path}: weight_map does not match shard {name}")
+
+    def stats(self) -> np.ndarray:
+        return np.vstack([s.stats() for s in self.shards])
+
+    def verify(self) -> list[str]:
+        return [n for s in self.shards for n in s.verify()]
+
+    def stored_bytes(self, entry: dict[str, Any]) -> int:
+        return self._owner[entry["name"]].stored_bytes(entry)
+
+    def quantized(self, entry: dict[str, Any]) -> QuantizedTensor:
+        return self._owner[entry["name"]].quantized(entry)
+
+    def stored_tensor(self, entry: dict[str, Any]) -> np.ndarray:
+        return self._owner[entry["name"]].stored_tensor(entry)
+
+    def release(self, entry: dict[str, Any]) -> None:
+        self._owner[entry["name"]].release(entry)
+
+    def close(self) -> None:
+        for shard in self.shards:
+            shard.close()
+
+    def __enter__(self) -> ShardedArtifact:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stored_of(entry: dict[str, Any]) -> list[str]:
+    """The stored tensors that hold one original tensor."""
+    keys = ("codes", "scale", "zero_point", "stored")
+    return [entry[k] for k in keys if entry.get(k)]
+
+
+def open_if_artifact(path: Path) -> Artifact | ShardedArtifact | None:
+    """``path`` opened as an artifact (a file, or a sharded one by its index or folder), or None
+    when it is a weight file that is not an artifact. Unreadable paths raise as readers do."""
+    index_path = find_index(path)
+    if index_path is not None:
+        index = read_index(index_path)
+        return ShardedArtifact(index) if METADATA_KEY in index.metadata else None
+    with open_weights(path) as reader:
+        if reader.format != "safetensors" or not is_artifact(reader.metadata()):
+            return None
+    return Artifact(path)

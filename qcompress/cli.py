@@ -214,6 +214,25 @@ def _fmt_bytes(n: int) -> str:
     help="Tensors with fewer elements stay in float.",
 )
 @click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(path_type=Path),
+    metavar="PLAN.toml",
+    help="Per-tensor recipes: a [default] and ordered [[rule]]s by name glob (see README).",
+)
+@click.option(
+    "--target-bpw",
+    type=float,
+    metavar="X",
+    help="Choose bits per tensor: least total error at <= X bits per quantized weight.",
+)
+@click.option(
+    "--min-sqnr",
+    type=float,
+    metavar="DB",
+    help="Choose bits per tensor: the fewest reaching DB; tensors that cannot stay float.",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(path_type=Path),
@@ -222,6 +241,20 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print no summary on stderr.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    help="Tensors quantized at once [default: all cores]; the artifact is the same for any N.",
+)
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Sharded checkpoint: quantize only shards K, K+N, ... (run --merge once all are done).",
+)
+@click.option(
+    "--merge", is_flag=True, help="Sharded checkpoint: write the index and report from the shards."
+)
 def quantize(
     input_path: Path,
     output: Path | None,
@@ -234,14 +267,30 @@ def quantize(
     scale_dtype: str,
     keep: tuple[str, ...],
     min_elements: int,
+    plan_path: Path | None,
+    target_bpw: float | None,
+    min_sqnr: float | None,
     report_path: Path | None,
     as_json: bool,
     quiet: bool,
     force: bool,
+    jobs: int | None,
+    shard: str | None,
+    merge: bool,
 ) -> None:
-    """Quantize INPUT (a .npz, .h5 or .safetensors file) into an artifact and a JSON report."""
-    from qcompress import api
+    """Quantize INPUT into an artifact and a JSON report.
 
+    INPUT is a .npz, .h5 or .safetensors file, or a sharded safetensors checkpoint (its
+    *.safetensors.index.json or the folder holding it; then -o names the output folder).
+    """
+    from qcompress import api
+    from qcompress.errors import UsageError
+
+    budget = target_bpw is not None or min_sqnr is not None
+    if budget and click.get_current_context().get_parameter_source("bits") == (
+        click.core.ParameterSource.COMMANDLINE
+    ):
+        raise UsageError("--bits: a budget (--target-bpw, --min-sqnr) chooses bits per tensor")
     options = api.QuantizeOptions(
         bits=int(bits),
         scheme=scheme,
@@ -252,14 +301,30 @@ def quantize(
         scale_dtype=scale_dtype,
         keep=keep,
         min_elements=min_elements,
+        plan=None if plan_path is None else api.load_plan(plan_path),
+        target_bpw=target_bpw,
+        min_sqnr=min_sqnr,
     )
     with _progress(not (quiet or as_json)) as progress:
         result = api.quantize_file(
-            input_path, options, output=output, report=report_path, force=force, progress=progress
+            input_path,
+            options,
+            output=output,
+            report=report_path,
+            force=force,
+            jobs=jobs,
+            shard=shard,
+            merge=merge,
+            progress=progress,
         )
     if as_json:
         _echo_json(result.report)
-    if not quiet:
+    if quiet:
+        return
+    if result.report_path is None:  # a share of a sharded checkpoint: one line per shard
+        for shard_report in result.report["shards"]:
+            _render_totals(shard_report, f"artifact: {shard_report['artifact']['path']}")
+    else:
         _render_quantize_summary(result)
 
 
@@ -284,14 +349,20 @@ def _render_quantize_summary(result: Any) -> None:
         )
     console = _stderr_console()
     console.print(table)
+    for warning in report.get("warnings", []):
+        console.print(f"warning: {warning}", highlight=False)
+    _render_totals(report, f"report: {result.report_path}")
+
+
+def _render_totals(report: dict[str, Any], where: str) -> None:
     totals = report["totals"]
     bpw = totals["bits_per_weight"]
-    console.print(
+    _stderr_console().print(
         f"{_fmt_bytes(totals['original_bytes'])} -> {_fmt_bytes(totals['artifact_bytes'])} "
         f"({totals['compression_ratio']:.2f}x), "
         f"{totals['quantized_tensors']}/{totals['tensors']} tensors quantized"
         + (f" at {bpw:.2f} bits/weight" if bpw else "")
-        + f", overall SQNR {_fmt_sqnr(totals['overall_sqnr_db'])} dB; report: {result.report_path}",
+        + f", overall SQNR {_fmt_sqnr(totals['overall_sqnr_db'])} dB; {where}",
         highlight=False,
     )
 
@@ -404,6 +475,14 @@ def _render_inspect(result: dict[str, Any]) -> None:
     if artifact and result["bits_per_weight"]:
         summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
     console.print(summary, highlight=False)
+    if artifact and len(result.get("by_width", [])) > 1:
+        q_params = sum(w["parameters"] for w in result["by_width"])
+        for w in result["by_width"]:
+            console.print(
+                f"  {w['bits']}-bit codes: {w['tensors']} tensors, {w['parameters']:,} weights "
+                f"({w['parameters'] / q_params:.0%}), {w['bits_per_weight']:.2f} bits per weight",
+                highlight=False,
+            )
 
 
 main = cli  # the console-script entry point

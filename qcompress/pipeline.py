@@ -1,5 +1,7 @@
 """The streaming loop behind ``quantize``: read a tensor, quantize it, append it to the artifact.
 
+``quantize_single`` turns one weight file into an artifact and its report.
+
 The main thread reads tensors in file order and writes results in the same order; worker threads
 do the numpy work (which releases the GIL), at most ``jobs`` tensors in flight. Because every
 tensor's result depends only on that tensor, the artifact is byte-identical for any ``jobs``,
@@ -9,21 +11,26 @@ and memory grows with ``jobs`` times the largest tensor, never with the model.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact import STATS_COLUMNS, ArtifactWriter
+from qcompress.artifact import STATS_COLUMNS, Artifact, ArtifactWriter, build_recipe, is_artifact
+from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine.spec import ErrorStats, NonFiniteError
-from qcompress.errors import InputError
-from qcompress.formats.base import WeightReader
-from qcompress.policy import FLOAT_DTYPES, QUANTIZED, TensorPlan
-from qcompress.report import tensor_entry
+from qcompress.errors import InputError, UsageError
+from qcompress.formats import DTYPE_CODES
+from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.mixed import decide_plans
+from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
+from qcompress.report import build_report, dumps, sha256_file, tensor_entry
 
 EXACT = ErrorStats(0.0, 0.0, float("inf"), 0.0, 0)  # kept or passed through: no error
 
@@ -147,3 +154,91 @@ def _in_threads(
 
 def stats_row(stats: ErrorStats) -> list[float]:
     return [getattr(stats, column) for column in STATS_COLUMNS]
+
+
+def refuse_artifact(reader: WeightReader) -> None:
+    if reader.format == "safetensors" and is_artifact(reader.metadata()):
+        raise UsageError(
+            f"{reader.path}: is already a qcompress artifact; dequantize it first "
+            "(qcompress dequantize ARTIFACT -o model.safetensors)"
+        )
+
+
+def check_storable(path: Path, infos: list[TensorInfo]) -> None:
+    """Every tensor must fit in a safetensors artifact (strings and objects do not)."""
+    for info in infos:
+        if info.dtype not in DTYPE_CODES:
+            raise InputError(
+                f"{path}: tensor {info.name!r} has dtype {info.dtype}, which a safetensors "
+                "artifact cannot hold; remove it from the model first"
+            )
+
+
+def quantize_single(
+    reader: WeightReader,
+    artifact_path: Path,
+    report_path: Path,
+    options: QuantizeOptions,
+    *,
+    force: bool,
+    jobs: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Quantize one weight file into an artifact and its report, both atomically; the report."""
+    started = time.perf_counter()
+    refuse_artifact(reader)
+    infos = reader.tensor_infos()
+    check_storable(reader.path, infos)
+    plans = [plan_tensor(info, reader.layout, options) for info in infos]
+    check_outputs([artifact_path, report_path], [reader.path], force)
+    decided = decide_plans(reader, plans, options)  # a budget's measuring pass, if any
+    plans = decided.plans
+    source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
+    recipe, stored = build_recipe(plans, source)
+    if progress:
+        progress.start(len(plans), sum(p.info.nbytes for p in plans))
+    with atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report):
+        with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
+            results = stream_quantize(
+                reader, plans, recipe["tensors"], writer, jobs=jobs, progress=progress
+            )
+        entries = decided.annotate(
+            _confirm(tmp_artifact, artifact_path, [r.report for r in results])
+        )
+        report = build_report(
+            input_info={
+                "path": str(reader.path),
+                "format": reader.format,
+                "sha256": sha256_file(reader.path),
+                "bytes": reader.path.stat().st_size,
+            },
+            artifact_info={
+                "path": str(artifact_path),
+                "sha256": sha256_file(tmp_artifact),
+                "bytes": tmp_artifact.stat().st_size,
+            },
+            options=options.defaults(),
+            entries=entries,
+            overall=engine.combine_error_stats(r.stats for r in results),
+            elapsed=time.perf_counter() - started,
+        )
+        if decided.warnings:
+            report["warnings"] = decided.warnings
+        tmp_report.write_text(dumps(report))
+    return report
+
+
+def _confirm(
+    tmp_artifact: Path, artifact_path: Path, reports: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Reopen the written artifact, check every checksum, and fill in the bytes it really stores."""
+    with Artifact(tmp_artifact) as art:
+        bad = art.verify()
+        if bad:
+            raise InputError(
+                f"{artifact_path}: written artifact failed its own checksum ({bad[0]})"
+            )
+        return [
+            {**entry, "stored_bytes": art.stored_bytes(recipe_entry)}
+            for entry, recipe_entry in zip(reports, art.entries, strict=True)
+        ]

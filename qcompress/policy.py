@@ -6,7 +6,9 @@ The policy sees only names, shapes, dtypes and the source layout, never values, 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass
 
 from qcompress.engine.spec import (
@@ -21,6 +23,7 @@ from qcompress.engine.spec import (
 )
 from qcompress.errors import UsageError
 from qcompress.formats.base import Layout, TensorInfo
+from qcompress.plan import Plan, Rule
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DEFAULT_BITS = 8
@@ -43,6 +46,9 @@ class QuantizeOptions:
     scale_dtype: str = "float32"
     keep: tuple[str, ...] = ()
     min_elements: int = DEFAULT_MIN_ELEMENTS
+    plan: Plan | None = None  # PLAN.toml, parsed: qcompress.plan.load_plan
+    target_bpw: float | None = None  # choose bits per tensor: at most this many bits per weight
+    min_sqnr: float | None = None  # choose bits per tensor: the fewest that reach this SQNR (dB)
 
     def __post_init__(self) -> None:
         _check_choice("--bits", self.bits, BITS)
@@ -56,6 +62,31 @@ class QuantizeOptions:
             )
         if self.min_elements < 0:
             raise UsageError(f"--min-elements {self.min_elements}: must be 0 or more")
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        if self.target_bpw is not None and self.min_sqnr is not None:
+            raise UsageError("--target-bpw and --min-sqnr: give one budget, not both")
+        if self.target_bpw is not None and not (
+            math.isfinite(self.target_bpw) and self.target_bpw > 0
+        ):
+            raise UsageError(f"--target-bpw {self.target_bpw}: must be a positive number")
+        if self.min_sqnr is not None and not math.isfinite(self.min_sqnr):
+            raise UsageError(f"--min-sqnr {self.min_sqnr}: must be a finite number of dB")
+        if self.budget and self.plan is not None and self.plan.sets("bits"):
+            raise UsageError(
+                f"{self.plan.path}: [default] sets bits, which {self.budget} chooses; "
+                "remove it (set bits in a [[rule]] to pin tensors)"
+            )
+
+    @property
+    def budget(self) -> str | None:
+        """The budget that chooses bits per tensor, as the user wrote it, or None."""
+        if self.target_bpw is not None:
+            return f"--target-bpw {self.target_bpw:g}"
+        if self.min_sqnr is not None:
+            return f"--min-sqnr {self.min_sqnr:g}"
+        return None
 
     def defaults(self) -> dict[str, object]:
         """The options with every default filled in, as the report records them."""
@@ -70,7 +101,19 @@ class QuantizeOptions:
             "scale_dtype": self.scale_dtype,
             "keep": list(self.keep),
             "min_elements": self.min_elements,
+            "plan": None if self.plan is None else self.plan.path,
+            "target_bpw": self.target_bpw,
+            "min_sqnr": self.min_sqnr,
         }
+
+    def with_settings(self, settings: tuple[tuple[str, object], ...]) -> QuantizeOptions:
+        """These options overridden by (field, value) pairs from a plan, without the plan or
+        budget (the result describes one tensor's recipe; defaults() still fills the rest)."""
+        if not settings:
+            return self
+        return dataclasses.replace(
+            self, plan=None, target_bpw=None, min_sqnr=None, **dict(settings)
+        )
 
 
 def _check_choice(flag: str, value: object, allowed: tuple) -> None:
@@ -81,12 +124,19 @@ def _check_choice(flag: str, value: object, allowed: tuple) -> None:
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """The decision for one tensor: an action, why, and (when quantized) the engine spec."""
+    """The decision for one tensor: an action, why, and (when quantized) the engine spec.
+
+    ``decided_by`` names what fixed it (the options, the plan's default, a plan rule, or a
+    budget). With a budget, ``candidates`` lists the specs to measure and choose among; ``spec``
+    is then only the first of them until the choice replaces it.
+    """
 
     info: TensorInfo
     action: str
     reason: str
     spec: QuantSpec | None = None
+    decided_by: str = "options"
+    candidates: tuple[QuantSpec, ...] = ()
 
 
 def default_axis(info: TensorInfo, layout: Layout) -> int:
@@ -101,24 +151,78 @@ def default_axis(info: TensorInfo, layout: Layout) -> int:
 
 
 def plan_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> TensorPlan:
-    """Decide one tensor's fate from its name, shape and dtype."""
+    """Decide one tensor's fate from its name, shape and dtype.
+
+    Settings combine as command-line options < the plan's [default] < the first matching plan
+    rule. Under a budget, tensors whose bits no rule pins get candidates to choose among.
+    """
     if info.dtype not in FLOAT_DTYPES:
         return TensorPlan(info, PASSTHROUGH, f"{info.dtype} is not a float dtype: stored unchanged")
+    plan = options.plan
+    rule = plan.rule_for(info.name) if plan is not None else None
+    decided_by = _decided_by(plan, rule)
+    if rule is not None and rule.keep:
+        return TensorPlan(info, KEPT, f"{rule.describe()}: keep = true", None, decided_by)
+    resolved = options.with_settings(
+        (plan.default if plan else ()) + (rule.settings if rule else ())
+    )
+    if rule is None or rule.keep is None:
+        kept = _kept_by_default(info, resolved)
+        if kept:
+            return TensorPlan(info, KEPT, kept)
+    reason = "float tensor" if rule is None else f"float tensor; {rule.describe()}"
+    pinned = rule is not None and any(k == "bits" for k, _ in rule.settings)
+    if options.budget and not pinned:
+        candidates = candidate_specs(info, layout, resolved)
+        return TensorPlan(info, QUANTIZED, reason, candidates[0], options.budget, candidates)
+    return TensorPlan(info, QUANTIZED, reason, _spec(info, layout, resolved), decided_by)
+
+
+def _decided_by(plan: Plan | None, rule: Rule | None) -> str:
+    if rule is not None:
+        return rule.describe()
+    if plan is not None and plan.default:
+        return "plan default"
+    return "options"
+
+
+def _kept_by_default(info: TensorInfo, options: QuantizeOptions) -> str | None:
+    """Why the default rules keep a float tensor in float (--keep, 1-D, small), or None."""
     for pattern in options.keep:
         if fnmatch.fnmatchcase(info.name, pattern):
-            return TensorPlan(info, KEPT, f"matches --keep {pattern!r}")
+            return f"matches --keep {pattern!r}"
     if len(info.shape) < 2:
-        return TensorPlan(info, KEPT, f"{len(info.shape)}-D tensor (biases and norms stay float)")
+        return f"{len(info.shape)}-D tensor (biases and norms stay float)"
     if info.size < options.min_elements:
-        return TensorPlan(
-            info, KEPT, f"{info.size} elements, fewer than --min-elements {options.min_elements}"
+        return f"{info.size} elements, fewer than --min-elements {options.min_elements}"
+    return None
+
+
+def candidate_specs(
+    info: TensorInfo, layout: Layout, options: QuantizeOptions
+) -> tuple[QuantSpec, ...]:
+    """What a budget chooses among: every supported width with its default grouping, and, below
+    8 bits when the granularity is not set, per-channel too (fewer scales: cheaper per weight, so
+    a tight budget can keep more bits where they matter)."""
+    specs = []
+    for bits in BITS:
+        at_width = dataclasses.replace(
+            options, bits=bits, plan=None, target_bpw=None, min_sqnr=None
         )
+        spec = _spec(info, layout, at_width)
+        specs.append(spec)
+        if options.granularity is None and spec.granularity == "group":
+            specs.append(dataclasses.replace(spec, granularity="channel"))
+    return tuple(dict.fromkeys(specs))
+
+
+def _spec(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> QuantSpec:
     d = options.defaults()
     axis = default_axis(info, layout) if options.axis is None else options.axis
     ndim = len(info.shape)
     if not -ndim <= axis < ndim:
         raise UsageError(f"--axis {axis}: tensor {info.name!r} has only {ndim} dimensions")
-    spec = QuantSpec(
+    return QuantSpec(
         bits=int(d["bits"]),
         scheme=str(d["scheme"]),
         granularity=str(d["granularity"]),
@@ -127,4 +231,3 @@ def plan_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> T
         range_method=str(d["range"]),
         scale_dtype=str(d["scale_dtype"]),
     )
-    return TensorPlan(info, QUANTIZED, "float tensor", spec)

@@ -17,6 +17,13 @@ GRANULARITIES: tuple[str, ...] = ("tensor", "channel", "group")
 RANGE_METHODS: tuple[str, ...] = ("minmax", "percentile", "mse")
 SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 GROUP_SIZE_MIN, GROUP_SIZE_MAX = 16, 1024
+SCALE_BITS: tuple[int, ...] = (4, 5, 6, 7, 8)
+"""Widths of the second level's integer scale (and min) codes; ``None`` keeps float scales."""
+SUPER_BLOCK = 256
+"""Groups per second-level block: consecutive (row, group) scales, in C order, that share one
+float32 super-scale (and one super-min). 64 bits per 256 groups costs 0.008 bits per weight at
+group size 32, whatever the row length (a per-row super-scale would cost 0.5 bits per weight on
+64-wide rows)."""
 
 
 class NonFiniteError(ValueError):
@@ -40,6 +47,23 @@ class QuantSpec:
     group_size: int = 64
     range_method: str = "minmax"
     scale_dtype: str = "float32"
+    scale_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Level2:
+    """The second level: group scales (and, for affine, group minimums) as small integer codes.
+
+    A group's step is ``super_scale[b] * scale_codes`` and, for affine, the value of code 0 is
+    ``super_min[b] * min_codes``, where b is the group's block of ``SUPER_BLOCK`` consecutive
+    groups (C order over (rows, n_groups)). Codes are uint8 (rows, n_groups) in
+    [0, 2^scale_bits - 1]; super_scale and super_min are float32 (n_blocks,).
+    """
+
+    scale_codes: np.ndarray
+    min_codes: np.ndarray | None
+    super_scale: np.ndarray
+    super_min: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,9 @@ class QuantizedTensor:
     scale, zero_point: (rows, n_groups) in ``spec.scale_dtype``; zero_point is None for symmetric.
     Dequantized value: (code - zero_point) * scale (zero_point may be fractional).
     clip_min, clip_max: (rows, n_groups) float32, the range the grid covers (for the report).
+    level2: with ``spec.scale_bits``, the stored second-level codes; scale and zero_point are
+    then the float32 values decoded from them (``level2.decode_params``), which are exactly the
+    ones quantization used.
     """
 
     codes: np.ndarray
@@ -59,6 +86,7 @@ class QuantizedTensor:
     clip_max: np.ndarray
     spec: QuantSpec
     shape: tuple[int, ...]
+    level2: Level2 | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,189 @@
+"""Mixed precision: turn the policy's per-tensor plans into final ones, choosing bits by budget.
+
+Under ``--target-bpw`` or ``--min-sqnr`` the policy leaves some tensors undecided, each with
+candidate specs (every width with its default grouping). This module measures them and lets
+:mod:`qcompress.engine.allocate` choose. Memory stays bounded by one tensor: a first pass reads
+each undecided tensor once and quantizes it at every candidate, keeping only the error and the
+stored size (a few numbers); the caller's usual streaming pass then re-reads and re-quantizes
+each tensor with the chosen spec and writes the artifact. Quantization is deterministic, so the
+second pass reproduces exactly the error measured in the first. Keeping the chosen codes instead
+would save that second quantization but hold the whole quantized model in memory.
+
+Sizes come from the artifact's own layout (:func:`qcompress.artifact.build_recipe`), so the
+budget is checked against exactly the bytes the artifact will store, scales included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from qcompress import engine
+from qcompress.artifact import STATS_TENSOR, build_recipe
+from qcompress.engine.allocate import (
+    Allocation,
+    BudgetError,
+    ErrorCurve,
+    allocate_bits,
+    allocate_min_sqnr,
+    rel_error_to_sqnr,
+)
+from qcompress.engine.spec import NonFiniteError, QuantSpec
+from qcompress.errors import InputError, UsageError
+from qcompress.formats.base import WeightReader
+from qcompress.policy import KEPT, QUANTIZED, QuantizeOptions, TensorPlan
+from qcompress.report import finite_or_none
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One candidate of one tensor: its spec, relative error and the bytes it would store."""
+
+    spec: QuantSpec
+    rel_error: float
+    stored_bytes: int
+
+
+@dataclass
+class Decisions:
+    """Final plans, what the report says about each choice, and warnings for the user."""
+
+    plans: list[TensorPlan]
+    measured: dict[str, list[Measured]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def annotate(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Report entries with ``decided_by`` and, for budget-chosen tensors, ``candidates``."""
+        out = []
+        for plan, entry in zip(self.plans, entries, strict=True):
+            measured = self.measured.get(plan.info.name)
+            candidates = None
+            if measured is not None:
+                weights = max(plan.info.size, 1)
+                candidates = [
+                    {
+                        "bits": m.spec.bits,
+                        "granularity": m.spec.granularity,
+                        "group_size": m.spec.group_size if m.spec.granularity == "group" else None,
+                        "rel_error": m.rel_error,
+                        "sqnr_db": finite_or_none(rel_error_to_sqnr(m.rel_error)),
+                        "stored_bytes": m.stored_bytes,
+                        "bits_per_weight": 8 * m.stored_bytes / weights,
+                        "chosen": plan.action == QUANTIZED and m.spec == plan.spec,
+                    }
+                    for m in measured
+                ]
+            out.append({**entry, "decided_by": plan.decided_by, "candidates": candidates})
+        return out
+
+
+def decide_plans(
+    reader: WeightReader, plans: list[TensorPlan], options: QuantizeOptions
+) -> Decisions:
+    """Every tensor's final plan: the policy's ``plans``, with bits chosen by the budget if
+    there is one; and the plan file's warnings (rules that decide no tensor)."""
+    decisions = Decisions(list(plans))
+    if options.plan is not None:
+        decisions.warnings = options.plan.warnings(p.info.name for p in plans)
+    if not options.budget:
+        return decisions
+    source = {"format": reader.format, "layout": reader.layout, "metadata": {}}
+    for plan in plans:
+        if plan.candidates:
+            decisions.measured[plan.info.name] = _measure(reader, plan, source)
+    decisions.plans = _choose(reader, plans, decisions.measured, options, source)
+    return decisions
+
+
+def _stored_bytes(plan: TensorPlan, spec: QuantSpec, source: dict[str, Any]) -> int:
+    """Bytes the artifact stores for ``plan.info`` quantized with ``spec``."""
+    _, stored = build_recipe([dataclasses.replace(plan, spec=spec)], source)
+    return sum(i.nbytes for i in stored if i.name != STATS_TENSOR)
+
+
+def _measure(reader: WeightReader, plan: TensorPlan, source: dict[str, Any]) -> list[Measured]:
+    """Read the tensor once; quantize it with every candidate; keep only error and size."""
+    name = plan.info.name
+    x = reader.read(name)
+    out = []
+    try:
+        for spec in plan.candidates:
+            try:
+                stats = engine.error_stats(x, engine.dequantize(engine.quantize(x, spec)))
+            except NonFiniteError as e:
+                raise InputError(
+                    f"{reader.path}: tensor {name!r}: {e}; fix the model or keep the tensor in "
+                    f"float with --keep '{name}'"
+                ) from None
+            rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
+            out.append(Measured(spec, rel, _stored_bytes(plan, spec, source)))
+    finally:
+        del x
+        reader.release(name)
+    return out
+
+
+def _choose(
+    reader: WeightReader,
+    plans: list[TensorPlan],
+    measured: dict[str, list[Measured]],
+    options: QuantizeOptions,
+    source: dict[str, Any],
+) -> list[TensorPlan]:
+    """Allocate, and rewrite the undecided plans with the chosen spec (or keep them float)."""
+    quantized = [p for p in plans if p.action == QUANTIZED]
+    if options.target_bpw is not None:
+        # Tensors a rule pinned count towards the budget with their one setting.
+        curves = []
+        for p in quantized:
+            ms = measured.get(p.info.name)
+            if ms is None:
+                assert p.spec is not None
+                size = 8 * _stored_bytes(p, p.spec, source)
+                curves.append(ErrorCurve.of(p.info.size, [size], [0]))
+            else:
+                curves.append(
+                    ErrorCurve.of(
+                        p.info.size, [8 * m.stored_bytes for m in ms], [m.rel_error for m in ms]
+                    )
+                )
+        try:
+            allocation = allocate_bits(curves, options.target_bpw)
+        except BudgetError as e:
+            raise UsageError(f"{reader.path}: --target-bpw {options.target_bpw:g}: {e}") from None
+        chosen = dict(zip((p.info.name for p in quantized), _picks(allocation), strict=True))
+    else:
+        assert options.min_sqnr is not None
+        undecided = [p for p in quantized if p.info.name in measured]
+        curves = [
+            ErrorCurve.of(
+                p.info.size,
+                [8 * m.stored_bytes for m in measured[p.info.name]],
+                [m.rel_error for m in measured[p.info.name]],
+            )
+            for p in undecided
+        ]
+        allocation = allocate_min_sqnr(curves, options.min_sqnr)
+        chosen = dict(zip((p.info.name for p in undecided), _picks(allocation), strict=True))
+    out = []
+    for p in plans:
+        ms = measured.get(p.info.name)
+        if ms is None:
+            out.append(p)
+            continue
+        k, note = chosen[p.info.name]
+        if k is None:
+            out.append(dataclasses.replace(p, action=KEPT, reason=note, spec=None))
+        else:
+            m = ms[k]
+            why = (
+                f"{note}: {m.spec.bits} bits {m.spec.granularity}, "
+                f"SQNR {rel_error_to_sqnr(m.rel_error):.1f} dB"
+            )
+            out.append(dataclasses.replace(p, reason=why, spec=m.spec))
+    return out
+
+
+def _picks(allocation: Allocation) -> list[tuple[int | None, str]]:
+    return list(zip(allocation.choice, allocation.notes, strict=True))

@@ -1,0 +1,227 @@
+"""Sharded checkpoints in and out: one artifact shard per input shard, an index, a merged report.
+
+Shards are independent units of work. ``quantize INDEX`` does them all, then merges; several
+machines can each run ``quantize INDEX --shard K/N`` on their share, and a last
+``quantize INDEX --merge`` (once every shard's artifact and report sit in the output folder)
+writes the artifact index and the checkpoint's report. Names mirror the input:
+``model-00001-of-00002.safetensors`` gives ``model-00001-of-00002.qc.safetensors`` and
+``model-00001-of-00002.qc.json``; ``model.safetensors.index.json`` gives
+``model.qc.safetensors.index.json`` and ``model.qc.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qcompress import __version__, engine
+from qcompress.artifact import FORMAT_VERSION, METADATA_KEY
+from qcompress.atomic import atomic_outputs, check_outputs
+from qcompress.engine.spec import ErrorStats
+from qcompress.errors import InputError, UsageError
+from qcompress.formats.safetensors import SafetensorsReader
+from qcompress.formats.sharded import INDEX_SUFFIX, ShardIndex, check_shard, write_index
+from qcompress.pipeline import Progress, quantize_single
+from qcompress.policy import QuantizeOptions
+from qcompress.report import build_report, dumps, sha256_file
+
+ARTIFACT_SUFFIX = ".qc.safetensors"
+
+
+@dataclass(frozen=True)
+class ShardedOutputs:
+    """Where every output of a sharded run goes."""
+
+    folder: Path
+    index: Path
+    report: Path
+    shards: dict[str, tuple[Path, Path]]  # input shard file name -> (artifact, report)
+
+
+def sharded_outputs(index: ShardIndex, folder: Path | None, report: Path | None) -> ShardedOutputs:
+    folder = folder or index.path.parent
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: for a sharded checkpoint -o names a folder")
+    name = index.path.name
+    prefix = name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else index.path.stem
+    shards = {}
+    for shard in index.shards:
+        stem = shard[: -len(".safetensors")] if shard.endswith(".safetensors") else shard
+        shards[shard] = (folder / f"{stem}{ARTIFACT_SUFFIX}", folder / f"{stem}.qc.json")
+    return ShardedOutputs(
+        folder,
+        folder / f"{prefix}{ARTIFACT_SUFFIX}.index.json",
+        report or folder / f"{prefix}.qc.json",
+        shards,
+    )
+
+
+def select_shards(shards: list[str], spec: str | None) -> list[str]:
+    """The shards a ``--shard K/N`` run owns: the K-th, (K+N)-th, ... (1-based)."""
+    if spec is None:
+        return list(shards)
+    try:
+        k, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {spec!r}: expected K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {spec!r}: K must be from 1 to N")
+    return [s for i, s in enumerate(shards) if i % n == k - 1]
+
+
+@dataclass(frozen=True)
+class ShardedResult:
+    artifact: Path  # the artifact index, or the output folder when only some shards were done
+    report_path: Path | None  # the merged report; None when only some shards were done
+    report: dict[str, Any]  # the merged report, or {"shards": [each shard's report]}
+
+
+def quantize_sharded(
+    index: ShardIndex,
+    options: QuantizeOptions,
+    *,
+    output: Path | None,
+    report: Path | None,
+    force: bool,
+    jobs: int,
+    shard: str | None,
+    merge: bool,
+    progress: Progress | None,
+) -> ShardedResult:
+    started = time.perf_counter()
+    outs = sharded_outputs(index, output, report)
+    if merge and shard:
+        raise UsageError("--merge and --shard do not go together: merge after all shards are done")
+    todo = [] if merge else select_shards(index.shards, shard)
+    finals = [] if shard else [outs.index, outs.report]
+    planned = [p for s in todo for p in outs.shards[s]] + finals
+    check_outputs(planned, [index.path, *(index.shard_path(s) for s in index.shards)], force)
+    for name in todo:  # every shard is there and matches the index before any work starts
+        _open_shard(index, name).close()
+    outs.folder.mkdir(exist_ok=True)
+    reports = []
+    for name in todo:
+        artifact_path, report_path = outs.shards[name]
+        with _open_shard(index, name) as reader:
+            reports.append(
+                quantize_single(
+                    reader,
+                    artifact_path,
+                    report_path,
+                    options,
+                    force=force,
+                    jobs=jobs,
+                    progress=progress,
+                )
+            )
+    if shard:
+        return ShardedResult(outs.folder, None, {"shards": reports})
+    merged = merge_shards(index, outs, time.perf_counter() - started)
+    return ShardedResult(outs.index, outs.report, merged)
+
+
+def _open_shard(index: ShardIndex, name: str) -> SafetensorsReader:
+    path = index.shard_path(name)
+    if not path.is_file():
+        raise InputError(f"{index.path}: shard {name} is missing from {path.parent}")
+    reader = SafetensorsReader(path)
+    try:
+        check_shard(index, name, [i.name for i in reader.tensor_infos()])
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def _load_shard_report(index: ShardIndex, shard: str, report_path: Path) -> dict[str, Any]:
+    if not report_path.is_file():
+        raise UsageError(
+            f"{report_path}: missing; quantize shard {shard} first "
+            f"(qcompress quantize {index.path} --shard K/N)"
+        )
+    try:
+        report = json.loads(report_path.read_text())
+        artifact = Path(report["artifact"]["path"])
+        recorded = report["artifact"]["sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{report_path}: not a qcompress report") from None
+    artifact = report_path.parent / artifact.name
+    if not artifact.is_file() or sha256_file(artifact) != recorded:
+        raise InputError(
+            f"{artifact}: missing or not the artifact {report_path.name} describes; "
+            "quantize that shard again"
+        )
+    return report
+
+
+def merge_shards(index: ShardIndex, outs: ShardedOutputs, elapsed: float) -> dict[str, Any]:
+    """Write the artifact index and the checkpoint's report from every shard's report."""
+    reports = [_load_shard_report(index, s, outs.shards[s][1]) for s in index.shards]
+    options = reports[0]["options"]
+    for shard, r in zip(index.shards, reports, strict=True):
+        if r["options"] != options:
+            raise UsageError(
+                f"{outs.shards[shard][1]}: made with other options than "
+                f"{outs.shards[index.shards[0]][1].name}; quantize every shard the same way"
+            )
+    weight_map: dict[str, str] = {}
+    tensor_shards: dict[str, str] = {}
+    for shard, r in zip(index.shards, reports, strict=True):
+        artifact_name = outs.shards[shard][0].name
+        with SafetensorsReader(outs.shards[shard][0]) as reader:
+            for info in reader.tensor_infos():
+                if not info.name.startswith("__qcompress__/"):
+                    weight_map[info.name] = artifact_name
+        for t in r["tensors"]:
+            tensor_shards[t["name"]] = artifact_name
+    metadata = {
+        METADATA_KEY: {
+            "format_version": FORMAT_VERSION,
+            "tool": f"qcompress {__version__}",
+            "shards": [outs.shards[s][0].name for s in index.shards],
+            "tensors": tensor_shards,
+            "source_index": {"name": index.path.name, "metadata": index.metadata},
+        }
+    }
+    tensors = [t for r in reports for t in r["tensors"]]
+    with atomic_outputs([outs.index, outs.report]) as (tmp_index, tmp_report):
+        write_index(tmp_index, metadata, weight_map)
+        artifact_bytes = sum(r["artifact"]["bytes"] for r in reports)
+        report = build_report(
+            input_info={
+                "path": str(index.path),
+                "format": "safetensors",
+                "sha256": sha256_file(index.path),
+                "bytes": sum(r["input"]["bytes"] for r in reports),
+            },
+            artifact_info={
+                "path": str(outs.index),
+                "sha256": sha256_file(tmp_index),
+                "bytes": artifact_bytes,
+            },
+            options=options,
+            entries=tensors,
+            overall=engine.combine_error_stats(_overall(r) for r in reports),
+            elapsed=elapsed,
+        )
+        report["shards"] = [
+            {"input": r["input"], "artifact": r["artifact"], "report": str(outs.shards[s][1])}
+            for s, r in zip(index.shards, reports, strict=True)
+        ]
+        tmp_report.write_text(dumps(report))
+    return report
+
+
+def _overall(report: dict[str, Any]) -> ErrorStats:
+    """A shard's overall error, rebuilt from its report's totals to combine across shards.
+
+    An exact shard (SQNR null) adds no error; its signal power is not in the report, so it is
+    left out of the total signal, which can only make the combined SQNR smaller, never larger.
+    """
+    t = report["totals"]
+    mse, sqnr = t["overall_mse"], t["overall_sqnr_db"]
+    power = mse * 10 ** (sqnr / 10) if sqnr is not None else 0.0
+    return ErrorStats(mse, t["overall_max_abs_error"], 0.0, power, t["quantized_parameters"])
