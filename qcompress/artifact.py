@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,11 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 
 
 class ArtifactWriter:
-    """Streams an artifact: header first, then each stored tensor as soon as it is ready."""
+    """Streams an artifact: header first, then each stored tensor as soon as it is ready.
+
+    Hashing (each stored tensor's SHA-256, and the whole file's for the report) runs in a
+    background thread in write order, so it overlaps the quantization of the next tensor.
+    """
 
     def __init__(self, path: Path, recipe: dict[str, Any], stored: list[TensorInfo]) -> None:
         self._recipe_text = recipe_json(recipe)
@@ -176,8 +181,15 @@ class ArtifactWriter:
         header = encode_header([*stored, checksum], {METADATA_KEY: self._recipe_text})
         self._file = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
         self._file.write(header)
+        self._file_hash = hashlib.sha256(header)
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash")
+        self._digests: list[Future[bytes]] = []
         self._next = 0
-        self._digests: list[bytes] = []
+        self.sha256 = ""  # of the whole file, once finished
+
+    def _digest(self, data: np.ndarray) -> bytes:
+        self._file_hash.update(memoryview(data))
+        return hashlib.sha256(memoryview(data)).digest()
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append the next stored tensor; it must be the one the recipe expects next."""
@@ -188,7 +200,7 @@ class ArtifactWriter:
             )
         data = _as_bytes(array)
         self._file.write(memoryview(data))
-        self._digests.append(hashlib.sha256(memoryview(data)).digest())
+        self._digests.append(self._hasher.submit(self._digest, data))
         self._next += 1
 
     def finish(self, stats: np.ndarray) -> None:
@@ -196,13 +208,17 @@ class ArtifactWriter:
         self.write(STATS_TENSOR, np.asarray(stats, dtype=np.float64))
         if self._next != len(self._stored):
             raise AssertionError("artifact writer finished before every tensor was written")
-        digests = [*self._digests, hashlib.sha256(self._recipe_text.encode()).digest()]
-        self._file.write(b"".join(digests))
+        digests = [f.result() for f in self._digests]
+        tail = b"".join([*digests, hashlib.sha256(self._recipe_text.encode()).digest()])
+        self._file.write(tail)
+        self._file_hash.update(tail)
+        self.sha256 = self._file_hash.hexdigest()
         self._file.flush()
         os.fsync(self._file.fileno())
-        self._file.close()
+        self.close()
 
     def close(self) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=True)
         self._file.close()
 
     def __enter__(self) -> ArtifactWriter:

@@ -1,0 +1,260 @@
+"""Speed and memory of qcompress against this machine's own limits, measured in one run.
+
+Run: ``python benchmarks/speed.py`` (``make bench`` runs it too). Prints one table; every ratio
+is against a reference timed in the same run on the same bytes, so the numbers mean something on
+a shared, noisy machine:
+
+- engine throughput (MB/s of float32 input) for int8 per-channel, 4-bit per-group with the
+  default range search, and dequantize, on one thread and on all cores (tensors in parallel, as
+  ``--jobs`` does), against ``np.copyto`` of the same bytes;
+- ``torch.quantize_per_channel`` and gguf's numpy Q8_0 / Q4_0 on the same matrices, when those
+  packages are installed (``pip install -e .[bench]`` and ``pip install torch==2.13.0``);
+- end-to-end ``qcompress quantize`` of a page-cached 1 GB safetensors file against ``cp`` of it;
+- peak resident memory of quantizing a 4 GB model made of 64 MB tensors (``--big-gb`` to change);
+- start-up time of ``qcompress --version``.
+
+Options: ``--quick`` for smaller sizes (a smoke run), ``--skip-big`` to skip the 4 GB case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from qcompress import engine
+from qcompress.engine.spec import QuantSpec
+from qcompress.pipeline import default_jobs
+
+ROOT = Path(__file__).resolve().parent.parent
+# The console script beside this interpreter (the venv's), so the CLI timed is this checkout's.
+QCOMPRESS = [str(Path(sys.executable).parent / "qcompress")]
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Fastest of ``repeat`` runs: the least disturbed by other load on a shared machine."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matrices(count: int, rows: int, cols: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((rows, cols), dtype=np.float32) for _ in range(count)]
+
+
+def int8_channel(x: np.ndarray) -> object:
+    spec = QuantSpec(bits=8, scheme="symmetric", granularity="channel", axis=0)
+    q = engine.quantize(x, spec)
+    return engine.error_stats(x, engine.dequantize(q))
+
+
+def q4_group(x: np.ndarray) -> object:
+    from qcompress.policy import QuantizeOptions
+
+    d = QuantizeOptions(bits=4).defaults()
+    spec = QuantSpec(
+        bits=4,
+        scheme=str(d["scheme"]),
+        granularity=str(d["granularity"]),
+        axis=0,
+        group_size=int(d["group_size"]),
+        range_method=str(d["range"]),
+        scale_dtype=str(d["scale_dtype"]),
+    )
+    q = engine.quantize(x, spec)
+    engine.pack_codes(q.codes, 4)
+    return engine.error_stats(x, engine.dequantize(q))
+
+
+def throughput(fn: Callable[[np.ndarray], object], data: list[np.ndarray], jobs: int) -> float:
+    """MB/s of float32 input through ``fn``, tensors spread over ``jobs`` threads."""
+    nbytes = sum(x.nbytes for x in data)
+
+    def run() -> None:
+        if jobs == 1:
+            for x in data:
+                fn(x)
+        else:
+            with ThreadPoolExecutor(jobs) as pool:
+                list(pool.map(fn, data))
+
+    return nbytes / best_of(run, repeat=2) / 1e6
+
+
+def copy_bandwidth(data: list[np.ndarray]) -> float:
+    """MB/s of ``np.copyto`` of the same tensors into warm, preallocated buffers."""
+    targets = [np.empty_like(x) for x in data]
+    for t, x in zip(targets, data, strict=True):
+        np.copyto(t, x)  # touch the targets once, so the timing is of a copy, not of page faults
+
+    def run() -> None:
+        for t, x in zip(targets, data, strict=True):
+            np.copyto(t, x)
+
+    return sum(x.nbytes for x in data) / best_of(run) / 1e6
+
+
+def reference_rows(data: list[np.ndarray]) -> list[tuple[str, float]]:
+    rows = []
+    nbytes = sum(x.nbytes for x in data)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        tensors = [torch.from_numpy(x) for x in data]
+
+        def torch_q8() -> None:
+            for t in tensors:
+                amax = t.abs().amax(dim=1)
+                scale = (amax / 127).clamp(min=1e-12).double()
+                zp = torch.zeros(t.shape[0], dtype=torch.long)
+                torch.quantize_per_channel(t, scale, zp, 0, torch.qint8)
+
+        rows.append(
+            ("torch.quantize_per_channel qint8 (1 thread)", nbytes / best_of(torch_q8) / 1e6)
+        )
+    except ImportError:
+        rows.append(("torch.quantize_per_channel: torch not installed", float("nan")))
+    try:
+        from gguf import GGMLQuantizationType, quants
+
+        for name in ("Q8_0", "Q4_0"):
+            qtype = GGMLQuantizationType[name]
+
+            def gguf_q(qtype: GGMLQuantizationType = qtype) -> None:
+                for x in data:
+                    quants.quantize(x, qtype)
+
+            rows.append((f"gguf numpy {name} (1 thread)", nbytes / best_of(gguf_q, 1) / 1e6))
+    except ImportError:
+        rows.append(("gguf: not installed", float("nan")))
+    return rows
+
+
+def write_model(path: Path, n_tensors: int, rows: int, cols: int) -> None:
+    """A float32 safetensors model written one tensor at a time (never all in memory)."""
+    from qcompress.formats.base import TensorInfo
+    from qcompress.formats.safetensors import write_safetensors
+
+    infos = [TensorInfo(f"layers.{i}.weight", (rows, cols), "float32") for i in range(n_tensors)]
+    rng = np.random.default_rng(3)
+    arrays = (rng.standard_normal((rows, cols), dtype=np.float32) for _ in infos)
+    write_safetensors(path, infos, arrays, {})
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def end_to_end(folder: Path, gb: float) -> tuple[float, float]:
+    """Seconds for ``qcompress quantize`` and for ``cp`` of the same page-cached file."""
+    model = folder / "e2e.safetensors"
+    n = max(1, round(gb * 1024 / 64))
+    write_model(model, n, 4096, 4096)
+    subprocess.run(["cat", str(model)], check=True, stdout=subprocess.DEVNULL)  # page cache
+    cp_time = min(timed(["cp", str(model), str(folder / "copy.bin")]) for _ in range(2))
+    qc_times = []
+    for _ in range(2):
+        out = folder / "e2e.qc.safetensors"
+        qc_times.append(
+            timed([*QCOMPRESS, "quantize", str(model), "-o", str(out), "-q", "--force"])
+        )
+    return min(qc_times), cp_time
+
+
+def peak_rss_mb(folder: Path, gb: float) -> float:
+    """Peak RSS of ``qcompress quantize`` on a ``gb`` GB model of 64 MB tensors (child process)."""
+    model = folder / "big.safetensors"
+    write_model(model, max(1, round(gb * 1024 / 64)), 4096, 4096)
+    out = folder / "big.qc.safetensors"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([*QCOMPRESS, "quantize", str(model), "-o", str(out), "-q"], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    model.unlink()
+    out.unlink()
+    return max(before, after) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--skip-big", action="store_true", help="skip the 4 GB memory case")
+    parser.add_argument("--big-gb", type=float, default=4.0)
+    parser.add_argument("--e2e-gb", type=float, default=1.0)
+    args = parser.parse_args()
+
+    count, rows, cols = (2, 1024, 1024) if args.quick else (8, 4096, 1024)
+    data = matrices(count, rows, cols)
+    cores = default_jobs()
+    copy = copy_bandwidth(data)
+    print(f"machine: {platform.machine()}, {cores} cores, {_cpu_model()}, numpy {np.__version__}")
+    print(
+        f"data: {count} float32 matrices of {rows}x{cols} ({sum(x.nbytes for x in data) / 1e6:.0f} MB), seed 0"
+    )
+    print(f"np.copyto of the same bytes: {copy:,.0f} MB/s\n")
+    print(f"{'operation':<48} {'MB/s':>9} {'x copyto':>9}")
+
+    def row(label: str, mbs: float) -> None:
+        ratio = "" if np.isnan(mbs) else f"{mbs / copy:9.3f}"
+        value = "-" if np.isnan(mbs) else f"{mbs:9,.0f}"
+        print(f"{label:<48} {value:>9} {ratio:>9}")
+
+    codes = [engine.quantize(x, QuantSpec(bits=8, granularity="channel")) for x in data]
+    for label, fn in (
+        ("int8 per-channel quantize + error metrics", int8_channel),
+        ("4-bit per-group, default range search", q4_group),
+    ):
+        row(f"{label} (1 thread)", throughput(fn, data, 1))
+        row(f"{label} ({cores} threads)", throughput(fn, data, cores))
+    by_id = {id(x): q for x, q in zip(data, codes, strict=True)}
+    deq = lambda x: engine.dequantize(by_id[id(x)])  # noqa: E731
+    row("dequantize int8 per-channel (1 thread)", throughput(deq, data, 1))
+    row(f"dequantize int8 per-channel ({cores} threads)", throughput(deq, data, cores))
+    for label, mbs in reference_rows(data):
+        row(label, mbs)
+
+    with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
+        folder = Path(tmp)
+        gb = 0.125 if args.quick else args.e2e_gb
+        qc, cp = end_to_end(folder, gb)
+        print(f"\nend to end, {gb:g} GB page-cached float32 safetensors, int8 defaults:")
+        print(f"  qcompress quantize {qc:.2f} s, cp {cp:.2f} s, ratio {qc / cp:.2f}x")
+        for p in folder.iterdir():
+            p.unlink()
+        if not args.skip_big:
+            big = 0.25 if args.quick else args.big_gb
+            print(
+                f"peak RSS quantizing a {big:g} GB model of 64 MB tensors: {peak_rss_mb(folder, big):,.0f} MB"
+            )
+    startup = statistics.median(timed([*QCOMPRESS, "--version"]) for _ in range(5))
+    print(f"qcompress --version start-up: {startup:.3f} s (median of 5)")
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
