@@ -439,3 +439,24 @@ def test_string_tensor_is_refused_by_name(tmp_path: Path) -> None:
         f["vocab"] = np.array([b"a", b"bc"])
     assert_clean_error(run("quantize", path), "m.h5", "'vocab'", "cannot hold")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+
+
+def test_help_and_version_import_nothing_heavy() -> None:
+    """--help and --version must stay instant: no numpy, h5py, rich or safetensors on the path."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from qcompress.cli import main\n"
+        "sys.argv = ['qcompress', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = ('numpy', 'h5py', 'rich', 'safetensors', 'ml_dtypes')\n"
+        "print('loaded:', [m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "loaded: []"
+    version = subprocess.run(
+        [sys.executable, "-m", "qcompress", "--version"], capture_output=True, text=True, check=True
+    )
+    assert version.stdout.startswith("qcompress, version ")

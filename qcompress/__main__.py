@@ -1,0 +1,5 @@
+"""``python -m qcompress``: the same as the ``qcompress`` command."""
+
+from qcompress.cli import main
+
+main()
