@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -179,16 +178,22 @@ def end_to_end(folder: Path, gb: float) -> tuple[float, float]:
 
 
 def peak_rss_mb(folder: Path, gb: float) -> float:
-    """Peak RSS of ``qcompress quantize`` on a ``gb`` GB model of 64 MB tensors (child process)."""
+    """Peak RSS of ``qcompress quantize`` on a ``gb`` GB model of 64 MB tensors, measured in a
+    fresh child process (``ru_maxrss`` of the process itself, so earlier runs do not count)."""
     model = folder / "big.safetensors"
     write_model(model, max(1, round(gb * 1024 / 64)), 4096, 4096)
     out = folder / "big.qc.safetensors"
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([*QCOMPRESS, "quantize", str(model), "-o", str(out), "-q"], check=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    model.unlink()
-    out.unlink()
-    return max(before, after) / 1024  # ru_maxrss is in KiB on Linux
+    code = (
+        "import resource, sys\n"
+        "from qcompress.cli import main\n"
+        f"sys.argv = ['qcompress', 'quantize', {str(model)!r}, '-o', {str(out)!r}, '-q']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    for p in (model, out, out.with_suffix(".json")):
+        p.unlink()
+    return int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:

@@ -22,7 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact import STATS_COLUMNS, Artifact, ArtifactWriter, build_recipe, is_artifact
+from qcompress.artifact import (
+    STATS_COLUMNS,
+    Artifact,
+    ArtifactWriter,
+    build_recipe,
+    is_artifact,
+    quantized_arrays,
+)
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
@@ -90,10 +97,7 @@ def quantize_one(
             f"with --keep '{name}'"
         ) from None
     stats = engine.error_stats(x, engine.dequantize(q))
-    codes = q.codes if entry["packing"] == "none" else engine.pack_codes(q.codes, q.spec.bits)
-    stored = [(entry["codes"], codes), (entry["scale"], q.scale)]
-    if entry["zero_point"]:
-        stored.append((entry["zero_point"], q.zero_point))
+    stored = quantized_arrays(entry, q)
     report = tensor_entry(entry, x_min, x_max, q, stats, plan.info.nbytes, 0)
     return TensorResult(stored, report, stats)
 
@@ -114,7 +118,7 @@ def stream_quantize(
         for stored_name, array in result.stored:
             writer.write(stored_name, array)
         reader.release(plan.info.name)
-        results.append(result)
+        results.append(TensorResult([], result.report, result.stats))  # the arrays can go
         if progress:
             progress.advance(plan.info.name, plan.info.nbytes)
 
@@ -197,24 +201,26 @@ def quantize_single(
     recipe, stored = build_recipe(plans, source)
     if progress:
         progress.start(len(plans), sum(p.info.nbytes for p in plans))
-    with atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report):
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash") as background,
+        atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report),
+    ):
+        input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
         with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
             results = stream_quantize(
                 reader, plans, recipe["tensors"], writer, jobs=jobs, progress=progress
             )
-        entries = decided.annotate(
-            _confirm(tmp_artifact, artifact_path, [r.report for r in results])
-        )
+        entries = decided.annotate(_confirm(tmp_artifact, [r.report for r in results]))
         report = build_report(
             input_info={
                 "path": str(reader.path),
                 "format": reader.format,
-                "sha256": sha256_file(reader.path),
+                "sha256": input_sha256.result(),
                 "bytes": reader.path.stat().st_size,
             },
             artifact_info={
                 "path": str(artifact_path),
-                "sha256": sha256_file(tmp_artifact),
+                "sha256": writer.sha256,
                 "bytes": tmp_artifact.stat().st_size,
             },
             options=options.defaults(),
@@ -228,16 +234,11 @@ def quantize_single(
     return report
 
 
-def _confirm(
-    tmp_artifact: Path, artifact_path: Path, reports: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Reopen the written artifact, check every checksum, and fill in the bytes it really stores."""
+def _confirm(tmp_artifact: Path, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reopen the written artifact as a reader would (header, recipe, every stored tensor's dtype
+    and shape) and fill in the bytes it really stores. The checksums were computed from the very
+    bytes written; ``verify`` re-reads them from disk."""
     with Artifact(tmp_artifact) as art:
-        bad = art.verify()
-        if bad:
-            raise InputError(
-                f"{artifact_path}: written artifact failed its own checksum ({bad[0]})"
-            )
         return [
             {**entry, "stored_bytes": art.stored_bytes(recipe_entry)}
             for entry, recipe_entry in zip(reports, art.entries, strict=True)
