@@ -459,7 +459,7 @@ def verify(
 
 
 def _stored_names(entry: dict[str, Any]) -> list[str]:
-    keys = ("codes", "scale", "zero_point", "stored")
+    keys = ("codes", "scale", "zero_point", "super", "stored")
     return [entry[k] for k in keys if entry.get(k)]
 
 

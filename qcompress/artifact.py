@@ -5,6 +5,11 @@ Layout (format version 1):
   first, other axes flattened). 8-bit codes are int8 (symmetric) or uint8 (affine) of shape
   (rows, cols); narrower codes are a dense little-endian bit stream in a 1-D uint8 tensor.
 - ``NAME.qscale`` / ``NAME.qzero``: per row and group, (rows, n_groups), float32 or float16.
+  With a second level (recipe ``scale_bits``), they hold instead the groups' scale and min codes
+  as a dense ``scale_bits``-bit stream (1-D uint8, same bit order as the codes), and
+  ``NAME.qsuper`` the float32 (n_blocks, 2) super-scale and super-min of each block of
+  ``super_block`` consecutive groups ((n_blocks, 1), super-scales only, when symmetric); see
+  ``qcompress.engine.level2`` for the decoding.
 - ``NAME``: a tensor kept in float or passed through, unchanged, in its own dtype.
 - ``__qcompress__/stats``: float64 (n_tensors, 3), each original tensor's MSE, max abs error and
   SQNR dB, so ``inspect`` can show the error without the original.
@@ -28,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from qcompress import __version__
-from qcompress.engine import n_groups, packed_nbytes, unpack_codes
-from qcompress.engine.spec import QuantizedTensor, QuantSpec
+from qcompress.engine import decode_level2, n_groups, pack_codes, packed_nbytes, unpack_codes
+from qcompress.engine.level2 import n_blocks as level2_blocks
+from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantizedTensor, QuantSpec
 from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
@@ -69,9 +75,19 @@ def _quantized_entry(plan: TensorPlan) -> tuple[dict[str, Any], list[TensorInfo]
     else:
         codes = TensorInfo(f"{name}.qcodes", (packed_nbytes(rows * cols, spec.bits),), "uint8")
         packing = "bitstream-le"
-    stored = [codes, TensorInfo(f"{name}.qscale", (rows, groups), spec.scale_dtype)]
-    if not signed:
-        stored.append(TensorInfo(f"{name}.qzero", (rows, groups), spec.scale_dtype))
+    sb = spec.scale_bits
+    if sb is None:
+        params = [TensorInfo(f"{name}.qscale", (rows, groups), spec.scale_dtype)]
+        if not signed:
+            params.append(TensorInfo(f"{name}.qzero", (rows, groups), spec.scale_dtype))
+    else:
+        packed = (packed_nbytes(rows * groups, sb),)
+        params = [TensorInfo(f"{name}.qscale", packed, "uint8")]
+        if not signed:
+            params.append(TensorInfo(f"{name}.qzero", packed, "uint8"))
+        supers = (level2_blocks((rows, groups)), 1 if signed else 2)
+        params.append(TensorInfo(f"{name}.qsuper", supers, "float32"))
+    stored = [codes, *params]
     entry = {
         **_base_entry(plan),
         "bits": spec.bits,
@@ -89,7 +105,29 @@ def _quantized_entry(plan: TensorPlan) -> tuple[dict[str, Any], list[TensorInfo]
         "scale": stored[1].name,
         "zero_point": stored[2].name if not signed else None,
     }
+    if sb is not None:  # only then: entries of float-scale artifacts stay as they were
+        entry.update(scale_bits=sb, super_block=SUPER_BLOCK, super=stored[-1].name)
     return entry, stored
+
+
+def quantized_arrays(entry: dict[str, Any], q: QuantizedTensor) -> list[tuple[str, np.ndarray]]:
+    """The stored tensors (name, array), in payload order, that hold one quantized tensor."""
+    codes = q.codes if entry["packing"] == "none" else pack_codes(q.codes, q.spec.bits)
+    second = q.level2
+    if second is None:
+        stored = [(entry["codes"], codes), (entry["scale"], q.scale)]
+        if entry["zero_point"]:
+            stored.append((entry["zero_point"], q.zero_point))
+        return stored
+    sb = entry["scale_bits"]
+    stored = [(entry["codes"], codes), (entry["scale"], pack_codes(second.scale_codes, sb))]
+    supers = [second.super_scale]
+    if entry["zero_point"]:
+        assert second.min_codes is not None and second.super_min is not None
+        stored.append((entry["zero_point"], pack_codes(second.min_codes, sb)))
+        supers.append(second.super_min)
+    stored.append((entry["super"], np.stack(supers, axis=1).astype(np.float32)))
+    return stored
 
 
 def _base_entry(plan: TensorPlan) -> dict[str, Any]:
@@ -152,6 +190,7 @@ def spec_from_entry(entry: dict[str, Any]) -> QuantSpec:
         group_size=entry["group_size"] or QuantSpec.group_size,
         range_method=entry["range"],
         scale_dtype=entry["scale_dtype"],
+        scale_bits=entry.get("scale_bits"),
     )
 
 
@@ -321,6 +360,7 @@ class Artifact:
             entry.get("codes"),
             entry.get("scale"),
             entry.get("zero_point"),
+            entry.get("super"),
             entry.get("stored"),
         ]
         return sum(self._infos[n].nbytes for n in names if n is not None)
@@ -342,10 +382,29 @@ class Artifact:
         if entry["packing"] != "none":
             codes = unpack_codes(codes, spec.bits, rows * cols, spec.scheme == "symmetric")
         codes = codes.reshape(rows, cols)
-        scale = self._checked(entry["scale"])
-        zero = self._checked(entry["zero_point"]) if entry["zero_point"] else None
+        second = None
+        if spec.scale_bits is None:
+            scale = self._checked(entry["scale"])
+            zero = self._checked(entry["zero_point"]) if entry["zero_point"] else None
+        else:
+            second = self._level2(entry, spec.scale_bits)
+            scale, zero = decode_level2(second, (rows, entry["n_groups"]))
         unknown = np.full(scale.shape, np.nan, np.float32)  # clip range is a report-only field
-        return QuantizedTensor(codes, scale, zero, unknown, unknown, spec, tuple(entry["shape"]))
+        shape = tuple(entry["shape"])
+        return QuantizedTensor(codes, scale, zero, unknown, unknown, spec, shape, second)
+
+    def _level2(self, entry: dict[str, Any], sb: int) -> Level2:
+        """The stored second level of a quantized tensor, checksums verified, codes unpacked."""
+        shape = (entry["rows"], entry["n_groups"])
+        count = shape[0] * shape[1]
+
+        def codes(name: str) -> np.ndarray:
+            return unpack_codes(self._checked(name), sb, count, False).reshape(shape)
+
+        supers = self._checked(entry["super"])
+        mins = None if entry["zero_point"] is None else codes(entry["zero_point"])
+        super_min = None if mins is None else supers[:, 1]
+        return Level2(codes(entry["scale"]), mins, supers[:, 0], super_min)
 
     def stored_tensor(self, entry: dict[str, Any]) -> np.ndarray:
         """A kept or passed-through tensor exactly as it was, checksum verified."""
@@ -446,7 +505,7 @@ class ShardedArtifact:
 
 def _stored_of(entry: dict[str, Any]) -> list[str]:
     """The stored tensors that hold one original tensor."""
-    keys = ("codes", "scale", "zero_point", "stored")
+    keys = ("codes", "scale", "zero_point", "super", "stored")
     return [entry[k] for k in keys if entry.get(k)]
 
 

@@ -17,7 +17,14 @@ from typing import Any
 import click
 
 from qcompress import __version__
-from qcompress.engine.spec import BITS, GRANULARITIES, RANGE_METHODS, SCALE_DTYPES, SCHEMES
+from qcompress.engine.spec import (
+    BITS,
+    GRANULARITIES,
+    RANGE_METHODS,
+    SCALE_BITS,
+    SCALE_DTYPES,
+    SCHEMES,
+)
 
 EXIT_CODES_HELP = """\b
 Exit status:
@@ -172,7 +179,8 @@ def _fmt_bytes(n: int) -> str:
 @click.option(
     "--scheme",
     type=click.Choice(SCHEMES),
-    help="symmetric (zero-point 0) or affine (scale and zero-point) [default: symmetric].",
+    help="symmetric (zero-point 0) or affine (scale and zero-point) "
+    "[default: symmetric at 8 bits, affine below].",
 )
 @click.option(
     "--granularity",
@@ -180,7 +188,9 @@ def _fmt_bytes(n: int) -> str:
     help="One scale per tensor, output channel or group [default: channel at 8 bits, group below].",
 )
 @click.option(
-    "--group-size", type=int, help="Elements per group along the input dimension [default: 64]."
+    "--group-size",
+    type=int,
+    help="Elements per group along the input dimension [default: 32 below 8 bits, else 64].",
 )
 @click.option(
     "--axis",
@@ -198,7 +208,13 @@ def _fmt_bytes(n: int) -> str:
     type=click.Choice(SCALE_DTYPES),
     default="float32",
     show_default=True,
-    help="Dtype of stored scales and zero-points.",
+    help="Dtype of stored float scales and zero-points.",
+)
+@click.option(
+    "--scale-bits",
+    type=click.Choice([str(b) for b in (0, *SCALE_BITS)]),
+    help="Store group scales (and mins) as N-bit codes under float32 super-scales, 0 for float "
+    "scales [default: 6 below 8 bits, 0 at 8].",
 )
 @click.option(
     "--keep",
@@ -265,6 +281,7 @@ def quantize(
     axis: int | None,
     range_method: str | None,
     scale_dtype: str,
+    scale_bits: str | None,
     keep: tuple[str, ...],
     min_elements: int,
     plan_path: Path | None,
@@ -299,6 +316,7 @@ def quantize(
         axis=axis,
         range_method=range_method,
         scale_dtype=scale_dtype,
+        scale_bits=None if scale_bits is None else int(scale_bits),
         keep=keep,
         min_elements=min_elements,
         plan=None if plan_path is None else api.load_plan(plan_path),

@@ -17,6 +17,7 @@ from qcompress.engine.spec import (
     GROUP_SIZE_MAX,
     GROUP_SIZE_MIN,
     RANGE_METHODS,
+    SCALE_BITS,
     SCALE_DTYPES,
     SCHEMES,
     QuantSpec,
@@ -28,7 +29,11 @@ from qcompress.plan import Plan, Rule
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 DEFAULT_BITS = 8
 DEFAULT_MIN_ELEMENTS = 1024
-DEFAULT_GROUP_SIZE = 64
+DEFAULT_GROUP_SIZE = 64  # for an explicit --granularity group at 8 bits
+LOW_BIT_DEFAULTS: dict[int, tuple[int, int]] = {b: (32, 6) for b in BITS if b < 8}
+"""(group size, scale bits) chosen below 8 bits, from benchmarks/quality.py (README, Quality):
+groups of 32 with affine codes, an MSE range search and 6-bit second-level scale and min codes
+beat GGUF's Q4_0/Q5_0 by more than 1 dB at fewer bits per weight."""
 
 QUANTIZED, KEPT, PASSTHROUGH = "quantized", "kept", "passthrough"
 
@@ -44,6 +49,7 @@ class QuantizeOptions:
     axis: int | None = None
     range_method: str | None = None
     scale_dtype: str = "float32"
+    scale_bits: int | None = None  # None: the default for these bits; 0: float scales
     keep: tuple[str, ...] = ()
     min_elements: int = DEFAULT_MIN_ELEMENTS
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.plan.load_plan
@@ -56,6 +62,12 @@ class QuantizeOptions:
         _check_choice("--granularity", self.granularity, GRANULARITIES)
         _check_choice("--range", self.range_method, RANGE_METHODS)
         _check_choice("--scale-dtype", self.scale_dtype, SCALE_DTYPES)
+        _check_choice("--scale-bits", self.scale_bits, (0, *SCALE_BITS))
+        if self.scale_bits and self.scale_dtype != "float32":
+            raise UsageError(
+                f"--scale-bits {self.scale_bits} with --scale-dtype {self.scale_dtype}: scale "
+                "codes sit under float32 super-scales; use --scale-bits 0 for float16 scales"
+            )
         if self.group_size is not None and not GROUP_SIZE_MIN <= self.group_size <= GROUP_SIZE_MAX:
             raise UsageError(
                 f"--group-size {self.group_size}: must be from {GROUP_SIZE_MIN} to {GROUP_SIZE_MAX}"
@@ -91,14 +103,20 @@ class QuantizeOptions:
     def defaults(self) -> dict[str, object]:
         """The options with every default filled in, as the report records them."""
         low = self.bits < 8
+        group_size, scale_bits = LOW_BIT_DEFAULTS.get(self.bits, (DEFAULT_GROUP_SIZE, 0))
+        if self.scale_bits is not None:
+            scale_bits = self.scale_bits
+        elif self.scale_dtype != "float32":
+            scale_bits = 0  # float16 scales asked for: no second level
         return {
             "bits": self.bits,
-            "scheme": self.scheme or "symmetric",
+            "scheme": self.scheme or ("affine" if low else "symmetric"),
             "granularity": self.granularity or ("group" if low else "channel"),
-            "group_size": self.group_size or DEFAULT_GROUP_SIZE,
+            "group_size": self.group_size or group_size,
             "axis": self.axis,
             "range": self.range_method or ("mse" if low else "minmax"),
             "scale_dtype": self.scale_dtype,
+            "scale_bits": scale_bits or None,
             "keep": list(self.keep),
             "min_elements": self.min_elements,
             "plan": None if self.plan is None else self.plan.path,
@@ -230,4 +248,5 @@ def _spec(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> QuantSp
         group_size=int(d["group_size"]),
         range_method=str(d["range"]),
         scale_dtype=str(d["scale_dtype"]),
+        scale_bits=None if d["scale_bits"] is None else int(str(d["scale_bits"])),
     )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcompress.engine import level2
 from qcompress.engine.kernels import decode, encode
-from qcompress.engine.params import code_dtype, code_range, grid_for_range, validate_spec
+from qcompress.engine.params import Grid, code_dtype, code_range, grid_for_range, validate_spec
 from qcompress.engine.ranges import choose_range, group_minmax
 from qcompress.engine.rows import (
     from_rows,
@@ -44,14 +45,30 @@ def quantize(x: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
 
     qlo, qhi = code_range(spec.bits, spec.scheme)
     shape = (n_rows, n_groups(cols, spec))
-    scale = np.zeros(shape, spec.scale_dtype)
-    zero_point = None if spec.scheme == "symmetric" else np.zeros(shape, spec.scale_dtype)
+    two = spec.scale_bits is not None
+    param_dtype = np.float32 if two else spec.scale_dtype
+    scale = np.zeros(shape, param_dtype)
+    zero_point = None if spec.scheme == "symmetric" else np.zeros(shape, param_dtype)
+    supers = level2.choose_supers(lo, hi, spec) if two else None
+    sc = np.zeros(shape, np.uint8)
+    mc = np.zeros(shape, np.uint8) if two and zero_point is not None else None
     clip_min = np.zeros(shape, np.float32)
     clip_max = np.zeros(shape, np.float32)
     codes = np.zeros((n_rows, cols), code_dtype(spec.scheme))
     glen = group_len(cols, spec)
     for rs in iter_row_chunks(n_rows, cols):
-        grid = grid_for_range(*choose_range(rows[rs], lo[rs], hi[rs], spec), spec)
+        if supers is None:
+            grid = grid_for_range(*choose_range(rows[rs], lo[rs], hi[rs], spec), spec)
+        else:
+            step, smin = supers.rows(rs)
+
+            def grid_fn(a: np.ndarray, b: np.ndarray) -> Grid:
+                return level2.encode_params(a, b, step, smin, spec)[0]  # noqa: B023
+
+            bounds = choose_range(rows[rs], lo[rs], hi[rs], spec, grid_fn)
+            grid, sc[rs], chunk_mc = level2.encode_params(*bounds, step, smin, spec)
+            if mc is not None:
+                mc[rs] = chunk_mc
         scale[rs], clip_min[rs], clip_max[rs] = grid.scale, grid.cover_lo, grid.cover_hi
         if zero_point is not None:
             zero_point[rs] = grid.zero_point
@@ -62,7 +79,10 @@ def quantize(x: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
                 tile_view(rows, rs, t), inv[:, gs], None if zp is None else zp[:, gs], qlo, qhi
             )
             np.copyto(tile_view(codes, rs, t), t_codes, casting="unsafe")
-    return QuantizedTensor(codes, scale, zero_point, clip_min, clip_max, spec, tuple(xf.shape))
+    second = None if supers is None else level2.level2_of(sc, mc, supers)
+    return QuantizedTensor(
+        codes, scale, zero_point, clip_min, clip_max, spec, tuple(xf.shape), second
+    )
 
 
 def dequantize(q: QuantizedTensor) -> np.ndarray:

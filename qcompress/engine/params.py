@@ -15,6 +15,7 @@ from qcompress.engine.spec import (
     BITS,
     GRANULARITIES,
     RANGE_METHODS,
+    SCALE_BITS,
     SCALE_DTYPES,
     SCHEMES,
     QuantSpec,
@@ -36,6 +37,8 @@ def validate_spec(spec: QuantSpec) -> None:
     for field, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"{field} must be one of {allowed}, not {value!r}")
+    if spec.scale_bits is not None and spec.scale_bits not in SCALE_BITS:
+        raise ValueError(f"scale_bits must be None or one of {SCALE_BITS}, not {spec.scale_bits}")
     if spec.granularity == "group" and spec.group_size < 1:
         raise ValueError(f"group_size must be >= 1, not {spec.group_size}")
 

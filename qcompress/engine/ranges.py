@@ -7,10 +7,12 @@ Python loops are over tiles and over the (short) grid of candidate ranges.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from qcompress.engine.kernels import squared_error
-from qcompress.engine.params import code_range, grid_for_range
+from qcompress.engine.params import Grid, code_range, grid_for_range
 from qcompress.engine.rows import (
     TILE_ELEMENTS,
     group_len,
@@ -20,6 +22,10 @@ from qcompress.engine.rows import (
     tile_view,
 )
 from qcompress.engine.spec import QuantSpec
+
+GridFn = Callable[[np.ndarray, np.ndarray], Grid]
+"""Builds the grid that covers per-group bounds [lo, hi] of a chunk of rows (float scales, or
+second-level codes under fixed super-scales); the search scores candidates with it."""
 
 PERCENTILE = 99.9
 """Range method "percentile" clips |x| (symmetric) at this percentile of each group, or
@@ -60,11 +66,16 @@ def group_minmax(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
 
 
 def choose_range(
-    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec
+    rows: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    spec: QuantSpec,
+    grid_fn: GridFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bounds to cover for each group of ``rows`` (a chunk of the row view), given its min/max.
 
-    Returns float64 (rows, n_groups) arrays with lo <= clip_lo <= clip_hi <= hi.
+    ``grid_fn`` builds the grid for candidate bounds (default: ``grid_for_range`` with float
+    scales). Returns float64 (rows, n_groups) arrays with lo <= clip_lo <= clip_hi <= hi.
     """
     lo = lo.astype(np.float64)
     hi = hi.astype(np.float64)
@@ -72,7 +83,7 @@ def choose_range(
         return lo, hi
     if spec.range_method == "percentile":
         return _percentile_range(rows, lo, hi, spec)
-    return _mse_range(rows, lo, hi, spec)
+    return _mse_range(rows, lo, hi, spec, grid_fn)
 
 
 def _clip_to(lo: np.ndarray, hi: np.ndarray, c_lo, c_hi) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +124,7 @@ def _percentile_range(
 
 
 def _mse_range(
-    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec
+    rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec, grid_fn: GridFn | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per group, the candidate range whose dequantized values have the smallest squared error.
 
@@ -124,7 +135,7 @@ def _mse_range(
     Gaussian, Laplace and skewed groups) for twice, not 20 times, the cost of one scan.
     Minmax is scored first and kept unless a candidate is strictly better.
     """
-    score = _Scorer(rows, spec)
+    score = _Scorer(rows, spec, grid_fn)
     best_lo, best_hi = lo, hi
     best_err = score(lo, hi)
 
@@ -154,8 +165,9 @@ def _mse_range(
 class _Scorer:
     """Squared error per (row, group) of quantizing a chunk of rows with a candidate range."""
 
-    def __init__(self, rows: np.ndarray, spec: QuantSpec) -> None:
+    def __init__(self, rows: np.ndarray, spec: QuantSpec, grid_fn: GridFn | None) -> None:
         self.rows, self.spec = rows, spec
+        self.grid_fn = grid_fn or (lambda a, b: grid_for_range(a, b, spec))
         self.qlo, self.qhi = code_range(spec.bits, spec.scheme)
         n_rows, cols = rows.shape
         self.shape = (n_rows, n_groups(cols, spec))
@@ -163,7 +175,7 @@ class _Scorer:
         self.buf = np.empty(max(n_rows * (t.c1 - t.c0) for t in self.tiles), np.float32)
 
     def __call__(self, c_lo: np.ndarray, c_hi: np.ndarray) -> np.ndarray:
-        grid32 = grid_for_range(c_lo, c_hi, self.spec).float32()
+        grid32 = self.grid_fn(c_lo, c_hi).float32()
         err = np.zeros(self.shape)
         for t in self.tiles:
             blk = tile_view(self.rows, slice(None), t)
