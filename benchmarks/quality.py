@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -70,20 +71,31 @@ def default_spec(bits: int) -> QuantSpec:
 def settings() -> list[Setting]:
     """The rows shown: the defaults, the floor, and the settings that answer each GGUF type."""
     rows = [Setting(f"default --bits {b}", default_spec(b)) for b in (8, 7, 6, 5, 4, 3, 2)]
-    rows += [Setting(f"floor {b}b tensor affine minmax", _s(b, "affine", "tensor", 0, "minmax",
-                                                           "float32", None)) for b in (8, 4, 2)]
     rows += [
-        Setting("8b g32 sym minmax f16 (=Q8_0 grid)",
-                _s(8, "symmetric", "group", 32, "minmax", "float16", None)),
+        Setting(
+            f"floor {b}b tensor affine minmax",
+            _s(b, "affine", "tensor", 0, "minmax", "float32", None),
+        )
+        for b in (8, 4, 2)
+    ]
+    rows += [
+        Setting(
+            "8b g32 sym minmax f16 (=Q8_0 grid)",
+            _s(8, "symmetric", "group", 32, "minmax", "float16", None),
+        ),
         Setting("8b g32 affine minmax sb7", _s(8, "affine", "group", 32, "minmax", "float32", 7)),
         Setting("8b g24 affine minmax sb5", _s(8, "affine", "group", 24, "minmax", "float32", 5)),
         Setting("5b g16 affine mse sb6", _s(5, "affine", "group", 16, "mse", "float32", 6)),
-        Setting("4b g32 affine mse f16 (no level 2)",
-                _s(4, "affine", "group", 32, "mse", "float16", None)),
+        Setting(
+            "4b g32 affine mse f16 (no level 2)",
+            _s(4, "affine", "group", 32, "mse", "float16", None),
+        ),
         Setting("4b g16 affine mse sb6", _s(4, "affine", "group", 16, "mse", "float32", 6)),
+        Setting("4b g64 affine mse sb6", _s(4, "affine", "group", 64, "mse", "float32", 6)),
         Setting("4b g48 affine mse sb5", _s(4, "affine", "group", 48, "mse", "float32", 5)),
         Setting("4b g64 symmetric mse sb6", _s(4, "symmetric", "group", 64, "mse", "float32", 6)),
         Setting("2b g256 affine mse sb6", _s(2, "affine", "group", 256, "mse", "float32", 6)),
+        Setting("2b tensor affine mse", _s(2, "affine", "tensor", 0, "mse", "float32", None)),
     ]
     return rows
 
@@ -216,9 +228,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import gguf.metadata  # noqa: F401  (version below)
-    from importlib.metadata import version
-
     return (
         f"machine: {os.cpu_count()} CPUs, {cpu}; Python {platform.python_version()}, "
         f"numpy {np.__version__}, gguf {version('gguf')}"
@@ -257,34 +266,51 @@ def print_table(rows: list[Setting], types: list, results: dict[str, list[Result
     print(f"{'setting':<{width}}{head}")
     print("-" * (width + 23 * len(names)))
     for i, label in enumerate(labels):
-        cells = "".join(
-            f"{results[n][i].bpw:>12.3f}{results[n][i].sqnr:>11.2f}" for n in names
-        )
+        cells = "".join(f"{results[n][i].bpw:>12.3f}{results[n][i].sqnr:>11.2f}" for n in names)
         print(f"{label:<{width}}{cells}")
 
 
 def print_verdicts(types: list, results: dict[str, list[Result]]) -> list[bool]:
     """Per weight set and GGUF type: the best qcompress row at <= its bpw, margin, PASS/FAIL."""
-    print(f"target: for each GGUF type, a qcompress setting at <= its bits per weight with "
-          f">= {TARGET_DB:+.1f} dB SQNR")
+    print(
+        f"target: for each GGUF type, a qcompress setting at <= its bits per weight with "
+        f">= {TARGET_DB:+.1f} dB SQNR"
+    )
     verdicts = []
     for set_name, res in results.items():
         ours = [r for r in res if r.kind == "qcompress"]
         for g in (r for r in res if r.kind == "gguf"):
             if g.bpw < MIN_QC_BPW:
-                print(f"{set_name:>7} {g.label:<11} {g.bpw:6.3f} bpw {g.sqnr:6.2f} dB: not "
-                      f"comparable (below qcompress's {MIN_QC_BPW:g}-bit minimum)")
+                print(
+                    f"{set_name:>7} {g.label:<11} {g.bpw:6.3f} bpw {g.sqnr:6.2f} dB: not "
+                    f"comparable (below qcompress's {MIN_QC_BPW:g}-bit minimum)"
+                )
                 continue
             fits = [r for r in ours if r.bpw <= g.bpw + 1e-12]
             best = max(fits, key=lambda r: r.sqnr)
             margin = best.sqnr - g.sqnr
             ok = margin >= TARGET_DB
             verdicts.append(ok)
-            print(f"{set_name:>7} {g.label:<11} {g.bpw:6.3f} bpw {g.sqnr:6.2f} dB | best "
-                  f"{best.label} {best.bpw:.3f} bpw {best.sqnr:.2f} dB | margin "
-                  f"{margin:+.2f} dB {'PASS' if ok else 'FAIL'}")
+            print(
+                f"{set_name:>7} {g.label:<11} {g.bpw:6.3f} bpw {g.sqnr:6.2f} dB | best "
+                f"{best.label} {best.bpw:.3f} bpw {best.sqnr:.2f} dB | margin "
+                f"{margin:+.2f} dB {'PASS' if ok else 'FAIL'}"
+            )
     return verdicts
 
 
+# --- Mixed precision (issue 4) --------------------------------------------------------------
+# Mixed vs uniform bits at the same effective bits per weight, on a synthetic transformer and the
+# sample model; the code is in benchmarks/quality_mixed.py (runnable on its own).
+
+
+def mixed_precision() -> int:
+    """Run benchmarks/quality_mixed.py's section; 0 if its claims hold, else 1."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality_mixed import mixed_precision_section
+
+    return 0 if mixed_precision_section() else 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(max(main(), mixed_precision()))

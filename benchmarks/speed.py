@@ -209,9 +209,8 @@ def main() -> None:
     cores = default_jobs()
     copy = copy_bandwidth(data)
     print(f"machine: {platform.machine()}, {cores} cores, {_cpu_model()}, numpy {np.__version__}")
-    print(
-        f"data: {count} float32 matrices of {rows}x{cols} ({sum(x.nbytes for x in data) / 1e6:.0f} MB), seed 0"
-    )
+    total_mb = sum(x.nbytes for x in data) / 1e6
+    print(f"data: {count} float32 matrices of {rows}x{cols} ({total_mb:.0f} MB), seed 0")
     print(f"np.copyto of the same bytes: {copy:,.0f} MB/s\n")
     print(f"{'operation':<48} {'MB/s':>9} {'x copyto':>9}")
 
@@ -244,9 +243,8 @@ def main() -> None:
             p.unlink()
         if not args.skip_big:
             big = 0.25 if args.quick else args.big_gb
-            print(
-                f"peak RSS quantizing a {big:g} GB model of 64 MB tensors: {peak_rss_mb(folder, big):,.0f} MB"
-            )
+            rss = peak_rss_mb(folder, big)
+            print(f"peak RSS quantizing a {big:g} GB model of 64 MB tensors: {rss:,.0f} MB")
     startup = statistics.median(timed([*QCOMPRESS, "--version"]) for _ in range(5))
     print(f"qcompress --version start-up: {startup:.3f} s (median of 5)")
 

@@ -142,15 +142,18 @@ def _base_entry(plan: TensorPlan) -> dict[str, Any]:
 
 
 def build_recipe(
-    plans: list[TensorPlan], source: dict[str, Any]
+    plans: list[TensorPlan], source: dict[str, Any], *, path: Path | None = None
 ) -> tuple[dict[str, Any], list[TensorInfo]]:
-    """The recipe and the stored tensors (payload order) for a plan, before any value is read."""
+    """The recipe and the stored tensors (payload order) for a plan, before any value is read.
+    ``path`` is the input file, named in the error when a tensor name cannot be stored."""
+    where = f"{path}: " if path is not None else ""
     entries: list[dict[str, Any]] = []
     stored: list[TensorInfo] = []
     for plan in plans:
         if plan.info.name.startswith(RESERVED_PREFIX):
             raise InputError(
-                f"tensor {plan.info.name!r}: names under {RESERVED_PREFIX} are reserved"
+                f"{where}tensor {plan.info.name!r}: names under {RESERVED_PREFIX} are reserved "
+                "for qcompress; rename it"
             )
         if plan.action == QUANTIZED:
             entry, infos = _quantized_entry(plan)
@@ -162,7 +165,8 @@ def build_recipe(
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise InputError(
-            f"tensor {dup!r} clashes with a name the artifact needs for another tensor"
+            f"{where}tensor {dup!r} clashes with a name the artifact needs for another tensor; "
+            "rename it, or keep the other tensor in float with --keep"
         )
     stored.append(TensorInfo(STATS_TENSOR, (len(plans), len(STATS_COLUMNS)), "float64"))
     recipe = {

@@ -1,13 +1,15 @@
 """Mixed precision: turn the policy's per-tensor plans into final ones, choosing bits by budget.
 
 Under ``--target-bpw`` or ``--min-sqnr`` the policy leaves some tensors undecided, each with
-candidate specs (every width with its default grouping). This module measures them and lets
+candidate specs. This module measures them and lets
 :mod:`qcompress.engine.allocate` choose. Memory stays bounded by one tensor: a first pass reads
-each undecided tensor once and quantizes it at every candidate, keeping only the error and the
-stored size (a few numbers); the caller's usual streaming pass then re-reads and re-quantizes
-each tensor with the chosen spec and writes the artifact. Quantization is deterministic, so the
-second pass reproduces exactly the error measured in the first. Keeping the chosen codes instead
-would save that second quantization but hold the whole quantized model in memory.
+each undecided tensor once and quantizes it at every candidate (``jobs`` candidates at a time,
+in threads), keeping only the error and the stored size (a few numbers); the caller's usual
+streaming pass then re-reads and re-quantizes each tensor with the chosen spec and writes the
+artifact. Quantization is deterministic, so the second pass reproduces exactly the error
+measured in the first. Keeping the chosen codes instead would save that second quantization but
+hold the whole quantized model in memory. Candidates: every width with its default grouping, and
+per-channel below 8 bits (``policy.candidate_specs``).
 
 Sizes come from the artifact's own layout (:func:`qcompress.artifact.build_recipe`), so the
 budget is checked against exactly the bytes the artifact will store, scales included.
@@ -16,6 +18,7 @@ budget is checked against exactly the bytes the artifact will store, scales incl
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,19 +82,21 @@ class Decisions:
 
 
 def decide_plans(
-    reader: WeightReader, plans: list[TensorPlan], options: QuantizeOptions
+    reader: WeightReader, plans: list[TensorPlan], options: QuantizeOptions, *, jobs: int = 1
 ) -> Decisions:
     """Every tensor's final plan: the policy's ``plans``, with bits chosen by the budget if
-    there is one; and the plan file's warnings (rules that decide no tensor)."""
+    there is one; and the plan file's warnings (rules that decide no tensor). ``jobs`` threads
+    measure one tensor's candidates at once (numpy releases the GIL)."""
     decisions = Decisions(list(plans))
     if options.plan is not None:
         decisions.warnings = options.plan.warnings(p.info.name for p in plans)
     if not options.budget:
         return decisions
     source = {"format": reader.format, "layout": reader.layout, "metadata": {}}
-    for plan in plans:
-        if plan.candidates:
-            decisions.measured[plan.info.name] = _measure(reader, plan, source)
+    with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="qc-measure") as pool:
+        for plan in plans:
+            if plan.candidates:
+                decisions.measured[plan.info.name] = _measure(reader, plan, source, pool)
     decisions.plans = _choose(reader, plans, decisions.measured, options, source)
     return decisions
 
@@ -102,26 +107,28 @@ def _stored_bytes(plan: TensorPlan, spec: QuantSpec, source: dict[str, Any]) -> 
     return sum(i.nbytes for i in stored if i.name != STATS_TENSOR)
 
 
-def _measure(reader: WeightReader, plan: TensorPlan, source: dict[str, Any]) -> list[Measured]:
+def _measure(
+    reader: WeightReader, plan: TensorPlan, source: dict[str, Any], pool: ThreadPoolExecutor
+) -> list[Measured]:
     """Read the tensor once; quantize it with every candidate; keep only error and size."""
     name = plan.info.name
     x = reader.read(name)
-    out = []
+
+    def one(spec: QuantSpec) -> Measured:
+        try:
+            stats = engine.error_stats(x, engine.dequantize(engine.quantize(x, spec)))
+        except NonFiniteError as e:
+            raise InputError(
+                f"{reader.path}: tensor {name!r}: {e}; fix the model or keep the tensor in "
+                f"float with --keep '{name}'"
+            ) from None
+        rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
+        return Measured(spec, rel, _stored_bytes(plan, spec, source))
+
     try:
-        for spec in plan.candidates:
-            try:
-                stats = engine.error_stats(x, engine.dequantize(engine.quantize(x, spec)))
-            except NonFiniteError as e:
-                raise InputError(
-                    f"{reader.path}: tensor {name!r}: {e}; fix the model or keep the tensor in "
-                    f"float with --keep '{name}'"
-                ) from None
-            rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
-            out.append(Measured(spec, rel, _stored_bytes(plan, spec, source)))
+        return list(pool.map(one, plan.candidates))
     finally:
-        del x
         reader.release(name)
-    return out
 
 
 def _choose(

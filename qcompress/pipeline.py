@@ -195,10 +195,10 @@ def quantize_single(
     check_storable(reader.path, infos)
     plans = [plan_tensor(info, reader.layout, options) for info in infos]
     check_outputs([artifact_path, report_path], [reader.path], force)
-    decided = decide_plans(reader, plans, options)  # a budget's measuring pass, if any
+    decided = decide_plans(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans
     source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
-    recipe, stored = build_recipe(plans, source)
+    recipe, stored = build_recipe(plans, source, path=reader.path)
     if progress:
         progress.start(len(plans), sum(p.info.nbytes for p in plans))
     with (

@@ -38,6 +38,7 @@ from qcompress.engine.spec import (
     GROUP_SIZE_MAX,
     GROUP_SIZE_MIN,
     RANGE_METHODS,
+    SCALE_BITS,
     SCALE_DTYPES,
     SCHEMES,
 )
@@ -52,6 +53,7 @@ SETTINGS: dict[str, str] = {
     "axis": "axis",
     "range": "range_method",
     "scale_dtype": "scale_dtype",
+    "scale_bits": "scale_bits",
 }
 DEFAULT_ONLY = {"min_elements": "min_elements"}
 RULE_ONLY = ("match", "keep")
@@ -206,6 +208,7 @@ def _check_value(key: str, value: Any) -> str | None:
         "granularity": GRANULARITIES,
         "range": RANGE_METHODS,
         "scale_dtype": SCALE_DTYPES,
+        "scale_bits": (0, *SCALE_BITS),
     }
     if key in choices:
         if value not in choices[key] or isinstance(value, bool):

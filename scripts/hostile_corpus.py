@@ -21,7 +21,6 @@ import struct
 import sys
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,20 +122,20 @@ def safetensors_cases(base: bytes) -> Cases:
     put(
         "safetensors-offsets-beyond-file.safetensors",
         st_file({"w": {**f32, "data_offsets": [1 << 40, (1 << 40) + 16]}}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-end-beyond-file.safetensors",
         st_file({"w": {**f32, "data_offsets": [0, 1 << 62]}}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-overlapping-ranges.safetensors",
         st_file({"a": f32, "b": {**f32, "data_offsets": [8, 24]}}, b"\0" * 24),
-    )  # noqa: E501
+    )
     put("safetensors-same-range-twice.safetensors", st_file({"a": f32, "b": f32}, d16))
     put(
         "safetensors-hole-between.safetensors",
         st_file({"a": f32, "b": {**f32, "data_offsets": [20, 36]}}, b"\0" * 36),
-    )  # noqa: E501
+    )
     put("safetensors-trailing-bytes.safetensors", st_file({"a": f32}, b"\0" * 4096))
     put("safetensors-dtype-mismatch.safetensors", st_file({"w": {**f32, "dtype": "F64"}}, d16))
     put("safetensors-unknown-dtype.safetensors", st_file({"w": {**f32, "dtype": "F7"}}, d16))
@@ -144,86 +143,87 @@ def safetensors_cases(base: bytes) -> Cases:
     put(
         "safetensors-byte-count-mismatch.safetensors",
         st_file({"w": {**f32, "data_offsets": [0, 12]}}, d16[:12]),
-    )  # noqa: E501
+    )
     put(
         "safetensors-huge-shape.safetensors",
         st_file({"w": {**f32, "shape": [1 << 40, 1 << 40]}}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-huge-shape-huge-offsets.safetensors",
         st_file({"w": {**f32, "shape": [1 << 30, 1 << 30], "data_offsets": [0, 1 << 62]}}, d16),
-    )  # noqa: E501
+    )
     put("safetensors-negative-dim.safetensors", st_file({"w": {**f32, "shape": [-4, -1]}}, d16))
     put("safetensors-float-dim.safetensors", st_file({"w": {**f32, "shape": [2.0, 2]}}, d16))
     put(
         "safetensors-offsets-reversed.safetensors",
         st_file({"w": {**f32, "data_offsets": [16, 0]}}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-offsets-not-list.safetensors",
         st_file({"w": {**f32, "data_offsets": "0-16"}}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-missing-dtype.safetensors",
         st_file({"w": {"shape": [2, 2], "data_offsets": [0, 16]}}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-header-len-larger-than-file.safetensors",
         st_file({"w": f32}, d16, header_len=10_000),
-    )  # noqa: E501
+    )
     put("safetensors-header-len-2pow63.safetensors", st_file({"w": f32}, d16, header_len=1 << 63))
     put(
         "safetensors-header-len-max.safetensors", st_file({"w": f32}, d16, header_len=(1 << 64) - 1)
-    )  # noqa: E501
+    )
     put("safetensors-header-len-zero.safetensors", st_file(b"", b"{}" + d16))
     put("safetensors-non-utf8-header.safetensors", st_file(b'{"w\xff\xfe": 1}', d16))
     put(
         "safetensors-lone-surrogate-key.safetensors",
         st_file(b'{"\\ud800": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}', d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-deeply-nested-json.safetensors",
         st_file(b'{"a": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"),
-    )  # noqa: E501
+    )
     put(
         "safetensors-deeply-nested-objects.safetensors",
         st_file(b'{"a": ' + b'{"a": ' * 5_000 + b"1" + b"}" * 5_001),
-    )  # noqa: E501
+    )
     put("safetensors-invalid-json.safetensors", st_file(b'{"w": {"dtype": '))
     put("safetensors-json-array.safetensors", st_file(b"[1, 2, 3]"))
     put(
         "safetensors-duplicate-key.safetensors",
         st_file(
-            b'{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}, "w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}',
+            b'{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}, '
+            b'"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}',
             d16,
         ),
-    )  # noqa: E501
+    )
     put(
         "safetensors-metadata-not-strings.safetensors",
         st_file({"__metadata__": {"k": [1, 2]}, "w": f32}, d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-metadata-huge-number.safetensors",
         st_file(
             b'{"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 1' + b"0" * 5000 + b"]}}",
             d16,
         ),
-    )  # noqa: E501
+    )
     put(
         "safetensors-nan-in-json.safetensors",
         st_file(b'{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 16]}}', d16),
-    )  # noqa: E501
+    )
     put(
         "safetensors-bf16-odd-bytes.safetensors",
         st_file({"w": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 5]}}, b"\0" * 5),
-    )  # noqa: E501
+    )
     put(
         "safetensors-nan-weights.safetensors",
         st_file(
             {"w": {"dtype": "F32", "shape": [32, 64], "data_offsets": [0, 8192]}},
             np.full((32, 64), np.nan, np.float32).tobytes(),
         ),
-    )  # noqa: E501
+    )
     put("safetensors-reserved-name.safetensors", st_file({"__qcompress__/stats": f32}, d16))
     put(
         "safetensors-name-clash-with-codes.safetensors",
@@ -234,7 +234,7 @@ def safetensors_cases(base: bytes) -> Cases:
             },
             b"\0" * 8208,
         ),
-    )  # noqa: E501
+    )
     cases.update(truncations("safetensors", base, ".safetensors"))
     return cases
 
@@ -310,7 +310,7 @@ def npz_cases(base: bytes) -> Cases:
     cases["npz-keras3-archive.npz"] = _zip([("config.json", b"{}"), ("model.weights.h5", b"")])
     cases["npz-garbage-npy-header.npz"] = _zip(
         [("w.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': <<<}\n")]
-    )  # noqa: E501
+    )
     cases["npz-npy-bad-magic.npz"] = _zip([("w.npy", b"NOTNUMPY" + bytes(64))])
     cases["npz-npy-version-9.npz"] = _zip([("w.npy", b"\x93NUMPY\x09\x00" + bytes(64))])
     cases["npz-npy-negative-shape.npz"] = _zip([("w.npy", _npy_header((-1, 4)) + bytes(64))])
@@ -360,9 +360,9 @@ def h5_cases(tmp: Path, keras: bytes) -> Cases:
 
     build(
         "h5-external-link.h5", lambda f: f.__setitem__("stolen", h5py.ExternalLink(outside, "/x"))
-    )  # noqa: E501
+    )
     build("h5-soft-link.h5", lambda f: f.__setitem__("alias", h5py.SoftLink("/w")))
-    build("h5-dangling-soft-link.h5", lambda f: f.__setitem__("alias", h5py.SoftLink("/nowhere")))  # noqa: E501
+    build("h5-dangling-soft-link.h5", lambda f: f.__setitem__("alias", h5py.SoftLink("/nowhere")))
     build(
         "h5-external-storage.h5",
         lambda f: f.create_dataset("raw", shape=(16,), dtype="u1", external=[(outside, 0, 16)]),
@@ -379,8 +379,8 @@ def h5_cases(tmp: Path, keras: bytes) -> Cases:
     build(
         "h5-vlen-string-dataset.h5",
         lambda f: f.create_dataset("s", data=["a", "b"], dtype=h5py.string_dtype()),
-    )  # noqa: E501
-    build("h5-nan-weights.h5", lambda f: f.__setitem__("n", np.full((32, 64), np.nan, np.float32)))  # noqa: E501
+    )
+    build("h5-nan-weights.h5", lambda f: f.__setitem__("n", np.full((32, 64), np.nan, np.float32)))
     build("h5-bfloat-like-opaque.h5", lambda f: f.__setitem__("o", np.void(b"\x01\x02")))
     build("h5-named-datatype.h5", lambda f: f.__setitem__("t", np.dtype("f4")))
     build(
@@ -393,7 +393,7 @@ def h5_cases(tmp: Path, keras: bytes) -> Cases:
             f.__setitem__("k", np.ones((32, 64), "f4")),
             f.__setitem__("k.qcodes", np.ones(3, "f4")),
         ),
-    )  # noqa: E501
+    )
     cases.update(_h5_damaged_vlen_attr(keras))
     cases.update(truncations("h5", keras, ".h5"))
     return cases

@@ -80,10 +80,11 @@ def test_target_bpw_3_beats_uniform_bits_at_the_same_size(sample: Path, score: M
     assert measured_bpw(uniform3) > 3.0  # 3-bit codes plus their scales: over the budget
     assert measured_bpw(uniform2) <= 3.0  # the best uniform width that fits the budget
     acc_mixed = accuracy(score, mixed)
-    # Better than the uniform width that fits in the same size, and at least as good as uniform
-    # 3 bits, which needs more bits per weight (on this model it already matches float).
+    # More accurate than the uniform width that fits in the same size, and than uniform 3 bits,
+    # which needs more bits per weight. (Uniform 3 bits already scores the float model's 0.973
+    # here, so this margin is a few of the 450 test digits: it holds for the current defaults.)
     assert acc_mixed > accuracy(score, uniform2)
-    assert acc_mixed >= accuracy(score, uniform3)
+    assert acc_mixed > accuracy(score, uniform3)
 
 
 @pytest.mark.parametrize("target", ["2.35", "2.8", "3.6", "5"])

@@ -6,6 +6,7 @@ nothing must be visible, or users ship a model quantized differently from what t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,7 @@ def test_rule_that_matches_nothing_is_a_warning() -> None:
         ("bits = 4\n", 1, "unknown section or key 'bits'"),
         ("[default]\nbits = true\n", 2, "bits"),
         ("[default]\nmin_elements = -1\n", 2, "0 or more"),
+        ("[default]\nscale_bits = 3\n", 2, "scale_bits = 3: must be one of 0, 4"),
         ('[[rule]]\nmatch = "a"\nmin_elements = 5\n', 3, "unknown key 'min_elements'"),
         ("[default\nbits = 4\n", 1, "invalid TOML"),
         ("[default]\nbits = 4\nbits = 5\n", 3, "invalid TOML"),
@@ -169,3 +171,12 @@ def test_load_plan_from_file(tmp_path: Path) -> None:
     assert len(load_plan(path).rules) == 4
     with pytest.raises(UsageError, match="plan file not found"):
         load_plan(tmp_path / "missing.toml")
+
+
+def test_readme_plan_examples_parse() -> None:
+    """The README's transformer and CNN plans are valid plans."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        assert parse_plan(block, "README.md").rules

@@ -271,11 +271,6 @@ def _padded(curves: Sequence[ErrorCurve]) -> tuple[np.ndarray, np.ndarray]:
     return bits, errs
 
 
-def sqnr_to_rel_error(sqnr_db: float) -> float:
-    """The relative error (squared error / squared norm) a SQNR in dB allows."""
-    return 10.0 ** (-sqnr_db / 10.0)
-
-
 def rel_error_to_sqnr(rel_error: float) -> float:
     """SQNR in dB of a relative error; +inf when exact."""
     return math.inf if rel_error <= 0 else -10.0 * math.log10(rel_error)
@@ -286,13 +281,14 @@ def allocate_min_sqnr(curves: Sequence[ErrorCurve], min_sqnr_db: float) -> Alloc
     least error); None, with the reason, when no candidate reaches it."""
     if not math.isfinite(min_sqnr_db):
         raise ValueError(f"minimum SQNR must be a finite number of dB, not {min_sqnr_db}")
-    limit = sqnr_to_rel_error(min_sqnr_db)
     choice: list[int | None] = []
     notes: list[str] = []
     used = weights = 0
     total_error = 0.0
     for c in curves:
-        ok = np.flatnonzero(c.errors <= limit)
+        with np.errstate(divide="ignore"):  # compared in dB, as the report states it
+            sqnr = np.where(c.errors > 0, -10.0 * np.log10(c.errors), np.inf)
+        ok = np.flatnonzero(sqnr >= min_sqnr_db)
         if ok.size == 0:
             best = rel_error_to_sqnr(float(c.errors.min()))
             choice.append(None)

@@ -23,6 +23,11 @@ import numpy as np
 from qcompress.engine.params import Grid, code_range
 from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantSpec
 
+SLACK = 1 + 2.0**-20
+"""Super-scales (and negative super-mins) are widened by this factor, so that the float32
+rounding of decoded steps and zero-points cannot leave the block's widest group a few ulps
+short of its range when its code is already the largest (costs ~1e-5 dB)."""
+
 TINY_STEP = 2.0**-20
 """A group whose range is a single value m != 0 still gets a step of |m| * 2^-20, so that
 zp = -m / s is finite and code 0 decodes to m within float32 rounding (below s / 2)."""
@@ -60,6 +65,14 @@ def _blocks(a: np.ndarray, fill: float) -> np.ndarray:
     return out.reshape(nb, SUPER_BLOCK)
 
 
+def _step_super(need_max: np.ndarray) -> np.ndarray:
+    """The float32 super-scale for each block's largest needed step: widened, rounded up, and
+    (when positive) at least float32's smallest normal, so 1 / step stays finite."""
+    step = _round_away(need_max * SLACK, up=True)
+    tiny = np.finfo(np.float32).tiny
+    return np.where(step > 0, np.maximum(step, tiny), step).astype(np.float32)
+
+
 def _round_away(v: np.ndarray, up: bool) -> np.ndarray:
     """float32 of v, moved one ulp outwards where rounding went the wrong way (float32 range)."""
     big = float(np.finfo(np.float32).max)
@@ -83,19 +96,17 @@ def choose_supers(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> Supers:
     if spec.scheme == "symmetric":
         qhi = code_range(spec.bits, "symmetric")[1]
         amp = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
-        step = _blocks(amp / qhi, 0.0).max(axis=1) / k
-        return Supers(_round_away(step, up=True), None, shape)
+        return Supers(_step_super(_blocks(amp / qhi, 0.0).max(axis=1) / k), None, shape)
     lo_b = _blocks(lo, 0.0)
     neg = (lo_b < 0).any(axis=1)
-    target = np.where(neg, lo_b.min(axis=1), lo_b.max(axis=1)) / k
+    target = np.where(neg, lo_b.min(axis=1) * SLACK, lo_b.max(axis=1)) / k
     # A negative super-min rounds away from zero so that the block's lowest minimum is reached.
     super_min = np.where(neg, _round_away(target, up=False), target.astype(np.float32))
     super_min = super_min.astype(np.float32)
     supers = Supers(np.zeros(len(super_min), np.float32), super_min, shape)
     _, m = _min_codes(lo.astype(np.float64), supers.min, k)
     need = _needed_step(lo, hi, m, spec.bits)
-    step = _blocks(need, 0.0).max(axis=1) / k
-    return Supers(_round_away(step, up=True), super_min, shape)
+    return Supers(_step_super(_blocks(need, 0.0).max(axis=1) / k), super_min, shape)
 
 
 def _min_codes(clo: np.ndarray, super_min: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from h5py._objects import phil as _h5py_lock
 
 from qcompress.errors import FormatError, InputError, QCompressError, UsageError
 from qcompress.formats._common import check_array, dtype_name, one_line, to_dtype
@@ -315,7 +316,12 @@ def _probe_forked(path: Path, timeout: float) -> int | None:
     or None when it ran out of time. fork shares the already-imported h5py, so the probe costs
     a few milliseconds; the child leaves by ``os._exit`` without running any cleanup of ours."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    # h5py serialises every HDF5 call on one lock. Holding it across fork means no other thread
+    # of ours is inside HDF5 at that moment, so the child (whose only thread is this one, and
+    # which re-enters the lock as its owner) never inherits a half-updated library or a lock
+    # nobody will release.
+    with _h5py_lock:
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; its exit status is what is tested
         status = 4
         try:

@@ -30,6 +30,8 @@ from qcompress.formats.base import TensorInfo, WeightReader
 # void ("<V2") and would come back as raw bytes.
 _NPZ_KINDS = "biufcSU"
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_DEFLATE_MAX_RATIO = 1032  # deflate's best case: 258-byte matches in ~2-bit codes
+_DEFLATE_SLACK = 1024  # headers and tiny members
 _ZIP64_LIMIT = 1 << 31  # below zipfile's own 2 GiB cut-off, leaving room for the .npy header
 # What zipfile and the decompressors raise on damaged archives: a bad header can name an
 # unknown compression method (NotImplementedError) or claim encryption (RuntimeError); bz2
@@ -90,6 +92,7 @@ class NpzReader(WeightReader):
                 raise FormatError(
                     f"{self.path}: zip member {entry.filename!r} is not a .npy array{hint}"
                 )
+            self._check_declared_size(entry)
             name = entry.filename[: -len(".npy")]
             if name in members:
                 raise FormatError(f"{self.path}: zip member {entry.filename!r} appears twice")
@@ -125,6 +128,27 @@ class NpzReader(WeightReader):
             infos.append(info)
             members[name] = entry
         return infos, members
+
+    def _check_declared_size(self, entry: zipfile.ZipInfo) -> None:
+        """Refuse a member whose declared size its compressed bytes cannot hold (a zip bomb's
+        headers, or damage), before anything is allocated for it: memory must follow the
+        file's real size. Stored members hold exactly their size; deflate expands at most
+        1032:1; other methods never appear in npz files."""
+        if entry.compress_type == zipfile.ZIP_STORED:
+            limit = entry.compress_size
+        elif entry.compress_type == zipfile.ZIP_DEFLATED:
+            limit = entry.compress_size * _DEFLATE_MAX_RATIO + _DEFLATE_SLACK
+        else:
+            raise FormatError(
+                f"{self.path}: npz member {entry.filename!r} uses zip compression method "
+                f"{entry.compress_type}; numpy writes only stored or deflated members"
+            )
+        if entry.file_size > limit:
+            raise FormatError(
+                f"{self.path}: npz member {entry.filename!r} declares {entry.file_size} bytes "
+                f"but its {entry.compress_size} compressed bytes cannot hold that (corrupt or "
+                "a zip bomb)"
+            )
 
     def _os_error(self, exc: OSError, member: str | None = None) -> InputError:
         """An OSError with an errno is the file system's (InputError); without one it is a
@@ -175,7 +199,9 @@ def _read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     elif version == (2, 0):
         shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     else:
-        shape, _fortran, dtype = np.lib.format._read_array_header(fh, version)
+        # 3.0 only differs from 2.0 by allowing UTF-8 field names of structured dtypes, which
+        # are refused anyway; numpy's reader for it is private and has moved between releases.
+        raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
     return tuple(int(d) for d in shape), dtype
 
 

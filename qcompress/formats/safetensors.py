@@ -188,6 +188,7 @@ class SafetensorsReader(WeightReader):
         meta: dict[str, str] = {}
         entries: list[tuple[int, int, int, TensorInfo]] = []
         for index, (name, entry) in enumerate(header.items()):
+            self._check_text(name)
             if name == "__metadata__":
                 meta = self._parse_metadata(entry)
                 continue
@@ -232,7 +233,20 @@ class SafetensorsReader(WeightReader):
                 raise self._corrupt(
                     f"__metadata__ value for {key!r} must be a string, got {type(value).__name__}"
                 )
+            self._check_text(key)
+            self._check_text(value)
         return dict(entry)
+
+    def _check_text(self, text: str) -> None:
+        """JSON's ``\\ud800`` escapes decode to lone surrogates, which are not Unicode text and
+        would fail later, when a name or the metadata is written out again."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise self._corrupt(
+                f"{text[:40]!r} holds an escaped lone surrogate (\\u{ord(text[exc.start]):04x}), "
+                "which is not valid Unicode"
+            ) from None
 
     def _parse_entry(self, name: str, entry: Any) -> tuple[TensorInfo, int, int]:
         if not isinstance(entry, dict):
