@@ -6,7 +6,6 @@ rebuild into every format.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,11 +17,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 from safetensors import safe_open
+from samples import SAMPLES, score_module
 
 from qcompress.cli import cli
 from qcompress.report import schema
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 FORMATS = ("npz", "h5", "safetensors")
 
 
@@ -30,17 +29,9 @@ def run(*args: object) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def load_score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("qc_score", SAMPLES / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def score() -> ModuleType:
-    return load_score()
+    return score_module()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the report must say how each tensor's bits were chosen. Checked on the real samp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,12 +17,12 @@ import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from samples import SAMPLES, score_module
 
 from qcompress import api
 from qcompress.cli import cli
 from qcompress.report import schema
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SAMPLE = "digits_mlp.safetensors"
 
 
@@ -33,11 +32,7 @@ def run(*args: object) -> Result:
 
 @pytest.fixture(scope="module")
 def score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("qc_mixed_score", SAMPLES / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return score_module()
 
 
 @pytest.fixture

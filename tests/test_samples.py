@@ -7,15 +7,13 @@ Needs only the package's runtime dependencies (no scikit-learn).
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import h5py
 import numpy as np
 import pytest
+from samples import SAMPLES, score_module
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 FLOAT32_MODELS = ("digits_mlp.npz", "digits_mlp.safetensors", "digits_mlp.h5")
 BF16_MODEL = "digits_mlp.bf16.safetensors"
 MODELS = (*FLOAT32_MODELS, BF16_MODEL)
@@ -25,12 +23,7 @@ MIN_ACCURACY = 0.95
 
 @pytest.fixture(scope="module")
 def score() -> ModuleType:
-    """``sample_models/score.py``, loaded from its path (sample_models is not a package)."""
-    spec = importlib.util.spec_from_file_location("qcompress_sample_score", SAMPLES / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return score_module()
 
 
 @pytest.mark.parametrize("name", [*MODELS, "digits_test.npz"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
+from samples import SAMPLES, accuracy
 
 from qcompress import api
 from qcompress.cli import cli
@@ -20,7 +20,6 @@ from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import SafetensorsReader, write_safetensors
 from qcompress.report import schema
 
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 SHARDS = {
     "model-00001-of-00002.safetensors": ["fc1.weight", "fc1.bias", "classes"],
     "model-00002-of-00002.safetensors": ["fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"],
@@ -43,14 +42,6 @@ def make_checkpoint(folder: Path) -> Path:
     total = sum(t.nbytes for t in tensors.values())
     index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     return index
-
-
-def accuracy(path: Path) -> float:
-    spec = importlib.util.spec_from_file_location("qc_score", SAMPLES / "score.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.accuracy(path)
 
 
 def test_sharded_checkpoint_round_trip(tmp_path: Path) -> None:
