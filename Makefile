@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE := sample_models/digits_mlp.npz
 DEMO := out/demo
 
-.PHONY: install demo test lint bench samples clean
+.PHONY: install demo test lint bench samples clean fuzz
 
 $(BIN)/qcompress: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Longer mutation fuzzing than CI's: hypothesis mutates every sample file and an artifact.
+fuzz: install
+	QCOMPRESS_FUZZ_EXAMPLES=$${QCOMPRESS_FUZZ_EXAMPLES:-2000} $(BIN)/pytest -q tests/test_fuzz.py -k hypothesis
 
 bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -39,7 +39,7 @@ from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantizedTensor, QuantSpe
 from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
-from qcompress.formats.safetensors import SafetensorsReader, encode_header
+from qcompress.formats.safetensors import DTYPE_CODES, SafetensorsReader, encode_header
 from qcompress.formats.sharded import ShardIndex, find_index, read_index
 from qcompress.policy import QUANTIZED, TensorPlan
 
@@ -311,17 +311,39 @@ class Artifact:
         self._check_structure()
         digests = self._reader.read(CHECKSUM_TENSOR)
         self._digests = [bytes(digests[i]) for i in range(digests.shape[0])]
+        recipe_digest = hashlib.sha256(self.recipe_text.encode()).digest()
+        self._recipe_intact = recipe_digest == self._digests[self._row[RECIPE_ROW]]
+
+    def _require_intact_recipe(self) -> None:
+        """Refuse to rebuild a tensor from a recipe edited after it was written: a changed
+        reason, axis or range can keep the structure consistent, and only its checksum shows
+        the edit. ``verify`` and ``stats`` do not need this: they report it instead."""
+        if not self._recipe_intact:
+            raise FormatError(
+                f"{self.path}: checksum mismatch in the recipe (__metadata__ 'qcompress'); "
+                "the artifact was altered"
+            )
 
     def _check_structure(self) -> None:
         """Every stored tensor the recipe names exists with the dtype and shape it implies."""
         plans = []
         try:
             for e in self.entries:
+                _check_entry_fields(e)
                 info = TensorInfo(e["name"], tuple(e["shape"]), e["dtype"])
                 spec = spec_from_entry(e) if e["action"] == QUANTIZED else None
                 plans.append(TensorPlan(info, e["action"], e["reason"], spec))
             expected_recipe, expected = build_recipe(plans, self.recipe["source"])
-        except (KeyError, TypeError, ValueError, AssertionError, InputError) as err:
+        except (  # a damaged field can fail any of these ways (an axis past the shape: IndexError)
+            KeyError,
+            TypeError,
+            ValueError,
+            IndexError,
+            OverflowError,
+            ZeroDivisionError,
+            AssertionError,
+            InputError,
+        ) as err:
             raise FormatError(f"{self.path}: corrupt qcompress recipe ({err})") from None
         if expected_recipe["tensors"] != self.entries:
             raise FormatError(f"{self.path}: recipe entries are inconsistent; the file was altered")
@@ -380,6 +402,7 @@ class Artifact:
 
     def quantized(self, entry: dict[str, Any]) -> QuantizedTensor:
         """A quantized tensor's codes and parameters, checksums verified, codes unpacked."""
+        self._require_intact_recipe()
         spec = spec_from_entry(entry)
         rows, cols = entry["rows"], entry["cols"]
         codes = self._checked(entry["codes"])
@@ -412,6 +435,7 @@ class Artifact:
 
     def stored_tensor(self, entry: dict[str, Any]) -> np.ndarray:
         """A kept or passed-through tensor exactly as it was, checksum verified."""
+        self._require_intact_recipe()
         return self._checked(entry["stored"])
 
     def verify(self) -> list[str]:
@@ -426,6 +450,21 @@ class Artifact:
             if actual != self._digests[row]:
                 bad.append(name)
         return bad
+
+
+def _check_entry_fields(entry: Any) -> None:
+    """The fields every consumer turns into numpy objects: a str name, a dtype an artifact can
+    hold, a shape of non-negative ints. Raises ValueError (a corrupt recipe) otherwise; without
+    this a damaged dtype name surfaces later as numpy's TypeError."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ValueError("an entry without a name")
+    if entry.get("dtype") not in DTYPE_CODES:
+        raise ValueError(f"tensor {entry['name']!r} has unknown dtype {entry.get('dtype')!r}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ValueError(f"tensor {entry['name']!r} has shape {shape!r}")
 
 
 def is_artifact(reader_metadata: dict[str, Any]) -> bool:

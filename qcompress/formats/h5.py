@@ -41,10 +41,13 @@ reference. So before a file is opened in-process, ``probe_h5`` runs the whole in
 every link, read every attribute, check every dataset's storage) in a short-lived child process
 (forked, so it costs a few milliseconds and no re-import; spawned where fork is missing) with a
 timeout. A child that dies by a signal or runs out of time becomes a FormatError naming the file;
-a child that finishes means the same deterministic work is safe in-process. Dataset data is not
-read by the probe: ``_check_storage`` first bounds every dataset's data by the bytes the file
-really holds for it, so the reads that follow are plain copies (contiguous) or decompression of
-chunks HDF5 has already located (chunked).
+a child that finishes hands its index back as JSON over a pipe, so this process never makes
+those calls itself and the index is not built twice (measured: ~12 ms per open of the 110 KB
+sample, ~25 ms of a 106 MB file with 400 datasets, whose index alone takes ~150 ms). A child
+that ends in a clean error makes this process build the index itself, reaching the same error.
+Dataset data is not read by the probe: ``_check_storage`` first bounds every dataset's data by
+the bytes the file really holds for it, so the reads that follow are plain copies (contiguous)
+or decompression of chunks HDF5 has already located (chunked).
 
 ``QCOMPRESS_H5_PROBE_TIMEOUT`` sets the child's time limit in seconds (default 30); ``0`` turns
 the probe off, for trusted files in a process that may crash.
@@ -54,15 +57,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import math
 import os
 import select
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -86,8 +91,7 @@ class H5Reader(WeightReader):
 
     def __init__(self, path: Path, probe: bool = True) -> None:
         super().__init__(path)
-        if probe:
-            probe_h5(self.path)
+        snapshot = probe_h5(self.path) if probe else None
         try:
             self._file_size = self.path.stat().st_size
             # locking=False: reading must work on read-only media and files another process has.
@@ -101,13 +105,34 @@ class H5Reader(WeightReader):
                 f"{self.path}: not a readable HDF5 file (truncated or corrupt?): {one_line(exc)}"
             ) from exc
         try:
-            self._index()
+            if snapshot is not None:
+                self._restore(snapshot)
+            else:
+                self._index()
         except QCompressError:
             self.close()
             raise
         except _H5_ERRORS as exc:
             self.close()
             raise FormatError(f"{self.path}: corrupt HDF5 file: {one_line(exc)}") from exc
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The index as JSON-able data, for the probe child to hand to its parent."""
+        return {
+            "infos": [[i.name, list(i.shape), i.dtype] for i in self._infos],
+            "groups": self._groups,
+            "dataset_attrs": self._dataset_attrs,
+            "root_attrs": self._root_attrs,
+        }
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        """Take the index the probe child built: the parent never runs the HDF5 calls that
+        could crash or hang, and does not pay for the index twice."""
+        self._infos = [TensorInfo(n, tuple(shape), dt) for n, shape, dt in snapshot["infos"]]
+        self._groups = snapshot["groups"]
+        self._dataset_attrs = snapshot["dataset_attrs"]
+        self._root_attrs = snapshot["root_attrs"]
+        self._by_name = {info.name: info for info in self._infos}
 
     def _index(self) -> None:
         self._infos: list[TensorInfo] = []
@@ -270,28 +295,32 @@ def probe_timeout() -> float:
         raise UsageError(f"{PROBE_TIMEOUT_ENV}={raw!r}: must be a number of seconds") from None
 
 
-def _probe_work(path: Path) -> int:
+def _probe_work(path: Path, out: IO[bytes]) -> int:
     """What the child does: everything ``H5Reader`` does on open, plus reading the
     variable-length string datasets (their data are global-heap references, like the
-    attributes that hang). Returns the child's exit status."""
+    attributes that hang); the index goes to ``out`` as JSON. Returns the exit status."""
     try:
         with H5Reader(path, probe=False) as reader:
             for info in reader.tensor_infos():
                 if info.dtype == "object":
                     reader.read(info.name)
+            out.write(json.dumps(reader._snapshot()).encode())
+            out.flush()
     except QCompressError:
         return _PROBE_REFUSED
     return _PROBE_OK
 
 
-def probe_h5(path: Path) -> None:
+def probe_h5(path: Path) -> dict[str, Any] | None:
     """Parse ``path``'s HDF5 structure in a child process first; a crash or hang there becomes
-    a FormatError here instead of killing or freezing this process. See the module docstring."""
+    a FormatError here instead of killing or freezing this process. Returns the index the child
+    built, or None when the caller should build it itself (probe off, or the child found a
+    clean error, which the caller then raises). See the module docstring."""
     timeout = probe_timeout()
     if timeout <= 0:
-        return
+        return None
     probe = _probe_forked if hasattr(os, "fork") else _probe_spawned
-    status = probe(path, timeout)
+    status, output = probe(path, timeout)
     if status is None:
         raise FormatError(
             f"{path}: the HDF5 library did not finish parsing the file within {timeout:g} s "
@@ -302,6 +331,13 @@ def probe_h5(path: Path) -> None:
             f"{path}: the HDF5 library crashed parsing the file "
             f"({_signal_name(-status)}); the file is corrupt or hostile"
         )
+    if status != _PROBE_OK:
+        return None
+    try:
+        snapshot: dict[str, Any] = json.loads(output)
+    except ValueError:
+        return None
+    return snapshot
 
 
 def _signal_name(signum: int) -> str:
@@ -311,10 +347,11 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def _probe_forked(path: Path, timeout: float) -> int | None:
-    """Exit status of a forked child running ``_probe_work`` (negative: killed by that signal),
-    or None when it ran out of time. fork shares the already-imported h5py, so the probe costs
-    a few milliseconds; the child leaves by ``os._exit`` without running any cleanup of ours."""
+def _probe_forked(path: Path, timeout: float) -> tuple[int | None, bytes]:
+    """Exit status of a forked child running ``_probe_work`` (negative: killed by that signal;
+    None: ran out of time) and what it wrote. fork shares the already-imported h5py, so the
+    probe costs a few milliseconds; the child leaves by ``os._exit`` without running any
+    cleanup of ours."""
     read_end, write_end = os.pipe()
     # h5py serialises every HDF5 call on one lock. Holding it across fork means no other thread
     # of ours is inside HDF5 at that moment, so the child (whose only thread is this one, and
@@ -331,18 +368,28 @@ def _probe_forked(path: Path, timeout: float) -> int | None:
             os.dup2(devnull, 2)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            status = _probe_work(path)
+            with os.fdopen(write_end, "wb") as out:
+                status = _probe_work(path, out)
         finally:
             os._exit(status)
     os.close(write_end)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
     try:
-        # The pipe's write end closes when the child exits, however it exits.
-        ready, _, _ = select.select([read_end], [], [], timeout)
-        if not ready:
-            return None
+        # Read as the child writes (an index can exceed the pipe's buffer); the write end
+        # closes when the child exits, however it exits.
+        while True:
+            ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None, b""
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
         _, raw = os.waitpid(pid, 0)
         pid = 0
-        return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+        status = -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+        return status, b"".join(chunks)
     finally:
         os.close(read_end)
         if pid:
@@ -351,12 +398,12 @@ def _probe_forked(path: Path, timeout: float) -> int | None:
             os.waitpid(pid, 0)
 
 
-def _probe_spawned(path: Path, timeout: float) -> int | None:  # pragma: no cover - Windows
-    """``_probe_forked`` for platforms without fork: a fresh interpreter (slower: it imports
-    h5py again)."""
+def _probe_spawned(path: Path, timeout: float) -> tuple[int | None, bytes]:  # pragma: no cover
+    """``_probe_forked`` for platforms without fork (Windows): a fresh interpreter, slower
+    since it imports h5py again."""
     code = (
         "import sys; from pathlib import Path; from qcompress.formats.h5 import _probe_work; "
-        "sys.exit(_probe_work(Path(sys.argv[1])))"
+        "sys.exit(_probe_work(Path(sys.argv[1]), sys.stdout.buffer))"
     )
     try:
         proc = subprocess.run(
@@ -366,8 +413,8 @@ def _probe_spawned(path: Path, timeout: float) -> int | None:  # pragma: no cove
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return None
-    return proc.returncode
+        return None, b""
+    return proc.returncode, proc.stdout
 
 
 def encode_attr(attrs: h5py.AttributeManager, key: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import lzma
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterable, Sequence
@@ -47,6 +48,10 @@ _ZIP_ERRORS = (
     RuntimeError,
     struct.error,
     OverflowError,
+    # numpy parses a .npy header with tokenize and ast.literal_eval; a mangled header can
+    # escape as either (numpy 2.4 wraps only some of them in ValueError).
+    SyntaxError,
+    tokenize.TokenError,
 )
 
 
