@@ -55,28 +55,62 @@ def matrices(count: int, rows: int, cols: int, seed: int = 0) -> list[np.ndarray
     return [rng.standard_normal((rows, cols), dtype=np.float32) for _ in range(count)]
 
 
+INT8 = QuantSpec(bits=8, scheme="symmetric", granularity="channel", axis=0)
+
+
+def default_spec(bits: int, shape: tuple[int, ...]) -> QuantSpec:
+    """The spec ``qcompress quantize --bits N`` picks for an [out, in] safetensors weight."""
+    from qcompress.formats.base import TensorInfo
+    from qcompress.policy import QuantizeOptions, plan_tensor
+
+    plan = plan_tensor(TensorInfo("w", shape, "float32"), "pytorch", QuantizeOptions(bits=bits))
+    assert plan.spec is not None
+    return plan.spec
+
+
 def int8_channel(x: np.ndarray) -> object:
-    spec = QuantSpec(bits=8, scheme="symmetric", granularity="channel", axis=0)
-    q = engine.quantize(x, spec)
-    return engine.error_stats(x, engine.dequantize(q))
+    """What ``quantize`` does per tensor at 8 bits: codes plus their error metrics (fused)."""
+    return engine.quantize_with_error(x, INT8)
 
 
 def q4_group(x: np.ndarray) -> object:
-    from qcompress.policy import QuantizeOptions
-
-    d = QuantizeOptions(bits=4).defaults()
-    spec = QuantSpec(
-        bits=4,
-        scheme=str(d["scheme"]),
-        granularity=str(d["granularity"]),
-        axis=0,
-        group_size=int(d["group_size"]),
-        range_method=str(d["range"]),
-        scale_dtype=str(d["scale_dtype"]),
-    )
-    q = engine.quantize(x, spec)
+    """The 4-bit default (affine groups of 32, MSE range search, 6-bit second-level scales):
+    codes, error metrics and the packed 4-bit stream, as the pipeline makes them."""
+    q, stats = engine.quantize_with_error(x, default_spec(4, x.shape))
     engine.pack_codes(q.codes, 4)
-    return engine.error_stats(x, engine.dequantize(q))
+    return stats
+
+
+def jit_cost() -> tuple[float, float]:
+    """Seconds for a fresh process to get the compiled kernels and run the 8-bit and 4-bit
+    paths once on a 4 MB matrix: with numba's on-disk cache warm (every run after the first),
+    and cold (an empty cache directory: the first run after an install or an upgrade)."""
+    code = (
+        "import time, numpy as np\n"
+        "t = time.perf_counter()\n"
+        "from qcompress import engine\n"
+        "from qcompress.engine.spec import QuantSpec\n"
+        "x = np.ones((1024, 1024), np.float32)\n"
+        "engine.quantize_with_error(x, QuantSpec(8, granularity='channel'))\n"
+        "engine.quantize_with_error(x, QuantSpec(4, 'affine', 'group', 0, 32, 'mse', "
+        "'float32', 6))\n"
+        "print(time.perf_counter() - t)\n"
+    )
+
+    def run(env: dict[str, str]) -> float:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+        )
+        return float(done.stdout.split()[-1])
+
+    import os
+
+    env = dict(os.environ)
+    run(env)  # make sure the default cache is filled
+    warm = min(run(env) for _ in range(3))
+    with tempfile.TemporaryDirectory() as cache:
+        cold = run({**env, "NUMBA_CACHE_DIR": cache})
+    return warm, cold
 
 
 def throughput(fn: Callable[[np.ndarray], object], data: list[np.ndarray], jobs: int) -> float:
@@ -179,7 +213,9 @@ def end_to_end(folder: Path, gb: float) -> tuple[float, float]:
 
 def peak_rss_mb(folder: Path, gb: float) -> float:
     """Peak RSS of ``qcompress quantize`` on a ``gb`` GB model of 64 MB tensors, measured in a
-    fresh child process (``ru_maxrss`` of the process itself, so earlier runs do not count)."""
+    fresh child process: its VmHWM, which execve resets. (Not ``ru_maxrss``: Linux carries it
+    over from the forked parent, so this benchmark's own arrays, and torch once imported, would
+    count.)"""
     model = folder / "big.safetensors"
     write_model(model, max(1, round(gb * 1024 / 64)), 4096, 4096)
     out = folder / "big.qc.safetensors"
@@ -188,12 +224,16 @@ def peak_rss_mb(folder: Path, gb: float) -> float:
         "from qcompress.cli import main\n"
         f"sys.argv = ['qcompress', 'quantize', {str(model)!r}, '-o', {str(out)!r}, '-q']\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "try:\n"
+        "    status = open('/proc/self/status').read().split('VmHWM:')[1]\n"
+        "    print(int(status.split()[0]))\n"
+        "except OSError:\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     for p in (model, out, out.with_suffix(".json")):
         p.unlink()
-    return int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+    return int(done.stdout.split()[-1]) / 1024  # both are in KiB on Linux
 
 
 def main() -> None:
@@ -219,7 +259,8 @@ def main() -> None:
         value = "-" if np.isnan(mbs) else f"{mbs:9,.0f}"
         print(f"{label:<48} {value:>9} {ratio:>9}")
 
-    codes = [engine.quantize(x, QuantSpec(bits=8, granularity="channel")) for x in data]
+    codes = [engine.quantize(x, INT8) for x in data]  # also compiles the kernels (not timed)
+    q4_group(data[0])
     for label, fn in (
         ("int8 per-channel quantize + error metrics", int8_channel),
         ("4-bit per-group, default range search", q4_group),
@@ -247,6 +288,11 @@ def main() -> None:
             print(f"peak RSS quantizing a {big:g} GB model of 64 MB tensors: {rss:,.0f} MB")
     startup = statistics.median(timed([*QCOMPRESS, "--version"]) for _ in range(5))
     print(f"qcompress --version start-up: {startup:.3f} s (median of 5)")
+    warm, cold = jit_cost()
+    print(
+        f"compiled kernels, first use in a fresh process (load + first 8-bit and 4-bit calls): "
+        f"{warm:.2f} s with numba's cache warm, {cold:.2f} s cold (first run after install)"
+    )
 
 
 def _cpu_model() -> str:

@@ -80,23 +80,28 @@ def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def quantize_one(
-    path: object, plan: TensorPlan, entry: dict[str, Any], x: np.ndarray
+    path: object, plan: TensorPlan, entry: dict[str, Any], x: np.ndarray, *, threads: int = 1
 ) -> TensorResult:
-    """Quantize (or keep) one tensor: the arrays the artifact stores for it, and its error."""
+    """Quantize (or keep) one tensor: the arrays the artifact stores for it, and its error.
+
+    ``threads`` > 1 splits a large tensor's rows over threads; the bytes do not depend on it."""
     name = plan.info.name
-    x_min, x_max = min_max(x)
     if plan.action != QUANTIZED:
+        x_min, x_max = min_max(x)
         report = tensor_entry(entry, x_min, x_max, None, EXACT, plan.info.nbytes, 0)
         return TensorResult([(entry["stored"], x)], report, EXACT)
     assert plan.spec is not None
     try:
-        q = engine.quantize(x, plan.spec)
+        # Fused: the error is measured tile by tile while the codes are in cache, rather than
+        # by a second pass over a dequantized copy of the tensor.
+        q, stats = engine.quantize_with_error(x, plan.spec, threads=threads)
     except NonFiniteError as e:
         raise InputError(
             f"{path}: tensor {name!r}: {e}; fix the model or keep the tensor in float "
             f"with --keep '{name}'"
         ) from None
-    stats = engine.error_stats(x, engine.dequantize(q))
+    # Quantized means finite (checked by the engine), so no NaN mask: plain min and max.
+    x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
     stored = quantized_arrays(entry, q)
     report = tensor_entry(entry, x_min, x_max, q, stats, plan.info.nbytes, 0)
     return TensorResult(stored, report, stats)

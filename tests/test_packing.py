@@ -108,3 +108,14 @@ def test_short_stream_and_bad_width_are_rejected() -> None:
 def test_longer_stream_is_read_up_to_count() -> None:
     packed = np.concatenate([pack_codes(np.array([3, 1, 2], np.uint8), 2), [0xFF]]).astype(np.uint8)
     assert unpack_codes(packed, 2, 3, signed=False).tolist() == [3, 1, 2]
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("count", [0, 1, 3, 7, 8, 9, 1001, 70_001])
+def test_aligned_widths_match_the_word_packer(bits: int, count: int) -> None:
+    """2 and 4 bits take a strided path; it must give the general word packer's bytes."""
+    from qcompress.engine.packing import _pack_aligned, _pack_words
+
+    u = np.random.default_rng(count).integers(0, 1 << bits, count, dtype=np.uint8)
+    words = _pack_words(u, bits)[: packed_nbytes(count, bits)] if count else np.zeros(0, np.uint8)
+    assert np.array_equal(_pack_aligned(u, bits), words)

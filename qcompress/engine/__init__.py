@@ -20,6 +20,7 @@ _EXPORTS = {
     "decode_level2": "level2",
     "dequantize": "codec",
     "quantize": "codec",
+    "quantize_with_error": "codec",
     "MSE_SHRINKS": "ranges",
     "PERCENTILE": "ranges",
     "from_rows": "rows",

@@ -8,13 +8,23 @@ narrower anyway. Finite float64 values beyond float32's range are reported as ov
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
-from qcompress.engine import level2
+from qcompress.engine import fast, level2
 from qcompress.engine.kernels import decode, encode
+from qcompress.engine.metrics import error_stats, from_sums
 from qcompress.engine.params import Grid, code_dtype, code_range, grid_for_range, validate_spec
-from qcompress.engine.ranges import choose_range, group_minmax
+from qcompress.engine.ranges import (
+    MSE_MIN_GAIN,
+    MSE_SHRINKS,
+    MSE_STRIDE,
+    choose_range,
+    group_minmax,
+)
 from qcompress.engine.rows import (
+    TILE_ELEMENTS,
     from_rows,
     group_len,
     iter_col_tiles,
@@ -23,7 +33,7 @@ from qcompress.engine.rows import (
     tile_view,
     to_rows,
 )
-from qcompress.engine.spec import NonFiniteError, QuantizedTensor, QuantSpec
+from qcompress.engine.spec import ErrorStats, NonFiniteError, QuantizedTensor, QuantSpec
 
 
 def quantize(x: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
@@ -35,11 +45,42 @@ def quantize(x: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
 
     Raises NonFiniteError if x holds NaN or Inf, ValueError for a bad spec or a non-float x.
     """
+    return _quantize(x, spec, want_stats=False, threads=1)[0]
+
+
+def quantize_with_error(
+    x: np.ndarray, spec: QuantSpec, *, threads: int = 1
+) -> tuple[QuantizedTensor, ErrorStats]:
+    """``quantize`` plus the error of its reconstruction, ``error_stats(x, dequantize(q))``.
+
+    On the compiled path (large float32/16 tensors, see ``fast.use_fast``) the metrics are
+    accumulated while each tile's codes are still in cache, so no dequantized copy of the tensor
+    is made; they equal the two-pass result up to float64 summation order. ``threads`` > 1 splits
+    a large tensor's rows over that many threads; the chunks are fixed by the tensor's shape, not
+    by ``threads``, so the result is identical for any value.
+    """
+    q, stats = _quantize(x, spec, want_stats=True, threads=threads)
+    if stats is None:
+        stats = error_stats(x, dequantize(q))
+    return q, stats
+
+
+def _quantize(
+    x: np.ndarray, spec: QuantSpec, *, want_stats: bool, threads: int
+) -> tuple[QuantizedTensor, ErrorStats | None]:
     validate_spec(spec)
     xf = _as_float32(x)
     rows = to_rows(xf, spec)
     n_rows, cols = rows.shape
-    lo, hi = group_minmax(rows, spec)
+    glen = group_len(cols, spec)
+    # float64 input is measured against its own values by error_stats, so it stays on numpy.
+    compiled = cols > 0 and np.asarray(x).dtype != np.float64 and fast.use_fast(rows.size)
+    if compiled and spec.granularity == "group" and glen <= FAST_MINMAX_MAX_GROUP:
+        lo = np.empty((n_rows, n_groups(cols, spec)), np.float32)
+        hi = np.empty_like(lo)
+        fast.kernels()["group_minmax"](rows, glen, lo, hi)
+    else:
+        lo, hi = group_minmax(rows, spec)
     if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
         raise NonFiniteError(_non_finite_message(x, xf))
 
@@ -54,35 +95,123 @@ def quantize(x: np.ndarray, spec: QuantSpec) -> QuantizedTensor:
     mc = np.zeros(shape, np.uint8) if two and zero_point is not None else None
     clip_min = np.zeros(shape, np.float32)
     clip_max = np.zeros(shape, np.float32)
-    codes = np.zeros((n_rows, cols), code_dtype(spec.scheme))
-    glen = group_len(cols, spec)
-    for rs in iter_row_chunks(n_rows, cols):
+    codes = np.empty((n_rows, cols), code_dtype(spec.scheme))
+    sums = np.zeros((3, n_rows), np.float64) if compiled and want_stats else None
+    search = compiled and spec.range_method == "mse" and two and glen <= FAST_SEARCH_MAX_GROUP
+
+    def chunk(rs: slice) -> None:
         if supers is None:
             grid = grid_for_range(*choose_range(rows[rs], lo[rs], hi[rs], spec), spec)
         else:
             step, smin = supers.rows(rs)
+            if search:
+                bounds = _search_l2(rows[rs], glen, lo[rs], hi[rs], step, smin, spec)
+            else:
 
-            def grid_fn(a: np.ndarray, b: np.ndarray) -> Grid:
-                return level2.encode_params(a, b, step, smin, spec)[0]  # noqa: B023
+                def grid_fn(a: np.ndarray, b: np.ndarray) -> Grid:
+                    return level2.encode_params(a, b, step, smin, spec)[0]
 
-            bounds = choose_range(rows[rs], lo[rs], hi[rs], spec, grid_fn)
+                bounds = choose_range(rows[rs], lo[rs], hi[rs], spec, grid_fn)
             grid, sc[rs], chunk_mc = level2.encode_params(*bounds, step, smin, spec)
             if mc is not None:
                 mc[rs] = chunk_mc
         scale[rs], clip_min[rs], clip_max[rs] = grid.scale, grid.cover_lo, grid.cover_hi
         if zero_point is not None:
             zero_point[rs] = grid.zero_point
-        _, inv, zp = grid.float32()
+        s32, inv, zp = grid.float32()
+        if compiled:
+            _encode_compiled(rows[rs], glen, s32, inv, zp, qlo, qhi, codes[rs], sums, rs)
+            return
         for t in iter_col_tiles(cols, glen) if cols else ():
             gs = slice(t.g0, t.g0 + t.k)
             t_codes = encode(
                 tile_view(rows, rs, t), inv[:, gs], None if zp is None else zp[:, gs], qlo, qhi
             )
             np.copyto(tile_view(codes, rs, t), t_codes, casting="unsafe")
+
+    target = FAST_CHUNK_ELEMENTS if compiled else TILE_ELEMENTS
+    chunks = list(iter_row_chunks(n_rows, cols, target))
+    if threads > 1 and compiled and len(chunks) > 1:
+        with ThreadPoolExecutor(min(threads, len(chunks)), "qcompress-chunk") as pool:
+            list(pool.map(chunk, chunks))  # list(): re-raise any worker's exception here
+    else:
+        for rs in chunks:
+            chunk(rs)
     second = None if supers is None else level2.level2_of(sc, mc, supers)
-    return QuantizedTensor(
-        codes, scale, zero_point, clip_min, clip_max, spec, tuple(xf.shape), second
+    q = QuantizedTensor(codes, scale, zero_point, clip_min, clip_max, spec, tuple(xf.shape), second)
+    if sums is None:
+        return q, None
+    max_abs = float(sums[2].view(np.int64).view(np.float64).max()) if n_rows else 0.0
+    return q, from_sums(float(sums[0].sum()), float(sums[1].sum()), max_abs, rows.size)
+
+
+FAST_CHUNK_ELEMENTS = 1 << 20
+"""Rows per chunk on the compiled path (4 MB of float32): the kernels tile internally, so chunks
+only need to amortise the per-chunk numpy work on parameters and give threads units of work."""
+
+FAST_MINMAX_MAX_GROUP = 256
+"""Groups up to this length get their min/max from a kernel; numpy's reductions win on longer
+rows (and per-channel rows), where its SIMD loop runs long enough."""
+
+FAST_SEARCH_MAX_GROUP = 1 << 16
+"""The compiled MSE search keeps one group's errors in a buffer: groups up to this length."""
+
+
+def _encode_compiled(
+    rows: np.ndarray,
+    glen: int,
+    s32: np.ndarray,
+    inv: np.ndarray,
+    zp: np.ndarray | None,
+    qlo: int,
+    qhi: int,
+    codes: np.ndarray,
+    sums: np.ndarray | None,
+    rs: slice,
+) -> None:
+    """Encode a chunk of rows with the fused kernel, filling its rows' error sums if wanted."""
+    n = rows.shape[0]
+    zp = np.zeros_like(inv) if zp is None else zp  # + 0.0 leaves x * inv unchanged
+    if sums is None:
+        sse, sig, mab = np.empty(n), np.empty(n), np.empty(n, np.int64)
+    else:
+        sse, sig, mab = sums[0, rs], sums[1, rs], sums[2, rs].view(np.int64)
+    fast.kernels()["encode_stats"](rows, glen, inv, zp, s32, qlo, qhi, codes, sse, sig, mab)
+
+
+def _search_l2(
+    rows: np.ndarray,
+    glen: int,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    step: np.ndarray,
+    smin: np.ndarray | None,
+    spec: QuantSpec,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ranges' MSE search under second-level scales, compiled: float64 (lo, hi) per group."""
+    assert spec.scale_bits is not None
+    out_lo = np.empty(lo.shape, np.float64)
+    out_hi = np.empty(lo.shape, np.float64)
+    qlo, qhi = code_range(spec.bits, spec.scheme)
+    affine = spec.scheme == "affine"
+    fast.kernels()["mse_search_l2"](
+        rows,
+        glen,
+        np.ascontiguousarray(lo),
+        np.ascontiguousarray(hi),
+        np.ascontiguousarray(step),
+        np.ascontiguousarray(smin if affine else step),
+        np.asarray(MSE_SHRINKS, np.float64),
+        MSE_STRIDE,
+        float(2**spec.scale_bits - 1),
+        qlo,
+        qhi,
+        affine,
+        MSE_MIN_GAIN,
+        out_lo,
+        out_hi,
     )
+    return out_lo, out_hi
 
 
 def dequantize(q: QuantizedTensor) -> np.ndarray:

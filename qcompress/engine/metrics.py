@@ -55,6 +55,12 @@ def combine_error_stats(stats: Iterable[ErrorStats]) -> ErrorStats:
     return _stats(sse, signal, max_abs, count)
 
 
+def from_sums(sse: float, signal: float, max_abs: float, count: int) -> ErrorStats:
+    """ErrorStats from the sums a fused kernel accumulates: sum of squared errors, sum of x^2,
+    largest |error|, and the element count."""
+    return _stats(sse, signal, max_abs, count)
+
+
 def _stats(sse: float, signal: float, max_abs: float, count: int) -> ErrorStats:
     mse = sse / count if count else 0.0
     power = signal / count if count else 0.0

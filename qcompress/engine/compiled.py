@@ -1,0 +1,341 @@
+"""The numba kernels behind ``fast``; importing this module imports numba.
+
+See ``fast`` for why they exist and what is exact. Kept apart so that numba's on-disk cache
+(``cache=True``) works: it caches top-level functions only. Functions marked ``exact`` are
+compiled without fast-math; ``reducing`` ones may reassociate their sums so that they vectorize.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from qcompress.engine.fast import F32_MAX, TILE, TINY_STEP
+
+exact = nb.njit(nogil=True, cache=True, error_model="numpy")
+# Reassociation only (sums vectorize); no contraction, and inf/NaN keep their meaning.
+reducing = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+
+
+# Loops index views from 0 (``for i in range(x.size)``): an index the compiler cannot prove
+# non-negative gets numba's wrap-around branch, which stops vectorization.
+
+
+@exact
+def encode_seg(x, codes, iv, z, s, fq_lo, fq_hi, xh):
+    # kernels.encode then kernels.decode, element by element, in float32.
+    for i in range(x.size):
+        t = np.rint(x[i] * iv + z)
+        t = min(max(t, fq_lo), fq_hi)
+        codes[i] = t
+        xh[i] = (t - z) * s
+
+
+@reducing
+def sums(x, xh, d):
+    sse = 0.0
+    sig = 0.0
+    for i in range(x.size):
+        xv = np.float64(x[i])
+        e = np.float64(xh[i]) - xv
+        d[i] = e
+        sse += e * e
+        sig += xv * xv
+    return sse, sig
+
+
+@exact
+def abs_max_bits(di):
+    # max |d| through the int64 view: integer max vectorizes without fast-math, and for
+    # non-negative doubles the bit patterns order as the values do.
+    m = 0
+    for i in range(di.size):
+        v = di[i] & 0x7FFFFFFFFFFFFFFF
+        m = v if v > m else m
+    return m
+
+
+@exact
+def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, mab_out):
+    """Codes of every element and, per row, sum d^2, sum x^2 and max |d| (as the int64 bits
+    of the float64) with d = decode(code) - x in float64."""
+    n, cols = rows.shape
+    xh = np.empty(TILE, np.float32)
+    d = np.empty(TILE, np.float64)
+    di = d.view(np.int64)
+    fq_lo = np.float32(qlo)
+    fq_hi = np.float32(qhi)
+    for r in range(n):
+        row = rows[r]
+        crow = codes[r]
+        sse = 0.0
+        sig = 0.0
+        mab = 0
+        c0 = 0
+        while c0 < cols:
+            c1 = min(cols, c0 + TILE)
+            if glen < TILE:  # whole groups (and the ragged last one) in this tile
+                c1 = max(c0 + glen, c0 + (c1 - c0) // glen * glen)
+                c1 = min(c1, cols)
+            c = c0
+            while c < c1:
+                g = c // glen
+                e = min(c1, (g + 1) * glen)
+                encode_seg(
+                    row[c:e],
+                    crow[c:e],
+                    inv[r, g],
+                    zp[r, g],
+                    scale[r, g],
+                    fq_lo,
+                    fq_hi,
+                    xh[c - c0 : e - c0],
+                )
+                c = e
+            n_t = c1 - c0
+            a, b = sums(row[c0:c1], xh[:n_t], d[:n_t])
+            sse += a
+            sig += b
+            m = abs_max_bits(di[:n_t])
+            mab = m if m > mab else mab
+            c0 = c1
+        sse_out[r] = sse
+        sig_out[r] = sig
+        mab_out[r] = mab
+
+
+@exact
+def group_minmax(rows, glen, lo, hi):
+    """Per (row, group) min and max; NaN in both where the group holds a NaN."""
+    n, cols = rows.shape
+    ng = lo.shape[1]
+    for r in range(n):
+        row = rows[r]
+        for g in range(ng):
+            c0 = g * glen
+            c1 = min(cols, c0 + glen)
+            a = row[c0]
+            b = row[c0]
+            bad = np.float32(0)
+            for c in range(c0, c1):
+                v = row[c]
+                a = v if v < a else a
+                b = v if v > b else b
+                bad += v - v  # NaN for NaN or Inf: then the min/max carry it
+            if bad != 0:  # NaN: a NaN or an Inf was seen
+                a = np.float32(np.nan)
+                b = np.float32(np.nan)
+            lo[r, g] = a
+            hi[r, g] = b
+
+
+LANES = 16
+"""Groups searched side by side, one per SIMD lane: every loop over lanes is elementwise, so it
+vectorizes with exact (non-reassociated) float32 arithmetic, and no branch depends on data."""
+
+
+@exact
+def lane_grids(c_lo, c_hi, st, sm, k, qmax, affine, s_out, z_out):
+    """level2.encode_params for one candidate per lane: float32 scale and zero-point as the
+    decoder rebuilds them (the same operations, as selects instead of masked numpy calls)."""
+    big = np.float32(F32_MAX)
+    for lane in range(LANES):
+        clo = c_lo[lane]
+        chi = c_hi[lane]
+        smd = np.float64(sm[lane])
+        std = np.float64(st[lane])
+        if affine:
+            ratio = clo / smd if smd != 0 else 0.0
+            mc = np.ceil(ratio) if smd < 0 else np.floor(ratio)
+            mc = min(max(mc, 0.0), k)
+            m = np.float32(sm[lane] * np.float32(mc))
+            bump = (np.float64(m) > clo) & (smd < 0) & (mc < k)
+            mc = mc + 1.0 if bump else mc
+            m = np.float32(sm[lane] * np.float32(mc))
+            need = max(chi - np.float64(m), 0.0) / qmax
+            need = max(need, abs(np.float64(m)) * TINY_STEP)
+        else:
+            m = np.float32(0)
+            need = max(abs(clo), abs(chi)) / qmax
+        ratio = need / std if std > 0 else 0.0
+        sc = min(max(np.ceil(ratio), 0.0), k)
+        low = (std * sc < need) & (sc < k)
+        sc = sc + 1.0 if low else sc
+        scale = np.float32(st[lane] * np.float32(sc))
+        zp = np.float32(0)
+        if affine:
+            zp = np.float32(-m / scale) if scale > 0 else np.float32(0)
+            zp = min(max(zp, -big), big)
+            top = (qmax - np.float64(zp)) * np.float64(scale)
+            short = (top < chi) & (sc < k)
+            sc = sc + 1.0 if short else sc
+            scale2 = np.float32(st[lane] * np.float32(sc))
+            zp2 = np.float32(-m / scale2) if scale2 > 0 else np.float32(0)
+            zp2 = min(max(zp2, -big), big)
+            scale = scale2 if short else scale
+            zp = zp2 if short else zp
+        s_out[lane] = scale
+        z_out[lane] = zp
+
+
+CHAINS = 4
+"""Partial sums per lane: element j adds to chain j % CHAINS. The sums live in memory (the
+compiler cannot prove they alias nothing), so one chain would wait on a store-to-load round trip
+per element; four hide it. Still exact float32 additions, in a fixed order."""
+
+
+@exact
+def lane_scores(xt, n_l, masked, glen, s, z, fq_lo, fq_hi, iv, acc, err):
+    """kernels.squared_error of each lane's group under its grid: float32 errors, float32 sums
+    (``CHAINS`` partial sums per lane, then added in order). Elements past a lane's group length
+    count zero. ``acc`` is (CHAINS, LANES) float32 scratch."""
+    for lane in range(LANES):
+        iv[lane] = np.float32(1) / s[lane] if s[lane] != 0 else np.float32(0)
+    for c in range(CHAINS):
+        for lane in range(LANES):
+            acc[c, lane] = 0
+    for j in range(glen):
+        c = j % CHAINS
+        if masked:  # a batch holding a ragged last group
+            for lane in range(LANES):
+                xv = xt[j, lane]
+                t = np.rint(xv * iv[lane] + z[lane])
+                t = min(max(t, fq_lo), fq_hi)
+                d = (t - z[lane]) * s[lane] - xv
+                d = d if j < n_l[lane] else np.float32(0)
+                acc[c, lane] += d * d
+        else:
+            for lane in range(LANES):
+                xv = xt[j, lane]
+                t = np.rint(xv * iv[lane] + z[lane])
+                t = min(max(t, fq_lo), fq_hi)
+                d = (t - z[lane]) * s[lane] - xv
+                acc[c, lane] += d * d
+    for lane in range(LANES):
+        total = acc[0, lane]
+        for c in range(1, CHAINS):
+            total += acc[c, lane]
+        err[lane] = np.float64(total)
+
+
+@exact
+def lane_candidates(mode, idx, shrinks, lo, hi, amp, base_lo, base_hi, c_lo, c_hi):
+    """Bounds of candidate ``idx[lane]`` per lane, as ranges._mse_range builds them: mode 0
+    symmetric, 1 the affine lower bound (upper at base_hi), 2 the affine upper bound."""
+    for lane in range(LANES):
+        t = shrinks[idx[lane]]
+        if mode == 0:
+            c_hi[lane] = min(hi[lane], t * amp[lane])
+            c_lo[lane] = min(max(lo[lane], -t * amp[lane]), c_hi[lane])
+        elif mode == 1:
+            c_lo[lane] = min(max(lo[lane], lo[lane] * t), base_hi[lane])
+            c_hi[lane] = base_hi[lane]
+        else:
+            c_lo[lane] = base_lo[lane]
+            c_hi[lane] = max(min(hi[lane], hi[lane] * t), base_lo[lane])
+
+
+@exact
+def mse_search_l2(
+    rows, glen, lo, hi, step, smin, shrinks, stride, k, qlo, qhi, affine, min_gain, out_lo, out_hi
+):
+    """ranges._mse_range with level-2 grids: the same candidates in the same order, for
+    ``LANES`` groups (consecutive in C order over (rows, groups)) at a time."""
+    n_rows, cols = rows.shape
+    ng = lo.shape[1]
+    total = n_rows * ng
+    qmax = np.float64(qhi - qlo) if affine else np.float64(qhi)
+    fq_lo = np.float32(qlo)
+    fq_hi = np.float32(qhi)
+    keep = 1.0 - min_gain
+    n = shrinks.size
+    xt = np.zeros((glen, LANES), np.float32)
+    f64 = [np.zeros(LANES) for _ in range(9)]
+    g_lo, g_hi, amp, c_lo, c_hi, b_lo, b_hi, b_err, err = f64
+    f32 = [np.zeros(LANES, np.float32) for _ in range(6)]
+    g_st, g_sm, s, z, iv = f32[:5]
+    acc = np.zeros((CHAINS, LANES), np.float32)
+    n_l = np.zeros(LANES, np.int64)
+    idx = np.zeros(LANES, np.int64)
+    b_idx = np.zeros(LANES, np.int64)
+    center = np.zeros(LANES, np.int64)
+    base_lo = np.zeros(LANES)
+    base_hi = np.zeros(LANES)
+    modes = (1, 2) if affine else (0, -1)
+    for f0 in range(0, total, LANES):
+        masked = False
+        for lane in range(LANES):
+            f = min(f0 + lane, total - 1)  # a short last batch repeats its last group
+            r = f // ng
+            g = f - r * ng
+            c0 = g * glen
+            m = min(cols, c0 + glen) - c0
+            n_l[lane] = m
+            masked = masked or m < glen
+            for j in range(m):
+                xt[j, lane] = rows[r, c0 + j]
+            g_lo[lane] = lo[r, g]
+            g_hi[lane] = hi[r, g]
+            amp[lane] = max(abs(g_lo[lane]), abs(g_hi[lane]))
+            g_st[lane] = step[r, g]
+            g_sm[lane] = smin[r, g]
+            b_lo[lane] = g_lo[lane]
+            b_hi[lane] = g_hi[lane]
+        lane_grids(b_lo, b_hi, g_st, g_sm, k, qmax, affine, s, z)
+        lane_scores(xt, n_l, masked, glen, s, z, fq_lo, fq_hi, iv, acc, b_err)
+        for mode in modes:
+            if mode < 0:
+                break
+            for lane in range(LANES):
+                base_lo[lane] = b_lo[lane]
+                base_hi[lane] = b_hi[lane]
+                b_idx[lane] = 0
+            sweep_at = stride
+            step_now = 0
+            while True:
+                # The coarse pass (every stride-th shrink, same for all lanes), then for each
+                # halving step the two neighbours of each lane's best (its best again where a
+                # neighbour falls outside the list, which is never "better").
+                if sweep_at < n:
+                    for lane in range(LANES):
+                        idx[lane] = sweep_at
+                    sweep_at += stride
+                    passes = 1
+                else:
+                    if step_now == 0:
+                        step_now = stride // 2
+                    elif step_now == -1:
+                        break
+                    passes = 2
+                    for lane in range(LANES):
+                        center[lane] = b_idx[lane]
+                for p in range(passes):
+                    if passes == 2:
+                        sign = -1 if p == 0 else 1
+                        valid = 0
+                        for lane in range(LANES):
+                            j = center[lane] + sign * step_now
+                            ok = 1 <= j < n
+                            idx[lane] = j if ok else center[lane]
+                            valid += ok
+                        if valid == 0:  # every lane would re-score its best: nothing to do
+                            continue
+                    lane_candidates(
+                        mode, idx, shrinks, g_lo, g_hi, amp, base_lo, base_hi, c_lo, c_hi
+                    )
+                    lane_grids(c_lo, c_hi, g_st, g_sm, k, qmax, affine, s, z)
+                    lane_scores(xt, n_l, masked, glen, s, z, fq_lo, fq_hi, iv, acc, err)
+                    for lane in range(LANES):
+                        better = err[lane] < b_err[lane] * keep
+                        b_err[lane] = err[lane] if better else b_err[lane]
+                        b_lo[lane] = c_lo[lane] if better else b_lo[lane]
+                        b_hi[lane] = c_hi[lane] if better else b_hi[lane]
+                        b_idx[lane] = idx[lane] if better else b_idx[lane]
+                if passes == 2:
+                    step_now = step_now // 2 if step_now > 1 else -1
+        for lane in range(min(LANES, total - f0)):
+            f = f0 + lane
+            r = f // ng
+            g = f - r * ng
+            out_lo[r, g] = b_lo[lane]
+            out_hi[r, g] = b_hi[lane]
