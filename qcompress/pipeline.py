@@ -128,9 +128,13 @@ def stream_quantize(
             progress.advance(plan.info.name, plan.info.nbytes)
 
     work = zip(plans, entries, strict=True)
-    if jobs <= 1:
+    quantized = sum(p.action == QUANTIZED for p in plans)
+    if jobs <= 1 or quantized < jobs:
+        # Too few tensors to keep every core busy: one tensor at a time, its rows split over
+        # the threads instead (the engine's chunks depend only on the shape, not on ``jobs``).
         for plan, entry in work:
-            finish(plan, quantize_one(reader.path, plan, entry, reader.read(plan.info.name)))
+            x = reader.read(plan.info.name)
+            finish(plan, quantize_one(reader.path, plan, entry, x, threads=jobs))
     else:
         _in_threads(reader, work, jobs, finish)
     writer.finish(np.array([stats_row(r.stats) for r in results], dtype=np.float64))

@@ -176,3 +176,17 @@ def test_streamed_artifact_equals_in_memory_write(tmp_path: Path) -> None:
     again = tmp_path / "again.safetensors"
     write_safetensors(again, infos, arrays, metadata)
     assert again.read_bytes() == artifact.read_bytes()
+
+
+def test_jobs_split_one_large_tensor_without_changing_bytes(tmp_path: Path) -> None:
+    """With fewer tensors than jobs, the rows of each tensor are split over the threads."""
+    rng = np.random.default_rng(4)
+    model = tmp_path / "one.safetensors"
+    save_file({"w": rng.standard_t(3, size=(600, 500)).astype(np.float32)}, model)
+    for bits in (8, 4):
+        outputs = []
+        for jobs in (1, 2, 3):
+            out = tmp_path / f"b{bits}j{jobs}.safetensors"
+            api.quantize_file(model, api.QuantizeOptions(bits=bits), output=out, jobs=jobs)
+            outputs.append(out.read_bytes())
+        assert outputs[0] == outputs[1] == outputs[2]
