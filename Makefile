@@ -36,8 +36,11 @@ lint: install
 fuzz: install
 	QCOMPRESS_FUZZ_EXAMPLES=$${QCOMPRESS_FUZZ_EXAMPLES:-2000} $(BIN)/pytest -q tests/test_fuzz.py -k hypothesis
 
+# Speed and memory (benchmarks/speed.py), then quality against gguf (benchmarks/quality.py).
+# For the torch reference row: $(BIN)/pip install torch==2.13.0 (a CPU build on this machine).
 bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/quality.py
 
 # Regenerate sample_models/ (needs scikit-learn, installed here only for this target).
