@@ -22,6 +22,7 @@ from qcompress.artifact import (
     Artifact,
     ShardedArtifact,
     open_if_artifact,
+    stored_names,
 )
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.errors import InputError, UsageError
@@ -415,7 +416,7 @@ def verify(
                 _check_same_tensors(original, artifact_path, [(e["name"], e) for e in art.entries])
             tensors = []
             for i, e in enumerate(art.entries):
-                corrupt = sorted(bad & set(_stored_names(e)))
+                corrupt = sorted(bad & set(stored_names(e)))
                 if corrupt:
                     errors: dict[str, float | None] = dict.fromkeys(STATS_COLUMNS)
                 elif original is not None:
@@ -446,7 +447,7 @@ def verify(
             if original is not None:
                 original.close()
     failures = [t["name"] for t in tensors if t["failed"]]
-    other_bad = sorted(bad - {n for e in art.entries for n in _stored_names(e)})
+    other_bad = sorted(bad - {n for e in art.entries for n in stored_names(e)})
     return {
         "artifact": str(artifact_path),
         "against": None if against is None else str(against),
@@ -456,11 +457,6 @@ def verify(
         "failures": failures + [f"checksum of {n}" for n in other_bad],
         "tensors": tensors,
     }
-
-
-def _stored_names(entry: dict[str, Any]) -> list[str]:
-    keys = ("codes", "scale", "zero_point", "super", "stored")
-    return [entry[k] for k in keys if entry.get(k)]
 
 
 def _check_same_tensors(

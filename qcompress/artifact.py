@@ -393,7 +393,7 @@ class Artifact:
 
     def release(self, entry: dict[str, Any]) -> None:
         """Done with one original tensor: drop its stored tensors' pages from this process."""
-        for name in _stored_of(entry):
+        for name in stored_names(entry):
             self._reader.release(name)
 
     def stats(self) -> np.ndarray:
@@ -512,7 +512,7 @@ class ShardedArtifact:
                     f"{self.path}: lists other tensors for {name} than the shard holds; "
                     "the index or a shard was replaced"
                 )
-            stored = {n for e in shard.entries for n in _stored_of(e)}
+            stored = {n for e in shard.entries for n in stored_names(e)}
             mapped_stored = {t for t, s in index.weight_map.items() if s == name}
             if stored != mapped_stored:
                 raise FormatError(f"{self.path}: weight_map does not match shard {name}")
@@ -546,7 +546,7 @@ class ShardedArtifact:
         self.close()
 
 
-def _stored_of(entry: dict[str, Any]) -> list[str]:
+def stored_names(entry: dict[str, Any]) -> list[str]:
     """The stored tensors that hold one original tensor."""
     keys = ("codes", "scale", "zero_point", "super", "stored")
     return [entry[k] for k in keys if entry.get(k)]
