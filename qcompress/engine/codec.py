@@ -12,17 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from qcompress.engine import fast, level2
+from qcompress.engine import fast, level2, ranges
 from qcompress.engine.kernels import decode, encode
 from qcompress.engine.metrics import error_stats, from_sums
 from qcompress.engine.params import Grid, code_dtype, code_range, grid_for_range, validate_spec
-from qcompress.engine.ranges import (
-    MSE_MIN_GAIN,
-    MSE_SHRINKS,
-    MSE_STRIDE,
-    choose_range,
-    group_minmax,
-)
+from qcompress.engine.ranges import choose_range, group_minmax
 from qcompress.engine.rows import (
     TILE_ELEMENTS,
     from_rows,
@@ -104,17 +98,20 @@ def _quantize(
             grid = grid_for_range(*choose_range(rows[rs], lo[rs], hi[rs], spec), spec)
         else:
             step, smin = supers.rows(rs)
-            if search:
-                bounds = _search_l2(rows[rs], glen, lo[rs], hi[rs], step, smin, spec)
+            chunk_mc = None if mc is None else mc[rs]
+            if search:  # the kernel gives the codes and parameters of the chosen grids
+                grid = _search_l2(
+                    rows[rs], glen, lo[rs], hi[rs], step, smin, spec, sc[rs], chunk_mc
+                )
             else:
 
                 def grid_fn(a: np.ndarray, b: np.ndarray) -> Grid:
                     return level2.encode_params(a, b, step, smin, spec)[0]
 
                 bounds = choose_range(rows[rs], lo[rs], hi[rs], spec, grid_fn)
-            grid, sc[rs], chunk_mc = level2.encode_params(*bounds, step, smin, spec)
-            if mc is not None:
-                mc[rs] = chunk_mc
+                grid, sc[rs], found_mc = level2.encode_params(*bounds, step, smin, spec)
+                if chunk_mc is not None:
+                    chunk_mc[...] = found_mc
         scale[rs], clip_min[rs], clip_max[rs] = grid.scale, grid.cover_lo, grid.cover_hi
         if zero_point is not None:
             zero_point[rs] = grid.zero_point
@@ -187,13 +184,17 @@ def _search_l2(
     step: np.ndarray,
     smin: np.ndarray | None,
     spec: QuantSpec,
-) -> tuple[np.ndarray, np.ndarray]:
-    """ranges' MSE search under second-level scales, compiled: float64 (lo, hi) per group."""
+    sc: np.ndarray,
+    mc: np.ndarray | None,
+) -> Grid:
+    """ranges' MSE search under second-level scales, compiled, for a chunk of rows: fills its
+    scale codes ``sc`` and (affine) min codes ``mc`` and returns its grid, the same as
+    ``level2.encode_params`` of the chosen ranges would give."""
     assert spec.scale_bits is not None
-    out_lo = np.empty(lo.shape, np.float64)
-    out_hi = np.empty(lo.shape, np.float64)
     qlo, qhi = code_range(spec.bits, spec.scheme)
     affine = spec.scheme == "affine"
+    s32 = np.empty(lo.shape, np.float32)
+    z32 = np.empty(lo.shape, np.float32)
     fast.kernels()["mse_search_l2"](
         rows,
         glen,
@@ -201,17 +202,19 @@ def _search_l2(
         np.ascontiguousarray(hi),
         np.ascontiguousarray(step),
         np.ascontiguousarray(smin if affine else step),
-        np.asarray(MSE_SHRINKS, np.float64),
-        MSE_STRIDE,
+        np.asarray(ranges.mse_shrinks(spec), np.float64),
+        ranges.MSE_STRIDE,  # read at call time, as the numpy search does
         float(2**spec.scale_bits - 1),
         qlo,
         qhi,
         affine,
-        MSE_MIN_GAIN,
-        out_lo,
-        out_hi,
+        ranges.MSE_MIN_GAIN,
+        sc,
+        np.empty(lo.shape, np.uint8) if mc is None else mc,
+        s32,
+        z32,
     )
-    return out_lo, out_hi
+    return level2._grid(s32, z32 if affine else None, spec)
 
 
 def dequantize(q: QuantizedTensor) -> np.ndarray:

@@ -135,15 +135,17 @@ vectorizes with exact (non-reassociated) float32 arithmetic, and no branch depen
 
 
 @exact
-def lane_grids(c_lo, c_hi, st, sm, k, qmax, affine, s_out, z_out):
+def lane_grids(c_lo, c_hi, st, sm, k, qmax, affine, s_out, z_out, sc_out, mc_out):
     """level2.encode_params for one candidate per lane: float32 scale and zero-point as the
-    decoder rebuilds them (the same operations, as selects instead of masked numpy calls)."""
+    decoder rebuilds them (the same operations, as selects instead of masked numpy calls), and
+    the scale and min codes (as float64 integers; the min code is 0 when symmetric)."""
     big = np.float32(F32_MAX)
     for lane in range(LANES):
         clo = c_lo[lane]
         chi = c_hi[lane]
         smd = np.float64(sm[lane])
         std = np.float64(st[lane])
+        mc = 0.0
         if affine:
             ratio = clo / smd if smd != 0 else 0.0
             mc = np.ceil(ratio) if smd < 0 else np.floor(ratio)
@@ -176,46 +178,28 @@ def lane_grids(c_lo, c_hi, st, sm, k, qmax, affine, s_out, z_out):
             zp = zp2 if short else zp
         s_out[lane] = scale
         z_out[lane] = zp
+        sc_out[lane] = sc
+        mc_out[lane] = mc
 
 
-CHAINS = 4
-"""Partial sums per lane: element j adds to chain j % CHAINS. The sums live in memory (the
-compiler cannot prove they alias nothing), so one chain would wait on a store-to-load round trip
-per element; four hide it. Still exact float32 additions, in a fixed order."""
-
-
-@exact
-def lane_scores(xt, n_l, masked, glen, s, z, fq_lo, fq_hi, iv, acc, err):
-    """kernels.squared_error of each lane's group under its grid: float32 errors, float32 sums
-    (``CHAINS`` partial sums per lane, then added in order). Elements past a lane's group length
-    count zero. ``acc`` is (CHAINS, LANES) float32 scratch."""
+@reducing
+def lane_scores(xg, n_l, s, z, fq_lo, fq_hi, err):
+    """kernels.squared_error of each lane's group (``xg[lane, :n_l[lane]]``) under its grid:
+    float32 errors and float32 sums, reassociated so that they vectorize (the codes themselves
+    are the exact ones: a multiply, an add, a rounding and clips, which reassociation cannot
+    change; only the order of the sum differs from numpy's, see ``fast``)."""
     for lane in range(LANES):
-        iv[lane] = np.float32(1) / s[lane] if s[lane] != 0 else np.float32(0)
-    for c in range(CHAINS):
-        for lane in range(LANES):
-            acc[c, lane] = 0
-    for j in range(glen):
-        c = j % CHAINS
-        if masked:  # a batch holding a ragged last group
-            for lane in range(LANES):
-                xv = xt[j, lane]
-                t = np.rint(xv * iv[lane] + z[lane])
-                t = min(max(t, fq_lo), fq_hi)
-                d = (t - z[lane]) * s[lane] - xv
-                d = d if j < n_l[lane] else np.float32(0)
-                acc[c, lane] += d * d
-        else:
-            for lane in range(LANES):
-                xv = xt[j, lane]
-                t = np.rint(xv * iv[lane] + z[lane])
-                t = min(max(t, fq_lo), fq_hi)
-                d = (t - z[lane]) * s[lane] - xv
-                acc[c, lane] += d * d
-    for lane in range(LANES):
-        total = acc[0, lane]
-        for c in range(1, CHAINS):
-            total += acc[c, lane]
-        err[lane] = np.float64(total)
+        sl = s[lane]
+        zl = z[lane]
+        il = np.float32(1) / sl if sl != 0 else np.float32(0)
+        acc = np.float32(0)
+        for j in range(n_l[lane]):
+            xv = xg[lane, j]
+            t = np.rint(xv * il + zl)
+            t = min(max(t, fq_lo), fq_hi)
+            d = (t - zl) * sl - xv
+            acc += d * d
+        err[lane] = acc
 
 
 @exact
@@ -237,10 +221,31 @@ def lane_candidates(mode, idx, shrinks, lo, hi, amp, base_lo, base_hi, c_lo, c_h
 
 @exact
 def mse_search_l2(
-    rows, glen, lo, hi, step, smin, shrinks, stride, k, qlo, qhi, affine, min_gain, out_lo, out_hi
+    rows,
+    glen,
+    lo,
+    hi,
+    step,
+    smin,
+    shrinks,
+    stride,
+    k,
+    qlo,
+    qhi,
+    affine,
+    min_gain,
+    sc_out,
+    mc_out,
+    s_out,
+    z_out,
 ):
     """ranges._mse_range with level-2 grids: the same candidates in the same order, for
-    ``LANES`` groups (consecutive in C order over (rows, groups)) at a time."""
+    ``LANES`` groups (consecutive in C order over (rows, groups)) at a time, each group's values
+    copied once into a small buffer that every candidate reads from L1.
+
+    Writes each group's scale and min codes and its float32 scale and zero-point: what
+    level2.encode_params gives for the chosen range (the same operations, see lane_grids), so
+    the caller needs no second pass over the parameters."""
     n_rows, cols = rows.shape
     ng = lo.shape[1]
     total = n_rows * ng
@@ -249,21 +254,19 @@ def mse_search_l2(
     fq_hi = np.float32(qhi)
     keep = 1.0 - min_gain
     n = shrinks.size
-    xt = np.zeros((glen, LANES), np.float32)
-    f64 = [np.zeros(LANES) for _ in range(9)]
-    g_lo, g_hi, amp, c_lo, c_hi, b_lo, b_hi, b_err, err = f64
+    xg = np.zeros((LANES, glen), np.float32)
+    f64 = [np.zeros(LANES) for _ in range(13)]
+    g_lo, g_hi, amp, c_lo, c_hi, b_lo, b_hi, b_err, sc, mc, b_sc, b_mc, base_lo = f64
+    base_hi = np.zeros(LANES)
     f32 = [np.zeros(LANES, np.float32) for _ in range(6)]
-    g_st, g_sm, s, z, iv = f32[:5]
-    acc = np.zeros((CHAINS, LANES), np.float32)
+    g_st, g_sm, s, z, b_s, b_z = f32
+    err = np.zeros(LANES)
     n_l = np.zeros(LANES, np.int64)
     idx = np.zeros(LANES, np.int64)
     b_idx = np.zeros(LANES, np.int64)
     center = np.zeros(LANES, np.int64)
-    base_lo = np.zeros(LANES)
-    base_hi = np.zeros(LANES)
     modes = (1, 2) if affine else (0, -1)
     for f0 in range(0, total, LANES):
-        masked = False
         for lane in range(LANES):
             f = min(f0 + lane, total - 1)  # a short last batch repeats its last group
             r = f // ng
@@ -271,9 +274,8 @@ def mse_search_l2(
             c0 = g * glen
             m = min(cols, c0 + glen) - c0
             n_l[lane] = m
-            masked = masked or m < glen
             for j in range(m):
-                xt[j, lane] = rows[r, c0 + j]
+                xg[lane, j] = rows[r, c0 + j]
             g_lo[lane] = lo[r, g]
             g_hi[lane] = hi[r, g]
             amp[lane] = max(abs(g_lo[lane]), abs(g_hi[lane]))
@@ -281,8 +283,8 @@ def mse_search_l2(
             g_sm[lane] = smin[r, g]
             b_lo[lane] = g_lo[lane]
             b_hi[lane] = g_hi[lane]
-        lane_grids(b_lo, b_hi, g_st, g_sm, k, qmax, affine, s, z)
-        lane_scores(xt, n_l, masked, glen, s, z, fq_lo, fq_hi, iv, acc, b_err)
+        lane_grids(b_lo, b_hi, g_st, g_sm, k, qmax, affine, b_s, b_z, b_sc, b_mc)
+        lane_scores(xg, n_l, b_s, b_z, fq_lo, fq_hi, b_err)
         for mode in modes:
             if mode < 0:
                 break
@@ -306,6 +308,8 @@ def mse_search_l2(
                         step_now = stride // 2
                     elif step_now == -1:
                         break
+                    if step_now == 0:  # stride 1: no refinement
+                        break
                     passes = 2
                     for lane in range(LANES):
                         center[lane] = b_idx[lane]
@@ -323,19 +327,25 @@ def mse_search_l2(
                     lane_candidates(
                         mode, idx, shrinks, g_lo, g_hi, amp, base_lo, base_hi, c_lo, c_hi
                     )
-                    lane_grids(c_lo, c_hi, g_st, g_sm, k, qmax, affine, s, z)
-                    lane_scores(xt, n_l, masked, glen, s, z, fq_lo, fq_hi, iv, acc, err)
+                    lane_grids(c_lo, c_hi, g_st, g_sm, k, qmax, affine, s, z, sc, mc)
+                    lane_scores(xg, n_l, s, z, fq_lo, fq_hi, err)
                     for lane in range(LANES):
                         better = err[lane] < b_err[lane] * keep
                         b_err[lane] = err[lane] if better else b_err[lane]
                         b_lo[lane] = c_lo[lane] if better else b_lo[lane]
                         b_hi[lane] = c_hi[lane] if better else b_hi[lane]
                         b_idx[lane] = idx[lane] if better else b_idx[lane]
+                        b_s[lane] = s[lane] if better else b_s[lane]
+                        b_z[lane] = z[lane] if better else b_z[lane]
+                        b_sc[lane] = sc[lane] if better else b_sc[lane]
+                        b_mc[lane] = mc[lane] if better else b_mc[lane]
                 if passes == 2:
                     step_now = step_now // 2 if step_now > 1 else -1
         for lane in range(min(LANES, total - f0)):
             f = f0 + lane
             r = f // ng
             g = f - r * ng
-            out_lo[r, g] = b_lo[lane]
-            out_hi[r, g] = b_hi[lane]
+            sc_out[r, g] = np.uint8(b_sc[lane])
+            mc_out[r, g] = np.uint8(b_mc[lane])
+            s_out[r, g] = b_s[lane]
+            z_out[r, g] = b_z[lane]
