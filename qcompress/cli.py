@@ -1,7 +1,7 @@
 """The ``qcompress`` command: parse options, call one :mod:`qcompress.api` function, render.
 
 Results go to stdout (exactly one JSON document with ``--json``); people-facing summaries go to
-stderr. Errors are converted once, in :func:`main`, to a one-line message and an exit code.
+stderr. Errors are converted once, in ``_Group.invoke``, to a one-line message and an exit code.
 Heavy modules (numpy, h5py, rich) are imported inside the commands so ``--help`` stays instant.
 """
 
