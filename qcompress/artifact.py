@@ -35,6 +35,7 @@ import numpy as np
 from qcompress import __version__
 from qcompress.engine import decode_level2, n_groups, pack_codes, packed_nbytes, unpack_codes
 from qcompress.engine.level2 import n_blocks as level2_blocks
+from qcompress.engine.packing import packing_for
 from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantizedTensor, QuantSpec
 from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
@@ -73,8 +74,9 @@ def _quantized_entry(plan: TensorPlan) -> tuple[dict[str, Any], list[TensorInfo]
         codes = TensorInfo(f"{name}.qcodes", (rows, cols), "int8" if signed else "uint8")
         packing = "none"
     else:
-        codes = TensorInfo(f"{name}.qcodes", (packed_nbytes(rows * cols, spec.bits),), "uint8")
-        packing = "bitstream-le"
+        packing = packing_for(spec.bits, spec.scheme)
+        nbytes = packed_nbytes(rows * cols, spec.bits, packing)
+        codes = TensorInfo(f"{name}.qcodes", (nbytes,), "uint8")
     sb = spec.scale_bits
     if sb is None:
         params = [TensorInfo(f"{name}.qscale", (rows, groups), spec.scale_dtype)]
@@ -112,7 +114,8 @@ def _quantized_entry(plan: TensorPlan) -> tuple[dict[str, Any], list[TensorInfo]
 
 def quantized_arrays(entry: dict[str, Any], q: QuantizedTensor) -> list[tuple[str, np.ndarray]]:
     """The stored tensors (name, array), in payload order, that hold one quantized tensor."""
-    codes = q.codes if entry["packing"] == "none" else pack_codes(q.codes, q.spec.bits)
+    packing = entry["packing"]
+    codes = q.codes if packing == "none" else pack_codes(q.codes, q.spec.bits, packing)
     second = q.level2
     if second is None:
         stored = [(entry["codes"], codes), (entry["scale"], q.scale)]
@@ -407,7 +410,8 @@ class Artifact:
         rows, cols = entry["rows"], entry["cols"]
         codes = self._checked(entry["codes"])
         if entry["packing"] != "none":
-            codes = unpack_codes(codes, spec.bits, rows * cols, spec.scheme == "symmetric")
+            signed = spec.scheme == "symmetric"
+            codes = unpack_codes(codes, spec.bits, rows * cols, signed, entry["packing"])
         codes = codes.reshape(rows, cols)
         second = None
         if spec.scale_bits is None:

@@ -27,7 +27,7 @@ from qcompress import api
 from qcompress.artifact import Artifact, level2_blocks
 from qcompress.cli import cli
 from qcompress.engine import QuantSpec, code_range, dequantize, error_stats, quantize, to_rows
-from qcompress.engine.packing import packed_nbytes
+from qcompress.engine.packing import packed_nbytes, packing_for
 from qcompress.engine.rows import n_groups
 from qcompress.engine.spec import GRANULARITIES, SCALE_BITS, SCHEMES, SUPER_BLOCK
 from qcompress.policy import QuantizeOptions
@@ -142,7 +142,7 @@ def _write(path: Path, tensors: dict[str, np.ndarray]) -> Path:
 def _expected_bytes(entry: dict, dtype_size: int) -> dict[str, int]:
     rows, cols, groups = entry["rows"], entry["cols"], entry["n_groups"]
     bits, sb = entry["bits"], entry.get("scale_bits")
-    out = {entry["codes"]: packed_nbytes(rows * cols, bits)}
+    out = {entry["codes"]: packed_nbytes(rows * cols, bits, packing_for(bits, entry["scheme"]))}
     params = [entry["scale"]] + ([entry["zero_point"]] if entry["zero_point"] else [])
     for name in params:
         out[name] = packed_nbytes(rows * groups, sb) if sb else rows * groups * dtype_size
