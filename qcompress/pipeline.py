@@ -3,9 +3,11 @@
 ``quantize_single`` turns one weight file into an artifact and its report.
 
 The main thread reads tensors in file order and writes results in the same order; worker threads
-do the numpy work (which releases the GIL), at most ``jobs`` tensors in flight. Because every
-tensor's result depends only on that tensor, the artifact is byte-identical for any ``jobs``,
-and memory grows with ``jobs`` times the largest tensor, never with the model.
+do the numeric work (numpy and the compiled kernels release the GIL), at most ``jobs`` tensors in
+flight, or, with fewer tensors than ``jobs``, one tensor at a time with its rows split over the
+threads. Every tensor's result depends only on that tensor (and the engine's row chunks only on
+its shape), so the artifact is byte-identical for any ``jobs``; memory grows with ``jobs`` times
+the largest tensor, never with the model.
 """
 
 from __future__ import annotations
