@@ -84,7 +84,7 @@ def _quantize(
     param_dtype = np.float32 if two else spec.scale_dtype
     scale = np.zeros(shape, param_dtype)
     zero_point = None if spec.scheme == "symmetric" else np.zeros(shape, param_dtype)
-    supers = level2.choose_supers(lo, hi, spec) if two else None
+    supers = level2.choose_supers(lo, hi, spec, compiled) if two else None
     sc = np.zeros(shape, np.uint8)
     mc = np.zeros(shape, np.uint8) if two and zero_point is not None else None
     clip_min = np.zeros(shape, np.float32)

@@ -1,5 +1,6 @@
 """Compiled kernels (numba) for the loops numpy cannot make fast: fused encode + error metrics,
-the MSE range search under second-level scales, and per-group min/max.
+the MSE range search under second-level scales, per-group min/max and the second level's needed
+steps.
 
 Why: numpy runs one pass over memory per operation, so quantize-then-measure costs a dozen passes
 and a candidate search forty times that; here each element is read once per kernel while it is in
@@ -63,6 +64,7 @@ def _kernels() -> dict[str, Any] | None:
         "encode_stats": compiled.encode_stats,
         "group_minmax": compiled.group_minmax,
         "mse_search_l2": compiled.mse_search_l2,
+        "min_need": compiled.min_need,
     }
 
 

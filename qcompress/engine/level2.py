@@ -83,12 +83,16 @@ def _round_away(v: np.ndarray, up: bool) -> np.ndarray:
     return np.where(wrong, np.nextafter(f, toward), f).astype(np.float32)
 
 
-def choose_supers(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> Supers:
+def choose_supers(
+    lo: np.ndarray, hi: np.ndarray, spec: QuantSpec, compiled: bool = False
+) -> Supers:
     """Super-scales for (rows, n_groups) min-max ranges ``lo`` <= ``hi``.
 
     The super-min is the block's most negative minimum / K (or, when no minimum is negative,
     the largest / K), so that every group's minimum rounds down onto it; the super-scale is the
     block's largest needed step / K, rounded up, so that no scale code exceeds K = 2^bits - 1.
+    ``compiled``: compute the needed steps with the compiled kernel (the same operations; only
+    when ``fast.use_fast`` said so).
     """
     assert spec.scale_bits is not None
     k = 2**spec.scale_bits - 1
@@ -103,9 +107,16 @@ def choose_supers(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> Supers:
     # A negative super-min rounds away from zero so that the block's lowest minimum is reached.
     super_min = np.where(neg, _round_away(target, up=False), target.astype(np.float32))
     super_min = super_min.astype(np.float32)
-    supers = Supers(np.zeros(len(super_min), np.float32), super_min, shape)
-    _, m = _min_codes(lo.astype(np.float64), supers.min, k)
-    need = _needed_step(lo, hi, m, spec.bits)
+    smin = _per_group(super_min, shape)
+    if compiled:
+        from qcompress.engine import fast
+
+        need = np.empty(shape)
+        qmax = float(code_range(spec.bits, "affine")[1])
+        fast.kernels()["min_need"](lo, hi, smin, float(k), qmax, need)
+    else:
+        _, m = _min_codes(lo.astype(np.float64), smin, k)
+        need = _needed_step(lo, hi, m, spec.bits)
     return Supers(_step_super(_blocks(need, 0.0).max(axis=1) / k), super_min, shape)
 
 
