@@ -202,3 +202,27 @@ def test_quantized_payload_does_not_depend_on_the_input_format(
     for name in payloads["npz"]:
         assert payloads["npz"][name] == payloads["safetensors"][name], name
         assert payloads["npz"][name] == payloads["h5"][name], name
+
+
+def test_cold_and_warm_numba_cache_give_the_same_bytes(tmp_path: Path) -> None:
+    """The compiled kernels give the same artifact whether just compiled or loaded from cache."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    model = tmp_path / "m.safetensors"
+    save_file({"w": rng.standard_t(3, size=(640, 512)).astype(np.float32)}, model)  # > 2**18
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}
+    env.pop("QCOMPRESS_NO_NUMBA", None)
+    outputs = []
+    for run in range(2):  # the first run compiles into the empty cache, the second loads it
+        out = tmp_path / f"run{run}.safetensors"
+        for bits in ("8", "4"):
+            target = out.with_name(f"{out.stem}-{bits}.safetensors")
+            cmd = [sys.executable, "-m", "qcompress", "quantize", str(model), "-o", str(target)]
+            subprocess.run([*cmd, "--bits", bits, "-q"], env=env, check=True)
+            outputs.append((bits, target.read_bytes()))
+    assert outputs[:2] == outputs[2:]
