@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API = ("quantize_file", "dequantize_file", "inspect", "QuantizeOptions")
+_API = ("quantize_file", "dequantize_file", "inspect", "verify", "compare", "QuantizeOptions")
 
 
 def __getattr__(name: str):
