@@ -422,6 +422,8 @@ COMPILED_SPECS = [
     QuantSpec(8, "symmetric", "channel"),
     QuantSpec(8, "affine", "channel", scale_dtype="float16"),
     QuantSpec(4, "affine", "group", 0, 32, "mse", "float32", 6),  # the 4-bit default
+    QuantSpec(5, "affine", "group", 0, 24, "mse", "float32", 6),  # refined, ragged last group
+    QuantSpec(4, "affine", "group", 0, 128, "mse", "float32", 5),  # refined, narrow lanes
     QuantSpec(4, "symmetric", "group", 0, 64, "mse", "float32", 6),
     QuantSpec(3, "affine", "group", 0, 24, "mse", "float32", 4),  # ragged last group
     QuantSpec(2, "affine", "group", 0, 256, "mse", "float32", 6),
@@ -521,7 +523,7 @@ def test_coarse_to_fine_search_is_close_to_the_full_sweep() -> None:
     rng = np.random.default_rng(15)
     for x in (rng.standard_normal((64, 512)), rng.standard_t(3, (64, 512))):
         x = x.astype(np.float32)
-        spec = QuantSpec(4, "affine", "group", 0, 32, "mse", "float32", 6)
+        spec = QuantSpec(3, "affine", "group", 0, 32, "mse", "float32", 6)  # swept, not refined
         coarse = error_stats(x, dequantize(quantize(x, spec))).sqnr_db
         try:
             ranges.MSE_STRIDE = 1
@@ -529,3 +531,43 @@ def test_coarse_to_fine_search_is_close_to_the_full_sweep() -> None:
         finally:
             ranges.MSE_STRIDE = 4
         assert coarse >= full - 0.02
+
+
+def _swept(x: np.ndarray, spec: QuantSpec) -> float:
+    """SQNR of ``x`` (groups of 32 dividing its rows) under the grids the shrink sweep of ranges
+    picks (what affine groups above 3 bits used before refine), with the same super-scales."""
+    from qcompress.engine import level2
+    from qcompress.engine.kernels import decode, encode
+    from qcompress.engine.ranges import choose_range, group_minmax
+
+    lo, hi = group_minmax(x, spec)
+    step, smin = level2.choose_supers(lo, hi, spec).rows(slice(None))
+
+    def grid_fn(a: np.ndarray, b: np.ndarray):
+        return level2.encode_params(a, b, step, smin, spec)[0]
+
+    grid = level2.encode_params(*choose_range(x, lo, hi, spec, grid_fn), step, smin, spec)[0]
+    scale, inv, zp = grid.float32()
+    blocks = x.reshape(x.shape[0], -1, 32)
+    xhat = encode(blocks, inv, zp, *code_range(spec.bits, spec.scheme))
+    decode(xhat, scale, zp, out=xhat)
+    return error_stats(x, xhat.reshape(x.shape)).sqnr_db
+
+
+@pytest.mark.parametrize("bits", [4, 5, 6, 8])
+def test_refinement_is_as_good_as_the_shrink_sweep(bits: int) -> None:
+    """refine (the default search of affine groups above 3 bits) against the shrink sweep it
+    replaced, on Gaussian and Student-t groups: never more than 0.15 dB worse, and both clearly
+    better than min-max (by 0.2 dB at 8 bits, 0.8 dB at 4)."""
+    from qcompress.engine import refine
+
+    rng = np.random.default_rng(16)
+    spec = QuantSpec(bits, "affine", "group", 0, 32, "mse", "float32", 6)
+    assert refine.applies(spec)
+    minmax = QuantSpec(**{**spec.__dict__, "range_method": "minmax"})
+    for x in (rng.standard_normal((256, 512)), rng.standard_t(3, (256, 512))):
+        x = x.astype(np.float32)
+        refined = error_stats(x, dequantize(quantize(x, spec))).sqnr_db
+        base = error_stats(x, dequantize(quantize(x, minmax))).sqnr_db
+        assert refined >= _swept(x, spec) - 0.15
+        assert refined >= base + 0.1

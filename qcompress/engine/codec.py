@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from qcompress.engine import fast, level2, ranges
+from qcompress.engine import fast, level2, ranges, refine
 from qcompress.engine.kernels import decode, encode
 from qcompress.engine.metrics import error_stats, from_sums
 from qcompress.engine.params import Grid, code_dtype, code_range, grid_for_range, validate_spec
@@ -92,6 +92,7 @@ def _quantize(
     codes = np.empty((n_rows, cols), code_dtype(spec.scheme))
     sums = np.zeros((3, n_rows), np.float64) if compiled and want_stats else None
     search = compiled and spec.range_method == "mse" and two and glen <= FAST_SEARCH_MAX_GROUP
+    refine_on = two and refine.applies(spec)
 
     def chunk(rs: slice) -> None:
         if supers is None:
@@ -99,7 +100,17 @@ def _quantize(
         else:
             step, smin = supers.rows(rs)
             chunk_mc = None if mc is None else mc[rs]
-            if search:  # the kernel gives the codes and parameters of the chosen grids
+            if refine_on and search:  # the kernels give the codes and parameters of the grids
+                assert chunk_mc is not None and smin is not None
+                grid = _refine_l2(
+                    rows[rs], glen, lo[rs], hi[rs], step, smin, spec, sc[rs], chunk_mc
+                )
+            elif refine_on:
+                assert chunk_mc is not None and smin is not None
+                grid, sc[rs], chunk_mc[...] = refine.refine_affine(
+                    rows[rs], glen, lo[rs], hi[rs], step, smin, spec
+                )
+            elif search:
                 grid = _search_l2(
                     rows[rs], glen, lo[rs], hi[rs], step, smin, spec, sc[rs], chunk_mc
                 )
@@ -215,6 +226,44 @@ def _search_l2(
         z32,
     )
     return level2._grid(s32, z32 if affine else None, spec)
+
+
+def _refine_l2(
+    rows: np.ndarray,
+    glen: int,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    step: np.ndarray,
+    smin: np.ndarray,
+    spec: QuantSpec,
+    sc: np.ndarray,
+    mc: np.ndarray,
+) -> Grid:
+    """refine.refine_affine, compiled, for a chunk of rows: fills its scale and min codes and
+    returns its grid (the decoded one, as ``level2.decode_params`` gives it)."""
+    assert spec.scale_bits is not None
+    qlo, qhi = code_range(spec.bits, spec.scheme)
+    s32 = np.empty(lo.shape, np.float32)
+    z32 = np.empty(lo.shape, np.float32)
+    fast.kernels()["refine_l2"](
+        rows,
+        glen,
+        np.ascontiguousarray(lo),
+        np.ascontiguousarray(hi),
+        np.ascontiguousarray(step),
+        np.ascontiguousarray(smin),
+        float(2**spec.scale_bits - 1),
+        qlo,
+        qhi,
+        refine.ROUNDS,  # read at call time, as the numpy path does
+        np.asarray(refine.OFFSETS, np.float64),
+        ranges.MSE_MIN_GAIN,
+        sc,
+        mc,
+        s32,
+        z32,
+    )
+    return level2._grid(s32, z32, spec)
 
 
 def dequantize(q: QuantizedTensor) -> np.ndarray:

@@ -393,3 +393,170 @@ def mse_search_l2(
             mc_out[r, g] = np.uint8(b_mc[lane])
             s_out[r, g] = b_s[lane]
             z_out[r, g] = b_z[lane]
+
+
+@exact
+def lane_decode(sc, mc, st, sm, w, s_out, z_out):
+    """level2.decode_params for the first ``w`` lanes: float32 scale and zero-point of codes."""
+    big = np.float32(F32_MAX)
+    for lane in range(w):
+        scale = np.float32(st[lane] * sc[lane])
+        m = np.float32(sm[lane] * mc[lane])
+        zp = np.float32(-m / scale) if scale > 0 else np.float32(0)
+        s_out[lane] = scale
+        z_out[lane] = min(max(zp, -big), big)
+
+
+@exact
+def lane_score_sums(xt, n_l, w, s, z, fq_lo, fq_hi, inv, err, s1, s2, sqx):
+    """refine._score for the first ``w`` lanes of a (glen, lanes) block: float32 sums of squared
+    errors, q, q² and q·x, each added in element order (lanes side by side, so the loop over
+    lanes vectorizes without reordering any sum)."""
+    for lane in range(w):
+        sl = s[lane]
+        inv[lane] = np.float32(1) / sl if sl != 0 else np.float32(0)
+        err[lane] = 0
+        s1[lane] = 0
+        s2[lane] = 0
+        sqx[lane] = 0
+    for j in range(xt.shape[0]):
+        for lane in range(w):
+            xv = xt[j, lane]
+            zl = z[lane]
+            t = np.rint(xv * inv[lane] + zl)
+            t = min(max(t, fq_lo), fq_hi)
+            d = (t - zl) * s[lane] - xv
+            inside = j < n_l[lane]
+            e = d * d if inside else np.float32(0)
+            t = t if inside else np.float32(0)
+            err[lane] += e
+            s1[lane] += t
+            s2[lane] += t * t
+            sqx[lane] += t * xv
+
+
+@exact
+def lane_keep(better, w, cand, best):
+    """best = cand where better, for the first ``w`` lanes."""
+    for lane in range(w):
+        best[lane] = cand[lane] if better[lane] else best[lane]
+
+
+@exact
+def refine_l2(
+    rows,
+    glen,
+    lo,
+    hi,
+    step,
+    smin,
+    k,
+    qlo,
+    qhi,
+    rounds,
+    offsets,
+    min_gain,
+    sc_out,
+    mc_out,
+    s_out,
+    z_out,
+):
+    """refine.refine_affine for a chunk of rows, ``LANES`` (or ``NARROW_LANES``) groups at a time,
+    each group a column of a (glen, lanes) buffer read from L1 by every grid it scores.
+
+    Writes each group's scale and min codes and its float32 scale and zero-point."""
+    n_rows, cols = rows.shape
+    ng = lo.shape[1]
+    total = n_rows * ng
+    qmax = np.float64(qhi - qlo)
+    fq_lo = np.float32(qlo)
+    fq_hi = np.float32(qhi)
+    keep = np.float32(1.0 - min_gain)
+    width = LANES if glen <= WIDE_MAX_GROUP else NARROW_LANES
+    xt = np.zeros((glen, width), np.float32)
+    f64 = [np.zeros(LANES) for _ in range(5)]  # LANES: lane_grids computes all of them
+    g_lo, g_hi, base, sc64, mc64 = f64
+    f32 = [np.zeros(LANES, np.float32) for _ in range(20)]
+    g_st, g_sm, sx, inv, s, z, b_s, b_z, err, s1, s2, sqx, b_err, b_s1, b_s2, b_sqx = f32[:16]
+    c_sc, c_mc, b_sc, b_mc = f32[16:]
+    ok = np.zeros(LANES, np.bool_)
+    better = np.zeros(LANES, np.bool_)
+    n_l = np.zeros(LANES, np.int64)
+    flat = rows.reshape(-1) if cols == ng * glen else rows.reshape(-1)[:0]
+    for f0 in range(0, total, width):
+        w = min(width, total - f0)
+        if flat.size:  # whole groups: the batch is one block of w * glen values, transposed
+            block = flat[f0 * glen : (f0 + w) * glen]
+            for lane in range(w):
+                n_l[lane] = glen
+                for j in range(glen):
+                    xt[j, lane] = block[lane * glen + j]
+        else:
+            for lane in range(w):
+                f = f0 + lane
+                r = f // ng
+                c0 = (f - r * ng) * glen
+                m = min(cols, c0 + glen) - c0
+                n_l[lane] = m
+                for j in range(glen):
+                    xt[j, lane] = rows[r, c0 + j] if j < m else np.float32(0)
+        for lane in range(w):
+            sx[lane] = 0
+        for j in range(glen):
+            for lane in range(w):
+                sx[lane] += xt[j, lane]
+        for lane in range(w):
+            f = f0 + lane
+            r = f // ng
+            g = f - r * ng
+            g_lo[lane] = lo[r, g]
+            g_hi[lane] = hi[r, g]
+            g_st[lane] = step[r, g]
+            g_sm[lane] = smin[r, g]
+        lane_grids(g_lo, g_hi, g_st, g_sm, k, qmax, True, False, mc64, b_s, b_z, sc64, mc64)
+        for lane in range(w):
+            b_sc[lane] = sc64[lane]
+            b_mc[lane] = mc64[lane]
+        lane_score_sums(xt, n_l, w, b_s, b_z, fq_lo, fq_hi, inv, b_err, b_s1, b_s2, b_sqx)
+        for _ in range(rounds):
+            for lane in range(w):  # the least-squares fit to the best grid's codes, float64
+                cnt = np.float64(n_l[lane])
+                t1 = np.float64(b_s1[lane])
+                t2 = np.float64(b_s2[lane])
+                tx = np.float64(b_sqx[lane])
+                x1 = np.float64(sx[lane])
+                det = cnt * t2 - t1 * t1
+                good = det > 0
+                s_fit = (cnt * tx - t1 * x1) / det if good else 0.0
+                m_fit = (x1 - s_fit * t1) / cnt
+                std = np.float64(g_st[lane])
+                smd = np.float64(g_sm[lane])
+                good = good & (std > 0) & np.isfinite(s_fit) & np.isfinite(m_fit)
+                base[lane] = np.rint(s_fit / std) if good else 0.0
+                mcode = np.rint(m_fit / smd) if smd != 0 else 0.0
+                c_mc[lane] = min(max(mcode, 0.0), k) if good else b_mc[lane]
+                ok[lane] = good
+            for o in offsets:
+                for lane in range(w):
+                    c = min(max(base[lane] + o, 1.0), k)
+                    c_sc[lane] = c if ok[lane] else b_sc[lane]
+                lane_decode(c_sc, c_mc, g_st, g_sm, w, s, z)
+                lane_score_sums(xt, n_l, w, s, z, fq_lo, fq_hi, inv, err, s1, s2, sqx)
+                for lane in range(w):
+                    better[lane] = err[lane] < b_err[lane] * keep
+                lane_keep(better, w, err, b_err)
+                lane_keep(better, w, s1, b_s1)
+                lane_keep(better, w, s2, b_s2)
+                lane_keep(better, w, sqx, b_sqx)
+                lane_keep(better, w, c_sc, b_sc)
+                lane_keep(better, w, c_mc, b_mc)
+                lane_keep(better, w, s, b_s)
+                lane_keep(better, w, z, b_z)
+        for lane in range(w):
+            f = f0 + lane
+            r = f // ng
+            g = f - r * ng
+            sc_out[r, g] = np.uint8(b_sc[lane])
+            mc_out[r, g] = np.uint8(b_mc[lane])
+            s_out[r, g] = b_s[lane]
+            z_out[r, g] = b_z[lane]

@@ -64,6 +64,7 @@ def _kernels() -> dict[str, Any] | None:
         "encode_stats": compiled.encode_stats,
         "group_minmax": compiled.group_minmax,
         "mse_search_l2": compiled.mse_search_l2,
+        "refine_l2": compiled.refine_l2,
         "min_need": compiled.min_need,
     }
 

@@ -190,14 +190,17 @@ def _store_scale(s: np.ndarray, dt: np.dtype) -> np.ndarray:
 
 
 def _keep_decode_finite(s: np.ndarray, z: np.ndarray, qhi: int, where: np.ndarray) -> np.ndarray:
-    """Nudge a scale down where decoding the top code would overflow float32 (|x| near 3.4e38).
+    """Nudge a scale down where decoding the top code, or code 0, would overflow float32 (|x|
+    near 3.4e38; code 0 decodes to the range's minimum, which may be -3.4e38).
 
     Only ``where`` (non-constant groups): a constant group only ever uses codes -1, 0 and 1.
     """
     for _ in range(4):
         with np.errstate(over="ignore", invalid="ignore"):
-            top = (np.float32(qhi) - z.astype(np.float32)) * s.astype(np.float32)
-        bad = ~np.isfinite(top) & where
+            z32, s32 = z.astype(np.float32), s.astype(np.float32)
+            top = (np.float32(qhi) - z32) * s32
+            bottom = (np.float32(0) - z32) * s32
+        bad = ~(np.isfinite(top) & np.isfinite(bottom)) & where
         if not bad.any():
             break
         s = np.where(bad, np.nextafter(s, s.dtype.type(0)), s)
