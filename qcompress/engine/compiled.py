@@ -21,16 +21,6 @@ reducing = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reass
 # non-negative gets numba's wrap-around branch, which stops vectorization.
 
 
-@exact
-def encode_seg(x, codes, iv, z, s, fq_lo, fq_hi, xh):
-    # kernels.encode then kernels.decode, element by element, in float32.
-    for i in range(x.size):
-        t = np.rint(x[i] * iv + z)
-        t = min(max(t, fq_lo), fq_hi)
-        codes[i] = t
-        xh[i] = (t - z) * s
-
-
 @reducing
 def sums(x, xh, d):
     sse = 0.0
@@ -77,21 +67,21 @@ def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, 
             if glen < TILE:  # whole groups (and the ragged last one) in this tile
                 c1 = max(c0 + glen, c0 + (c1 - c0) // glen * glen)
                 c1 = min(c1, cols)
+            g = c0 // glen
             c = c0
-            while c < c1:
-                g = c // glen
+            while c < c1:  # group by group, without slicing (a view per group costs more)
                 e = min(c1, (g + 1) * glen)
-                encode_seg(
-                    row[c:e],
-                    crow[c:e],
-                    inv[r, g],
-                    zp[r, g],
-                    scale[r, g],
-                    fq_lo,
-                    fq_hi,
-                    xh[c - c0 : e - c0],
-                )
+                iv = inv[r, g]
+                zz = zp[r, g]
+                ss = scale[r, g]
+                base = np.uint64(c0)  # unsigned indices: no wrap-around branch, so it vectorizes
+                for i in range(np.uint64(c), np.uint64(e)):
+                    t = np.rint(row[i] * iv + zz)
+                    t = min(max(t, fq_lo), fq_hi)
+                    crow[i] = t
+                    xh[i - base] = (t - zz) * ss
                 c = e
+                g += 1
             n_t = c1 - c0
             a, b = sums(row[c0:c1], xh[:n_t], d[:n_t])
             sse += a
@@ -104,29 +94,36 @@ def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, 
         mab_out[r] = mab
 
 
-@exact
+# Min and max are exact in any order, except for the sign of a zero bound, which both paths
+# canonicalize to +0.0; no NaN reaches them (a NaN or Inf is found from its exponent bits, and
+# then both bounds are NaN). So the loop may vectorize.
+unordered = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"nnan", "ninf", "nsz"})
+
+
+@unordered
 def group_minmax(rows, glen, lo, hi):
-    """Per (row, group) min and max; NaN in both where the group holds a NaN."""
+    """Per (row, group) min and max, +0.0 for a zero bound; NaN in every group of a row that
+    holds a NaN or an Inf (ranges.group_minmax reports Inf bounds instead: both are refused)."""
     n, cols = rows.shape
     ng = lo.shape[1]
+    bits = rows.view(np.int32)
     for r in range(n):
         row = rows[r]
+        row_bits = bits[r]
+        bad = 0
+        for c in range(cols):  # its own loop: an integer OR next to the min/max stops them
+            bad |= row_bits[c] & 0x7F800000 == 0x7F800000  # vectorizing
         for g in range(ng):
-            c0 = g * glen
-            c1 = min(cols, c0 + glen)
+            c0 = np.uint64(g * glen)
+            c1 = np.uint64(min(cols, g * glen + glen))
             a = row[c0]
             b = row[c0]
-            bad = np.float32(0)
             for c in range(c0, c1):
                 v = row[c]
                 a = v if v < a else a
                 b = v if v > b else b
-                bad += v - v  # NaN for NaN or Inf: then the min/max carry it
-            if bad != 0:  # NaN: a NaN or an Inf was seen
-                a = np.float32(np.nan)
-                b = np.float32(np.nan)
-            lo[r, g] = a
-            hi[r, g] = b
+            lo[r, g] = a + np.float32(0) if bad == 0 else np.float32(np.nan)
+            hi[r, g] = b + np.float32(0) if bad == 0 else np.float32(np.nan)
 
 
 @exact
@@ -396,29 +393,13 @@ def mse_search_l2(
 
 
 @exact
-def lane_decode(sc, mc, st, sm, w, s_out, z_out):
-    """level2.decode_params for the first ``w`` lanes: float32 scale and zero-point of codes."""
-    big = np.float32(F32_MAX)
+def lane_error(xt, inside, w, s, z, inv, fq_lo, fq_hi, err):
+    """Per lane (the first ``w`` of a (glen, lanes) block), the float32 sum of squared errors of
+    its grid (scale ``s``, zero-point ``z``, 1/scale ``inv``): refine._score's first sum, added
+    in element order (lanes side by side, so the loop over lanes vectorizes without reordering
+    any sum)."""
     for lane in range(w):
-        scale = np.float32(st[lane] * sc[lane])
-        m = np.float32(sm[lane] * mc[lane])
-        zp = np.float32(-m / scale) if scale > 0 else np.float32(0)
-        s_out[lane] = scale
-        z_out[lane] = min(max(zp, -big), big)
-
-
-@exact
-def lane_score_sums(xt, n_l, w, s, z, fq_lo, fq_hi, inv, err, s1, s2, sqx):
-    """refine._score for the first ``w`` lanes of a (glen, lanes) block: float32 sums of squared
-    errors, q, q² and q·x, each added in element order (lanes side by side, so the loop over
-    lanes vectorizes without reordering any sum)."""
-    for lane in range(w):
-        sl = s[lane]
-        inv[lane] = np.float32(1) / sl if sl != 0 else np.float32(0)
         err[lane] = 0
-        s1[lane] = 0
-        s2[lane] = 0
-        sqx[lane] = 0
     for j in range(xt.shape[0]):
         for lane in range(w):
             xv = xt[j, lane]
@@ -426,20 +407,54 @@ def lane_score_sums(xt, n_l, w, s, z, fq_lo, fq_hi, inv, err, s1, s2, sqx):
             t = np.rint(xv * inv[lane] + zl)
             t = min(max(t, fq_lo), fq_hi)
             d = (t - zl) * s[lane] - xv
-            inside = j < n_l[lane]
-            e = d * d if inside else np.float32(0)
-            t = t if inside else np.float32(0)
-            err[lane] += e
+            err[lane] += d * d if inside[j, lane] != 0 else np.float32(0)
+
+
+@exact
+def lane_fit_sums(xt, inside, w, z, inv, fq_lo, fq_hi, s1, s2, sqx):
+    """Per lane, the float32 sums of q, q² and q·x over its grid's codes q: refine._score's
+    other sums, in the same order."""
+    for lane in range(w):
+        s1[lane] = 0
+        s2[lane] = 0
+        sqx[lane] = 0
+    for j in range(xt.shape[0]):
+        for lane in range(w):
+            xv = xt[j, lane]
+            t = np.rint(xv * inv[lane] + z[lane])
+            t = min(max(t, fq_lo), fq_hi)
+            t = t if inside[j, lane] != 0 else np.float32(0)
             s1[lane] += t
             s2[lane] += t * t
             sqx[lane] += t * xv
 
 
 @exact
-def lane_keep(better, w, cand, best):
-    """best = cand where better, for the first ``w`` lanes."""
+def lane_decode(sc, mc, st, sm, w, s, z, inv):
+    """level2.decode_params for the first ``w`` lanes: the float32 scale, zero-point and 1/scale
+    (as Grid.float32 gives it) of scale and min codes ``sc``, ``mc``."""
+    big = np.float32(F32_MAX)
     for lane in range(w):
-        best[lane] = cand[lane] if better[lane] else best[lane]
+        scale = np.float32(st[lane] * sc[lane])
+        m = np.float32(sm[lane] * mc[lane])
+        zp = np.float32(-m / scale) if scale > 0 else np.float32(0)
+        s[lane] = scale
+        z[lane] = min(max(zp, -big), big)
+        inv[lane] = np.float32(1) / scale if scale != 0 else np.float32(0)
+
+
+@exact
+def keep_better(cand, best, keep, m_cmp):
+    """Where the candidate's error (row 0) is below the best's times ``keep``, copy every row of
+    ``cand`` into ``best``: a blend row by row, which vectorizes (a per-lane branch on the
+    comparison would be mispredicted about half the time)."""
+    for lane in range(cand.shape[1]):
+        m_cmp[lane] = 1 if cand[0, lane] < best[0, lane] * keep else 0
+    for i in range(cand.shape[0]):
+        c_row = cand[i]
+        b_row = best[i]
+        for lane in range(cand.shape[1]):
+            b_row[lane] = c_row[lane] if m_cmp[lane] != 0 else b_row[lane]
 
 
 @exact
@@ -464,7 +479,9 @@ def refine_l2(
     """refine.refine_affine for a chunk of rows, ``LANES`` (or ``NARROW_LANES``) groups at a time,
     each group a column of a (glen, lanes) buffer read from L1 by every grid it scores.
 
-    Writes each group's scale and min codes and its float32 scale and zero-point."""
+    Only the squared error is summed for every candidate; the fit's sums are taken once per round
+    from the best grid (the same values refine._score gives for it). Writes each group's scale
+    and min codes and its float32 scale and zero-point."""
     n_rows, cols = rows.shape
     ng = lo.shape[1]
     total = n_rows * ng
@@ -474,23 +491,29 @@ def refine_l2(
     keep = np.float32(1.0 - min_gain)
     width = LANES if glen <= WIDE_MAX_GROUP else NARROW_LANES
     xt = np.zeros((glen, width), np.float32)
+    inside = np.ones((glen, width), np.float32)  # 1 where xt holds a value, 0 in padding
     f64 = [np.zeros(LANES) for _ in range(5)]  # LANES: lane_grids computes all of them
     g_lo, g_hi, base, sc64, mc64 = f64
-    f32 = [np.zeros(LANES, np.float32) for _ in range(20)]
-    g_st, g_sm, sx, inv, s, z, b_s, b_z, err, s1, s2, sqx, b_err, b_s1, b_s2, b_sqx = f32[:16]
-    c_sc, c_mc, b_sc, b_mc = f32[16:]
+    f32 = [np.zeros(LANES, np.float32) for _ in range(10)]
+    g_st, g_sm, sx, s1, s2, sqx, m_cmp, s, z, inv = f32
+    # The candidate's and the best grid's error and codes, a row each (see ``keep_better``).
+    cand = np.zeros((3, LANES), np.float32)
+    best = np.zeros((3, LANES), np.float32)
+    err, c_sc, c_mc = cand[0], cand[1], cand[2]
+    b_err, b_sc, b_mc = best[0], best[1], best[2]
     ok = np.zeros(LANES, np.bool_)
-    better = np.zeros(LANES, np.bool_)
     n_l = np.zeros(LANES, np.int64)
-    flat = rows.reshape(-1) if cols == ng * glen else rows.reshape(-1)[:0]
+    whole = cols == ng * glen
+    flat = rows.reshape(-1) if whole else rows.reshape(-1)[:0]
     for f0 in range(0, total, width):
         w = min(width, total - f0)
-        if flat.size:  # whole groups: the batch is one block of w * glen values, transposed
+        if whole:  # the batch is one block of w * glen values: transpose it
             block = flat[f0 * glen : (f0 + w) * glen]
+            for j in range(glen):
+                for lane in range(w):
+                    xt[j, lane] = block[lane * glen + j]
             for lane in range(w):
                 n_l[lane] = glen
-                for j in range(glen):
-                    xt[j, lane] = block[lane * glen + j]
         else:
             for lane in range(w):
                 f = f0 + lane
@@ -500,30 +523,40 @@ def refine_l2(
                 n_l[lane] = m
                 for j in range(glen):
                     xt[j, lane] = rows[r, c0 + j] if j < m else np.float32(0)
+                    inside[j, lane] = 1 if j < m else 0
         for lane in range(w):
             sx[lane] = 0
         for j in range(glen):
             for lane in range(w):
                 sx[lane] += xt[j, lane]
+        r0 = f0 // ng  # the batch's first group is (r0, g0); the others follow in C order
+        g0 = f0 - r0 * ng
+        r = r0
+        g = g0
         for lane in range(w):
-            f = f0 + lane
-            r = f // ng
-            g = f - r * ng
             g_lo[lane] = lo[r, g]
             g_hi[lane] = hi[r, g]
             g_st[lane] = step[r, g]
             g_sm[lane] = smin[r, g]
-        lane_grids(g_lo, g_hi, g_st, g_sm, k, qmax, True, False, mc64, b_s, b_z, sc64, mc64)
-        for lane in range(w):
+            g += 1
+            if g == ng:
+                g = 0
+                r += 1
+        lane_grids(g_lo, g_hi, g_st, g_sm, k, qmax, True, False, mc64, s, z, sc64, mc64)
+        for lane in range(w):  # the min-max start
             b_sc[lane] = sc64[lane]
             b_mc[lane] = mc64[lane]
-        lane_score_sums(xt, n_l, w, b_s, b_z, fq_lo, fq_hi, inv, b_err, b_s1, b_s2, b_sqx)
-        for _ in range(rounds):
+        lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
+        lane_error(xt, inside, w, s, z, inv, fq_lo, fq_hi, b_err)
+        for rnd in range(rounds):
+            if rnd > 0:
+                lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
+            lane_fit_sums(xt, inside, w, z, inv, fq_lo, fq_hi, s1, s2, sqx)
             for lane in range(w):  # the least-squares fit to the best grid's codes, float64
                 cnt = np.float64(n_l[lane])
-                t1 = np.float64(b_s1[lane])
-                t2 = np.float64(b_s2[lane])
-                tx = np.float64(b_sqx[lane])
+                t1 = np.float64(s1[lane])
+                t2 = np.float64(s2[lane])
+                tx = np.float64(sqx[lane])
                 x1 = np.float64(sx[lane])
                 det = cnt * t2 - t1 * t1
                 good = det > 0
@@ -538,25 +571,20 @@ def refine_l2(
                 ok[lane] = good
             for o in offsets:
                 for lane in range(w):
-                    c = min(max(base[lane] + o, 1.0), k)
+                    c = np.float32(min(max(base[lane] + o, 1.0), k))
                     c_sc[lane] = c if ok[lane] else b_sc[lane]
-                lane_decode(c_sc, c_mc, g_st, g_sm, w, s, z)
-                lane_score_sums(xt, n_l, w, s, z, fq_lo, fq_hi, inv, err, s1, s2, sqx)
-                for lane in range(w):
-                    better[lane] = err[lane] < b_err[lane] * keep
-                lane_keep(better, w, err, b_err)
-                lane_keep(better, w, s1, b_s1)
-                lane_keep(better, w, s2, b_s2)
-                lane_keep(better, w, sqx, b_sqx)
-                lane_keep(better, w, c_sc, b_sc)
-                lane_keep(better, w, c_mc, b_mc)
-                lane_keep(better, w, s, b_s)
-                lane_keep(better, w, z, b_z)
+                lane_decode(c_sc, c_mc, g_st, g_sm, w, s, z, inv)
+                lane_error(xt, inside, w, s, z, inv, fq_lo, fq_hi, err)
+                keep_better(cand, best, keep, m_cmp)
+        lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
+        r = r0
+        g = g0
         for lane in range(w):
-            f = f0 + lane
-            r = f // ng
-            g = f - r * ng
             sc_out[r, g] = np.uint8(b_sc[lane])
             mc_out[r, g] = np.uint8(b_mc[lane])
-            s_out[r, g] = b_s[lane]
-            z_out[r, g] = b_z[lane]
+            s_out[r, g] = s[lane]
+            z_out[r, g] = z[lane]
+            g += 1
+            if g == ng:
+                g = 0
+                r += 1
