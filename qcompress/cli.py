@@ -301,8 +301,10 @@ def quantize(
     *.safetensors.index.json or the folder holding it; then -o names the output folder).
     """
     from qcompress import api
+    from qcompress.allocator import keep_freed_memory
     from qcompress.errors import UsageError
 
+    keep_freed_memory()
     budget = target_bpw is not None or min_sqnr is not None
     if budget and click.get_current_context().get_parameter_source("bits") == (
         click.core.ParameterSource.COMMANDLINE
@@ -409,7 +411,9 @@ def dequantize(
 ) -> None:
     """Rebuild a float weight file from ARTIFACT, in the format OUTPUT's suffix names."""
     from qcompress import api
+    from qcompress.allocator import keep_freed_memory
 
+    keep_freed_memory()
     with _progress(not (quiet or as_json)) as progress:
         result = api.dequantize_file(artifact, output, dtype=dtype, force=force, progress=progress)
     if as_json:
