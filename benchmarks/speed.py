@@ -6,8 +6,8 @@ a shared, noisy machine:
 
 - engine throughput (MB/s of float32 input) for int8 per-channel, 4-bit per-group with the
   default range search, and dequantize, on one thread and on all cores (tensors in parallel, as
-  ``--jobs`` does), against ``np.copyto`` of the same bytes; with the allocator set as the CLI
-  sets it (``qcompress.allocator``), after one 4-bit row without that;
+  ``--jobs`` does), against ``np.copyto`` of the same bytes, with the allocator set as the CLI
+  sets it (``qcompress.allocator``; one more 4-bit run in fresh processes shows what that does);
 - ``torch.quantize_per_channel`` and gguf's numpy Q8_0 / Q4_0 on the same matrices, when those
   packages are installed (``pip install -e .[bench]`` and ``pip install torch==2.13.0``);
 - end-to-end ``qcompress quantize`` of a page-cached 1 GB safetensors file against ``cp`` of it;
@@ -113,6 +113,28 @@ def jit_cost() -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as cache:
         cold = run({**env, "NUMBA_CACHE_DIR": cache})
     return warm, cold
+
+
+def allocator_effect(count: int, rows: int, cols: int) -> tuple[float, float]:
+    """4-bit MB/s on one thread in a fresh process, with glibc's default allocator settings and
+    with ``qcompress.allocator.keep_freed_memory`` (which the CLI calls, and this run too)."""
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from speed import matrices, q4_group, throughput\n"
+        "from qcompress.allocator import keep_freed_memory\n"
+        "if sys.argv[1] == 'tuned':\n"
+        "    keep_freed_memory()\n"
+        f"data = matrices({count}, {rows}, {cols})\n"
+        "q4_group(data[0])\n"
+        "print(throughput(q4_group, data, 1))\n"
+    )
+
+    def run(mode: str) -> float:
+        cmd = [sys.executable, "-c", code, mode]
+        return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+    return run("defaults"), run("tuned")
 
 
 def throughput(fn: Callable[[np.ndarray], object], data: list[np.ndarray], jobs: int) -> float:
@@ -245,6 +267,7 @@ def main() -> None:
     parser.add_argument("--big-gb", type=float, default=4.0)
     parser.add_argument("--e2e-gb", type=float, default=1.0)
     args = parser.parse_args()
+    keep_freed_memory()  # as the CLI does; allocator_effect() measures what it changes
 
     count, rows, cols = (2, 1024, 1024) if args.quick else (8, 4096, 1024)
     data = matrices(count, rows, cols)
@@ -263,9 +286,6 @@ def main() -> None:
 
     codes = [engine.quantize(x, INT8) for x in data]  # also compiles the kernels (not timed)
     q4_group(data[0])
-    # The CLI keeps freed memory for reuse (qcompress.allocator); measured once without it too.
-    row("4-bit per-group, glibc's default allocator (1 thread)", throughput(q4_group, data, 1))
-    keep_freed_memory()
     for label, fn in (
         ("int8 per-channel quantize + error metrics", int8_channel),
         ("4-bit per-group, default range search", q4_group),
@@ -291,6 +311,11 @@ def main() -> None:
             big = 0.25 if args.quick else args.big_gb
             rss = peak_rss_mb(folder, big)
             print(f"peak RSS quantizing a {big:g} GB model of 64 MB tensors: {rss:,.0f} MB")
+    plain, tuned = allocator_effect(count, rows, cols)
+    print(
+        f"4-bit per-group (1 thread) in a fresh process: {plain:,.0f} MB/s with glibc's default "
+        f"allocator settings, {tuned:,.0f} MB/s keeping freed memory (qcompress.allocator)"
+    )
     startup = statistics.median(timed([*QCOMPRESS, "--version"]) for _ in range(5))
     print(f"qcompress --version start-up: {startup:.3f} s (median of 5)")
     warm, cold = jit_cost()

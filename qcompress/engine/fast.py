@@ -1,6 +1,6 @@
 """Compiled kernels (numba) for the loops numpy cannot make fast: fused encode + error metrics,
-the MSE range search under second-level scales, per-group min/max and the second level's needed
-steps.
+the range searches under second-level scales (``refine`` and the sweep of ``ranges``), per-group
+min/max and the second level's needed steps.
 
 Why: numpy runs one pass over memory per operation, so quantize-then-measure costs a dozen passes
 and a candidate search forty times that; here each element is read once per kernel while it is in
@@ -9,10 +9,13 @@ loading the cache of) a kernel costs more than it saves, and small commands neve
 
 Exactness: codes, scales and zero-points are computed with the same float32/float64 operations,
 in the same order, as the numpy path (``kernels.encode``/``decode``, ``level2.encode_params``), in
-functions compiled *without* fast-math, so no multiply-add is fused or reordered. The MSE search
-scores the same candidates in the same order as ``ranges._Best.sweep``; only its float32 sums of
-squared errors are added in another order than numpy's, which can flip a choice only in a near-tie
-at the ``ranges.MSE_MIN_GAIN`` margin (never seen in the tests). The error metrics' float64 sums
+functions compiled *without* fast-math, so no multiply-add is fused or reordered. The least-squares
+search (``compiled.refine_l2``) adds every sum in the order ``refine`` does, so it chooses the same
+grids bit for bit. The shrink sweep scores the same candidates in the same order as
+``ranges._Best.sweep``; only its float32 sums of squared errors are added in another order than
+numpy's, which can flip a choice only in a near-tie at the ``ranges.MSE_MIN_GAIN`` margin (never
+seen in the tests). Group min/max may take any order (min and max are exact; zero bounds are
+made +0.0 on both paths). The error metrics' float64 sums
 are the one place that allows reassociation (so they vectorize); they equal the two-pass
 ``error_stats`` up to summation order. Every kernel works on rows independently and sums each row
 in a fixed order, so results do not depend on how the rows are split over threads.

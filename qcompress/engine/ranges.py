@@ -42,7 +42,8 @@ than "minmax". See ``mse_shrinks`` for how many of them a search uses."""
 MSE_DEEP_BITS = 3
 """Groups of codes of at most this many bits, and every per-channel or per-tensor row, search
 every shrink, down to 0.5. Groups of wider codes stop at 0.7 (the first 13): their best clip is
-rarely deeper, and the 4-bit default scores 15 candidates instead of 19. On
+rarely deeper, and a 4-bit sweep scores 15 candidates instead of 19. (Affine groups of wider
+codes with second-level scales, the 4-7-bit defaults, take ``refine`` instead of any sweep.) On
 benchmarks/quality.py's weight sets this costs at most 0.04 dB at 4 and 5 bits (heavy-tailed
 groups; nothing on Gaussian ones), where stopping at 0.7 would cost 1.5 dB on 2-bit groups and
 0.1 dB on 4-bit heavy-tailed rows. (The resolution is what matters: steps of 0.05 instead of
@@ -161,7 +162,8 @@ def _mse_range(
     Gaussian, Laplace and skewed groups) for twice, not 20 times, the cost of one scan.
     Minmax is scored first and kept unless a candidate is strictly better. Each sweep is coarse
     to fine (``MSE_STRIDE``); the compiled search (``compiled.mse_search_l2``) follows the same
-    candidates in the same order.
+    candidates in the same order. (Affine groups of more than ``MSE_DEEP_BITS`` bits under
+    second-level scales are searched by ``refine`` instead.)
     """
     best = _Best(lo, hi, _Scorer(rows, spec, grid_fn))
     if spec.scheme == "symmetric":

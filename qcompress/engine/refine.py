@@ -1,5 +1,5 @@
-"""The "mse" range method for affine groups with second-level scales (the 2-7-bit default):
-least-squares refinement on the second level's lattice of grids.
+"""The "mse" range method for affine groups of 4-8-bit codes with second-level scales (the 4-7-bit
+defaults): least-squares refinement on the second level's lattice of grids.
 
 Why not the shrink sweep of ``ranges``: under second-level scales every grid a group can have is
 a pair of integer codes (scale code sc, min code mc), so the search can move on that lattice
@@ -9,8 +9,10 @@ its neighbours one scale code up and down (``OFFSETS``); a grid replaces the bes
 the squared error by more than ``ranges.MSE_MIN_GAIN``, so the result is never worse than
 min-max. ``ROUNDS`` rounds score 1 + 2 x 3 = 7 grids where the shrink sweep scores 15, and a
 lattice grid costs a few operations where a shrink candidate costs the level-2 encoding with its
-divisions. On benchmarks/quality.py's sets it is within 0.1 dB of the sweep at 2-5 bits (Student-t
-4-bit groups lose 0.07 dB, heavy-tailed 2-bit groups gain 0.6) and 0.1-0.3 dB better at 6-8 bits.
+divisions. On benchmarks/quality.py's sets, against the sweep: -0.07 to +0.02 dB for the 4- and
+5-bit defaults (groups of 32), -0.16 to +0.09 dB for other 4-bit groupings, +0.05 to +0.17 dB at
+6-7 bits. At 2-3 bits it is up to 0.1 dB worse on Gaussian groups (better on heavy-tailed ones):
+those keep the sweep, whose deep clips low bits need (``applies``).
 
 Exactness: every sum (squared error, and the fit's sums of q, q², q·x and x) is a float32 sum in
 element order, per group, here and in the compiled kernel (``compiled.refine_l2``), and the fit
@@ -28,16 +30,18 @@ from qcompress.engine.ranges import MSE_DEEP_BITS, MSE_MIN_GAIN
 from qcompress.engine.spec import QuantSpec
 
 ROUNDS = 2
-"""Least-squares rounds after the min-max start. A third round adds 0.00-0.1 dB (most at 2-3
-bits) for 3 more grids per group."""
+"""Least-squares rounds after the min-max start. A third round adds 0.01-0.03 dB at 4 bits for 3
+more grids per group; one round alone loses 0.06-0.18 dB."""
 
 OFFSETS = (0, 1, -1)
 """Scale codes tried around each round's fitted scale: rounding s to the nearest code alone loses
-0.2-0.3 dB at 4 bits; its neighbours recover that (one code up lets a clipped end back in)."""
+about 0.5 dB at 4 bits; its neighbours recover that. (Without +1: 0.06-0.08 dB less at 4 bits,
+for a 10% faster 4-bit quantization.)"""
 
 
 def applies(spec: QuantSpec) -> bool:
-    """Whether ``spec``'s "mse" range search is this refinement (given second-level scales)."""
+    """Whether ``spec``'s "mse" range search is this refinement (given second-level scales):
+    affine codes of more than ``ranges.MSE_DEEP_BITS`` bits."""
     return spec.range_method == "mse" and spec.scheme == "affine" and spec.bits > MSE_DEEP_BITS
 
 
