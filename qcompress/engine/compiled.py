@@ -393,21 +393,26 @@ def mse_search_l2(
 
 
 @exact
-def lane_error(xt, inside, w, s, z, inv, fq_lo, fq_hi, err):
-    """Per lane (the first ``w`` of a (glen, lanes) block), the float32 sum of squared errors of
-    its grid (scale ``s``, zero-point ``z``, 1/scale ``inv``): refine._score's first sum, added
-    in element order (lanes side by side, so the loop over lanes vectorizes without reordering
-    any sum)."""
+def lane_error(xt, inside, masked, w, s, z, inv, fq_lo, fq_hi, err):
+    """Per lane (the first ``w`` of a (glen, lanes) block), refine._score's squared error of its
+    grid (scale ``s``, zero-point ``z``, 1/scale ``inv``): s² times the float32 sum, in element
+    order, of (q - u)², u the unrounded code (lanes side by side, so the loop over lanes
+    vectorizes without reordering any sum). ``masked``: count only where ``inside`` is not 0."""
     for lane in range(w):
         err[lane] = 0
     for j in range(xt.shape[0]):
-        for lane in range(w):
-            xv = xt[j, lane]
-            zl = z[lane]
-            t = np.rint(xv * inv[lane] + zl)
-            t = min(max(t, fq_lo), fq_hi)
-            d = (t - zl) * s[lane] - xv
-            err[lane] += d * d if inside[j, lane] != 0 else np.float32(0)
+        if masked:
+            for lane in range(w):
+                u = xt[j, lane] * inv[lane] + z[lane]
+                r = min(max(np.rint(u), fq_lo), fq_hi) - u
+                err[lane] += r * r if inside[j, lane] != 0 else np.float32(0)
+        else:
+            for lane in range(w):
+                u = xt[j, lane] * inv[lane] + z[lane]
+                r = min(max(np.rint(u), fq_lo), fq_hi) - u
+                err[lane] += r * r
+    for lane in range(w):
+        err[lane] *= s[lane] * s[lane]
 
 
 @exact
@@ -422,8 +427,7 @@ def lane_fit_sums(xt, inside, w, z, inv, fq_lo, fq_hi, s1, s2, sqx):
         for lane in range(w):
             xv = xt[j, lane]
             t = np.rint(xv * inv[lane] + z[lane])
-            t = min(max(t, fq_lo), fq_hi)
-            t = t if inside[j, lane] != 0 else np.float32(0)
+            t = min(max(t, fq_lo), fq_hi) * inside[j, lane]
             s1[lane] += t
             s2[lane] += t * t
             sqx[lane] += t * xv
@@ -547,7 +551,7 @@ def refine_l2(
             b_sc[lane] = sc64[lane]
             b_mc[lane] = mc64[lane]
         lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
-        lane_error(xt, inside, w, s, z, inv, fq_lo, fq_hi, b_err)
+        lane_error(xt, inside, not whole, w, s, z, inv, fq_lo, fq_hi, b_err)
         for rnd in range(rounds):
             if rnd > 0:
                 lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
@@ -574,7 +578,7 @@ def refine_l2(
                     c = np.float32(min(max(base[lane] + o, 1.0), k))
                     c_sc[lane] = c if ok[lane] else b_sc[lane]
                 lane_decode(c_sc, c_mc, g_st, g_sm, w, s, z, inv)
-                lane_error(xt, inside, w, s, z, inv, fq_lo, fq_hi, err)
+                lane_error(xt, inside, not whole, w, s, z, inv, fq_lo, fq_hi, err)
                 keep_better(cand, best, keep, m_cmp)
         lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
         r = r0

@@ -17,7 +17,8 @@ those keep the sweep, whose deep clips low bits need (``applies``).
 Exactness: every sum (squared error, and the fit's sums of q, q², q·x and x) is a float32 sum in
 element order, per group, here and in the compiled kernel (``compiled.refine_l2``), and the fit
 is the same float64 operations in both; so both paths choose the same grids bit for bit, on any
-CPU. Grids are decoded by ``level2.decode_params``: the search scores exactly what is stored.
+CPU. Grids are decoded by ``level2.decode_params`` and codes are kernels.encode's: the search scores
+the grids that will be stored (their error measured in steps, see ``_score``).
 """
 
 from __future__ import annotations
@@ -133,22 +134,25 @@ def _score(
     qlo: int,
     qhi: int,
 ) -> tuple[np.ndarray, ...]:
-    """float32 (sum of squared errors, sum q, sum q², sum q·x) per group for the grid of codes
-    (sc, mc): the operations of kernels.encode and kernels.decode."""
+    """float32 (squared error, sum q, sum q², sum q·x) per group for the grid of codes (sc, mc).
+
+    The codes q are kernels.encode's. The error is measured in steps, as scale² · Σ (q - u)²
+    with u = x / scale + zero-point the unrounded code: the decoded error up to float32
+    rounding (far below ``ranges.MSE_MIN_GAIN``), for two operations per element fewer."""
     scale, zp = level2.decode_params(sc, mc, st, sm)
     assert zp is not None
     inv = np.zeros_like(scale)
     np.divide(np.float32(1), scale, out=inv, where=scale != 0)
     with np.errstate(over="ignore", invalid="ignore"):
-        t = xt * inv
-        t += zp
-        np.rint(t, out=t)
+        u = xt * inv
+        u += zp
+        t = np.rint(u)
         np.clip(t, qlo, qhi, out=t)
-        d = t - zp
-        d *= scale
-        d -= xt
-        d *= d
+        r = t - u
+        r *= r
     if inside is not None:
-        d[~inside] = 0
+        r[~inside] = 0
         t[~inside] = 0
-    return _sum(d), _sum(t), _sum(t * t), _sum(t * xt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = _sum(r) * (scale * scale)
+    return err, _sum(t), _sum(t * t), _sum(t * xt)
