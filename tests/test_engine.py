@@ -475,6 +475,24 @@ def test_compiled_path_matches_numpy(monkeypatch: pytest.MonkeyPatch, spec: Quan
     check_bound(x, spec, all_values=spec.range_method == "minmax")
 
 
+def test_zero_bounds_have_one_sign_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group whose minimum is zero holds both +0.0 and -0.0 here: its bound is +0.0 on both
+    paths, whatever order a reduction met them in, so a float zero-point is the same bytes."""
+    rng = np.random.default_rng(19)
+    x = np.abs(rng.standard_normal((64, 256))).astype(np.float32)
+    x[:, ::7] = 0.0
+    x[:, 3::7] = -0.0
+    spec = QuantSpec(4, "affine", "group", 0, 32, "minmax", "float32", None)
+    out = []
+    for on in (False, True):
+        _compiled(monkeypatch, on)
+        q = quantize(x, spec)
+        assert q.zero_point is not None
+        out.append((q.zero_point.view(np.uint32), q.clip_min.view(np.uint32)))
+    assert np.array_equal(out[0][0], out[1][0]) and np.array_equal(out[0][1], out[1][1])
+    assert not np.signbit(quantize(x, spec).clip_min).any()
+
+
 def test_compiled_chunks_and_threads_do_not_change_anything(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -72,10 +72,13 @@ def _quantize(
     if compiled and spec.granularity == "group" and glen <= FAST_MINMAX_MAX_GROUP:
         lo = np.empty((n_rows, n_groups(cols, spec)), np.float32)
         hi = np.empty_like(lo)
-        fast.kernels()["group_minmax"](rows, glen, lo, hi)
+        finite = fast.kernels()["group_minmax"](rows, glen, lo, hi) == 0
+        lo += np.float32(0)  # a zero bound is +0.0, as ranges.group_minmax makes it
+        hi += np.float32(0)
     else:
         lo, hi = group_minmax(rows, spec)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        finite = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
+    if not finite:
         raise NonFiniteError(_non_finite_message(x, xf))
 
     qlo, qhi = code_range(spec.bits, spec.scheme)

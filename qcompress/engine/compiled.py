@@ -94,25 +94,27 @@ def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, 
         mab_out[r] = mab
 
 
-# Min and max are exact in any order, except for the sign of a zero bound, which both paths
-# canonicalize to +0.0; no NaN reaches them (a NaN or Inf is found from its exponent bits, and
-# then both bounds are NaN). So the loop may vectorize.
+# Min and max are exact in any order, except for the sign of a zero bound (which the caller makes
+# +0.0); a NaN or an Inf is found from its exponent bits instead, and then the bounds are not
+# used. So the loop may vectorize.
 unordered = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"nnan", "ninf", "nsz"})
 
 
 @unordered
 def group_minmax(rows, glen, lo, hi):
-    """Per (row, group) min and max, +0.0 for a zero bound; NaN in every group of a row that
-    holds a NaN or an Inf (ranges.group_minmax reports Inf bounds instead: both are refused)."""
+    """Per (row, group) min and max (the sign of a zero bound is arbitrary). Returns the number
+    of rows holding a NaN or an Inf: when it is not 0, the bounds mean nothing."""
     n, cols = rows.shape
     ng = lo.shape[1]
     bits = rows.view(np.int32)
+    bad_rows = 0
     for r in range(n):
         row = rows[r]
         row_bits = bits[r]
         bad = 0
         for c in range(cols):  # its own loop: an integer OR next to the min/max stops them
             bad |= row_bits[c] & 0x7F800000 == 0x7F800000  # vectorizing
+        bad_rows += bad
         for g in range(ng):
             c0 = np.uint64(g * glen)
             c1 = np.uint64(min(cols, g * glen + glen))
@@ -122,8 +124,9 @@ def group_minmax(rows, glen, lo, hi):
                 v = row[c]
                 a = v if v < a else a
                 b = v if v > b else b
-            lo[r, g] = a + np.float32(0) if bad == 0 else np.float32(np.nan)
-            hi[r, g] = b + np.float32(0) if bad == 0 else np.float32(np.nan)
+            lo[r, g] = a
+            hi[r, g] = b
+    return bad_rows
 
 
 @exact
