@@ -511,7 +511,7 @@ def refine_l2(
     ok = np.zeros(LANES, np.bool_)
     n_l = np.zeros(LANES, np.int64)
     whole = cols == ng * glen
-    flat = rows.reshape(-1) if whole else rows.reshape(-1)[:0]
+    flat = rows.reshape(-1)  # rows is C-contiguous (a chunk of the row view)
     for f0 in range(0, total, width):
         w = min(width, total - f0)
         if whole:  # the batch is one block of w * glen values: transpose it
