@@ -32,9 +32,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Longer mutation fuzzing than CI's: hypothesis mutates every sample file and an artifact.
+# Longer mutation fuzzing than CI's (hypothesis mutates every sample file and an artifact), then
+# the engine's property tests with fresh random examples (`make test` repeats the same ones).
 fuzz: install
-	QCOMPRESS_FUZZ_EXAMPLES=$${QCOMPRESS_FUZZ_EXAMPLES:-2000} $(BIN)/pytest -q tests/test_fuzz.py -k hypothesis
+	QCOMPRESS_FUZZ_EXAMPLES=$${QCOMPRESS_FUZZ_EXAMPLES:-2000} QCOMPRESS_HYPOTHESIS=random \
+		$(BIN)/pytest -q tests/test_fuzz.py -k hypothesis
+	QCOMPRESS_HYPOTHESIS=random $(BIN)/pytest -q tests/test_engine.py tests/test_level2.py \
+		tests/test_allocate.py tests/test_packing.py
 
 # Speed and memory (benchmarks/speed.py), then quality against gguf (benchmarks/quality.py).
 # For the torch reference row: $(BIN)/pip install torch==2.13.0 (a CPU build on this machine).
