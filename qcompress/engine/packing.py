@@ -96,14 +96,27 @@ def _pack_aligned(u: np.ndarray, bits: int) -> np.ndarray:
 
 
 def _pack_words(u: np.ndarray, bits: int) -> np.ndarray:
-    """Bytes of ceil(len/8) 64-bit little-endian words, each holding 8 codes in its low bits."""
+    """Bytes of ceil(len/8) 64-bit little-endian words, each holding 8 codes in its low bits.
+
+    Read 8 codes as one little-endian word (code j in byte j), then merge neighbouring fields
+    three times (bytes into 16-bit fields holding 2 codes, those into 32-bit fields holding 4,
+    then 8 codes per word): each merge shifts the upper field of every pair down next to the
+    lower one. Twelve whole-array operations instead of eight passes over a uint64 per code."""
     n8 = -(-u.size // 8)
-    lanes = np.zeros((n8, 8), np.uint64)
-    lanes.reshape(-1)[: u.size] = u
-    word = np.zeros(n8, np.uint64)
-    for j in range(8):  # 8 codes of `bits` bits fill exactly `bits` bytes of the word
-        word |= lanes[:, j] << np.uint64(j * bits)
+    lanes = np.zeros(n8 * 8, np.uint8)
+    lanes[: u.size] = u
+    word = lanes.view("<u8").astype(np.uint64)
+    for field in (8, 16, 32):
+        low = np.uint64(_LOW_FIELDS[field])
+        upper = word & ~low
+        word &= low
+        upper >>= np.uint64(field - bits * field // 8)  # the upper field's codes, moved down
+        word |= upper
     return word.astype("<u8").view(np.uint8).reshape(n8, 8)[:, :bits].reshape(-1)
+
+
+_LOW_FIELDS = {f: int("".join(["0" * f + "1" * f] * (32 // f)), 2) for f in (8, 16, 32)}
+"""Masks of the lower field of every pair of ``f``-bit fields in a 64-bit word."""
 
 
 def _pack_base3(codes: np.ndarray) -> np.ndarray:
