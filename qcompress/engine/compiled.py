@@ -257,6 +257,17 @@ def lane_candidates(mode, idx, shrinks, lo, hi, amp, base_lo, base_hi, c_lo, c_h
 
 
 @exact
+def blend_rows(mask, cand, best):
+    """best = cand, row by row, in the lanes where ``mask`` is not 0: a blend that vectorizes
+    (a per-lane branch on a comparison of errors would be mispredicted about half the time)."""
+    for i in range(cand.shape[0]):
+        c_row = cand[i]
+        b_row = best[i]
+        for lane in range(cand.shape[1]):
+            b_row[lane] = c_row[lane] if mask[lane] != 0 else b_row[lane]
+
+
+@exact
 def mse_search_l2(
     rows,
     glen,
@@ -293,24 +304,31 @@ def mse_search_l2(
     n = shrinks.size
     width = LANES if glen <= WIDE_MAX_GROUP else NARROW_LANES
     xg = np.zeros((width, glen), np.float32)
-    f64 = [np.zeros(LANES) for _ in range(13)]
-    g_lo, g_hi, amp, c_lo, c_hi, b_lo, b_hi, b_err, sc, mc, b_sc, b_mc, base_lo = f64
-    base_hi = np.zeros(LANES)
-    base_mc = np.zeros(LANES)
-    f32 = [np.zeros(LANES, np.float32) for _ in range(6)]
-    g_st, g_sm, s, z, b_s, b_z = f32
-    err = np.zeros(LANES)
+    f64 = [np.zeros(LANES) for _ in range(7)]
+    g_lo, g_hi, amp, base_lo, base_hi, base_mc, m_cmp = f64
+    # The candidate's and the best range's state, a row each, by dtype (see ``blend_rows``):
+    # error, bounds, shrink index, scale and min codes; scale and zero-point.
+    cand = np.zeros((6, LANES))
+    best = np.zeros((6, LANES))
+    err, c_lo, c_hi, c_idx, sc, mc = cand[0], cand[1], cand[2], cand[3], cand[4], cand[5]
+    b_err, b_lo, b_hi, b_idx, b_sc, b_mc = best[0], best[1], best[2], best[3], best[4], best[5]
+    cand32 = np.zeros((2, LANES), np.float32)
+    best32 = np.zeros((2, LANES), np.float32)
+    s, z, b_s, b_z = cand32[0], cand32[1], best32[0], best32[1]
+    g_st = np.zeros(LANES, np.float32)
+    g_sm = np.zeros(LANES, np.float32)
     n_l = np.zeros(LANES, np.int64)
     idx = np.zeros(LANES, np.int64)
-    b_idx = np.zeros(LANES, np.int64)
     center = np.zeros(LANES, np.int64)
     modes = (1, 2) if affine else (0, -1)
     for f0 in range(0, total, width):
+        w = min(width, total - f0)
+        r0 = f0 // ng  # the batch's first group; the others follow in C order
+        g0 = f0 - r0 * ng
+        r = r0
+        g = g0
         for lane in range(LANES):
             # A short last batch repeats its last group; lanes past ``width`` score nothing.
-            f = min(f0 + min(lane, width - 1), total - 1)
-            r = f // ng
-            g = f - r * ng
             c0 = g * glen
             m = min(cols, c0 + glen) - c0 if lane < width else 0
             n_l[lane] = m
@@ -323,6 +341,11 @@ def mse_search_l2(
             g_sm[lane] = smin[r, g]
             b_lo[lane] = g_lo[lane]
             b_hi[lane] = g_hi[lane]
+            if lane + 1 < w:
+                g += 1
+                if g == ng:
+                    g = 0
+                    r += 1
         lane_grids(b_lo, b_hi, g_st, g_sm, k, qmax, affine, False, b_mc, b_s, b_z, b_sc, b_mc)
         lane_scores(xg, n_l, b_s, b_z, fq_lo, fq_hi, b_err)
         for mode in modes:
@@ -354,7 +377,7 @@ def mse_search_l2(
                         break
                     passes = 2
                     for lane in range(LANES):
-                        center[lane] = b_idx[lane]
+                        center[lane] = np.int64(b_idx[lane])
                 for p in range(passes):
                     if passes == 2:
                         sign = -1 if p == 0 else 1
@@ -374,25 +397,23 @@ def mse_search_l2(
                     )
                     lane_scores(xg, n_l, s, z, fq_lo, fq_hi, err)
                     for lane in range(LANES):
-                        better = err[lane] < b_err[lane] * keep
-                        b_err[lane] = err[lane] if better else b_err[lane]
-                        b_lo[lane] = c_lo[lane] if better else b_lo[lane]
-                        b_hi[lane] = c_hi[lane] if better else b_hi[lane]
-                        b_idx[lane] = idx[lane] if better else b_idx[lane]
-                        b_s[lane] = s[lane] if better else b_s[lane]
-                        b_z[lane] = z[lane] if better else b_z[lane]
-                        b_sc[lane] = sc[lane] if better else b_sc[lane]
-                        b_mc[lane] = mc[lane] if better else b_mc[lane]
+                        c_idx[lane] = idx[lane]
+                        m_cmp[lane] = 1 if err[lane] < b_err[lane] * keep else 0
+                    blend_rows(m_cmp, cand, best)
+                    blend_rows(m_cmp, cand32, best32)
                 if passes == 2:
                     step_now = step_now // 2 if step_now > 1 else -1
-        for lane in range(min(width, total - f0)):
-            f = f0 + lane
-            r = f // ng
-            g = f - r * ng
+        r = r0
+        g = g0
+        for lane in range(w):
             sc_out[r, g] = np.uint8(b_sc[lane])
             mc_out[r, g] = np.uint8(b_mc[lane])
             s_out[r, g] = b_s[lane]
             z_out[r, g] = b_z[lane]
+            g += 1
+            if g == ng:
+                g = 0
+                r += 1
 
 
 @exact
@@ -451,20 +472,6 @@ def lane_decode(sc, mc, st, sm, w, s, z, inv):
 
 
 @exact
-def keep_better(cand, best, keep, m_cmp):
-    """Where the candidate's error (row 0) is below the best's times ``keep``, copy every row of
-    ``cand`` into ``best``: a blend row by row, which vectorizes (a per-lane branch on the
-    comparison would be mispredicted about half the time)."""
-    for lane in range(cand.shape[1]):
-        m_cmp[lane] = 1 if cand[0, lane] < best[0, lane] * keep else 0
-    for i in range(cand.shape[0]):
-        c_row = cand[i]
-        b_row = best[i]
-        for lane in range(cand.shape[1]):
-            b_row[lane] = c_row[lane] if m_cmp[lane] != 0 else b_row[lane]
-
-
-@exact
 def refine_l2(
     rows,
     glen,
@@ -503,7 +510,7 @@ def refine_l2(
     g_lo, g_hi, base, sc64, mc64 = f64
     f32 = [np.zeros(LANES, np.float32) for _ in range(10)]
     g_st, g_sm, sx, s1, s2, sqx, m_cmp, s, z, inv = f32
-    # The candidate's and the best grid's error and codes, a row each (see ``keep_better``).
+    # The candidate's and the best grid's error and codes, a row each (see ``blend_rows``).
     cand = np.zeros((3, LANES), np.float32)
     best = np.zeros((3, LANES), np.float32)
     err, c_sc, c_mc = cand[0], cand[1], cand[2]
@@ -582,7 +589,9 @@ def refine_l2(
                     c_sc[lane] = c if ok[lane] else b_sc[lane]
                 lane_decode(c_sc, c_mc, g_st, g_sm, w, s, z, inv)
                 lane_error(xt, inside, not whole, w, s, z, inv, fq_lo, fq_hi, err)
-                keep_better(cand, best, keep, m_cmp)
+                for lane in range(w):
+                    m_cmp[lane] = 1 if err[lane] < b_err[lane] * keep else 0
+                blend_rows(m_cmp, cand, best)
         lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
         r = r0
         g = g0
