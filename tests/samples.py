@@ -1,4 +1,4 @@
-"""The bundled sample models and their scorer, shared by the tests."""
+"""What the tests share: the bundled sample models, their scorer, and a CLI runner."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import importlib.util
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+
+from click.testing import CliRunner, Result
+
+from qcompress.cli import cli
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
 
@@ -23,3 +27,9 @@ def score_module() -> ModuleType:
 def accuracy(path: Path) -> float:
     """Test accuracy of the digits model held in any weight file."""
     return score_module().accuracy(path)
+
+
+def run(*args: object) -> Result:
+    """Run the CLI in-process with ``args`` (any objects, passed as strings); exceptions other
+    than click's exits propagate, so a traceback fails the test."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)

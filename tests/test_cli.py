@@ -15,23 +15,13 @@ import h5py
 import jsonschema
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 from safetensors import safe_open
-from samples import SAMPLES, score_module
+from samples import SAMPLES, run
 
-from qcompress.cli import cli
 from qcompress.report import schema
 
 FORMATS = ("npz", "h5", "safetensors")
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def score() -> ModuleType:
-    return score_module()
 
 
 @pytest.fixture

@@ -16,23 +16,12 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
-from samples import SAMPLES, score_module
+from samples import SAMPLES, run
 
 from qcompress import api
-from qcompress.cli import cli
 from qcompress.report import schema
 
 SAMPLE = "digits_mlp.safetensors"
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module")
-def score() -> ModuleType:
-    return score_module()
 
 
 @pytest.fixture

@@ -12,18 +12,13 @@ from types import ModuleType
 import h5py
 import numpy as np
 import pytest
-from samples import SAMPLES, score_module
+from samples import SAMPLES
 
 FLOAT32_MODELS = ("digits_mlp.npz", "digits_mlp.safetensors", "digits_mlp.h5")
 BF16_MODEL = "digits_mlp.bf16.safetensors"
 MODELS = (*FLOAT32_MODELS, BF16_MODEL)
 MAX_BYTES = 1_000_000
 MIN_ACCURACY = 0.95
-
-
-@pytest.fixture(scope="module")
-def score() -> ModuleType:
-    return score_module()
 
 
 @pytest.mark.parametrize("name", [*MODELS, "digits_test.npz"])

@@ -8,13 +8,11 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
-from samples import SAMPLES, accuracy
+from samples import SAMPLES, accuracy, run
 
 from qcompress import api
-from qcompress.cli import cli
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import SafetensorsReader, write_safetensors
@@ -24,10 +22,6 @@ SHARDS = {
     "model-00001-of-00002.safetensors": ["fc1.weight", "fc1.bias", "classes"],
     "model-00002-of-00002.safetensors": ["fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"],
 }
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def make_checkpoint(folder: Path) -> Path:

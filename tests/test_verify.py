@@ -8,17 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from samples import SAMPLES, run
 
-from qcompress.cli import cli
 from qcompress.errors import UsageError
 from qcompress.gates import parse_gate
-
-SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

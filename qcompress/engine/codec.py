@@ -73,13 +73,13 @@ def _quantize(
         lo = np.empty((n_rows, n_groups(cols, spec)), np.float32)
         hi = np.empty_like(lo)
         finite = fast.kernels()["group_minmax"](rows, glen, lo, hi) == 0
-        lo += np.float32(0)  # a zero bound is +0.0, as ranges.group_minmax makes it
-        hi += np.float32(0)
     else:
         lo, hi = group_minmax(rows, spec)
         finite = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
     if not finite:
         raise NonFiniteError(_non_finite_message(x, xf))
+    lo += np.float32(0)  # -0.0 + 0.0 = +0.0: a zero bound's sign must not depend on the order
+    hi += np.float32(0)  # in which either path's reduction met +0.0 and -0.0
 
     qlo, qhi = code_range(spec.bits, spec.scheme)
     shape = (n_rows, n_groups(cols, spec))

@@ -94,9 +94,9 @@ def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, 
         mab_out[r] = mab
 
 
-# Min and max are exact in any order, except for the sign of a zero bound (which the caller makes
-# +0.0); a NaN or an Inf is found from its exponent bits instead, and then the bounds are not
-# used. So the loop may vectorize.
+# Min and max are exact in any order, except for the sign of a zero bound (which codec makes
+# +0.0 on both paths); a NaN or an Inf is found from its exponent bits instead, and then the
+# bounds are not used. So the loop may vectorize.
 unordered = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"nnan", "ninf", "nsz"})
 
 
@@ -268,6 +268,22 @@ def blend_rows(mask, cand, best):
 
 
 @exact
+def store_lanes(r, g, w, sc, mc, s, z, sc_out, mc_out, s_out, z_out):
+    """Write the first ``w`` lanes' scale and min codes, scale and zero-point to the groups
+    (r, g), (r, g + 1), ... in C order over (rows, groups)."""
+    ng = sc_out.shape[1]
+    for lane in range(w):
+        sc_out[r, g] = np.uint8(sc[lane])
+        mc_out[r, g] = np.uint8(mc[lane])
+        s_out[r, g] = s[lane]
+        z_out[r, g] = z[lane]
+        g += 1
+        if g == ng:
+            g = 0
+            r += 1
+
+
+@exact
 def mse_search_l2(
     rows,
     glen,
@@ -403,17 +419,7 @@ def mse_search_l2(
                     blend_rows(m_cmp, cand32, best32)
                 if passes == 2:
                     step_now = step_now // 2 if step_now > 1 else -1
-        r = r0
-        g = g0
-        for lane in range(w):
-            sc_out[r, g] = np.uint8(b_sc[lane])
-            mc_out[r, g] = np.uint8(b_mc[lane])
-            s_out[r, g] = b_s[lane]
-            z_out[r, g] = b_z[lane]
-            g += 1
-            if g == ng:
-                g = 0
-                r += 1
+        store_lanes(r0, g0, w, b_sc, b_mc, b_s, b_z, sc_out, mc_out, s_out, z_out)
 
 
 @exact
@@ -593,14 +599,4 @@ def refine_l2(
                     m_cmp[lane] = 1 if err[lane] < b_err[lane] * keep else 0
                 blend_rows(m_cmp, cand, best)
         lane_decode(b_sc, b_mc, g_st, g_sm, w, s, z, inv)
-        r = r0
-        g = g0
-        for lane in range(w):
-            sc_out[r, g] = np.uint8(b_sc[lane])
-            mc_out[r, g] = np.uint8(b_mc[lane])
-            s_out[r, g] = s[lane]
-            z_out[r, g] = z[lane]
-            g += 1
-            if g == ng:
-                g = 0
-                r += 1
+        store_lanes(r0, g0, w, b_sc, b_mc, s, z, sc_out, mc_out, s_out, z_out)

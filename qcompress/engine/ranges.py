@@ -72,7 +72,7 @@ def group_minmax(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
     """Per (row, group) min and max of a float row view, as (rows, n_groups) float32.
 
     NaN propagates into both and an Inf shows as an infinite bound, so a finiteness check of the
-    result is a finiteness check of the tensor. Empty groups get [0, 0]; a zero bound is +0.0.
+    result is a finiteness check of the tensor. Empty groups get [0, 0].
     """
     n_rows, cols = rows.shape
     shape = (n_rows, n_groups(cols, spec))
@@ -87,8 +87,6 @@ def group_minmax(rows: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndar
             gs = slice(t.g0, t.g0 + t.k)
             np.minimum(lo[rs, gs], blk.min(axis=-1), out=lo[rs, gs])  # not fmin: keep NaN
             np.maximum(hi[rs, gs], blk.max(axis=-1), out=hi[rs, gs])
-    lo += np.float32(0)  # -0.0 + 0.0 = +0.0: a zero bound's sign must not depend on the order
-    hi += np.float32(0)  # in which a reduction met +0.0 and -0.0 (the compiled kernel's does too)
     return lo, hi
 
 
