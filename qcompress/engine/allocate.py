@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qcompress.engine.metrics import decibels
+
 
 class BudgetError(ValueError):
     """The budget cannot be met even by the smallest candidate of every tensor."""
@@ -273,7 +275,7 @@ def _padded(curves: Sequence[ErrorCurve]) -> tuple[np.ndarray, np.ndarray]:
 
 def rel_error_to_sqnr(rel_error: float) -> float:
     """SQNR in dB of a relative error; +inf when exact."""
-    return math.inf if rel_error <= 0 else -10.0 * math.log10(rel_error)
+    return math.inf if rel_error <= 0 else -decibels(rel_error)
 
 
 def allocate_min_sqnr(curves: Sequence[ErrorCurve], min_sqnr_db: float) -> Allocation:
@@ -286,8 +288,8 @@ def allocate_min_sqnr(curves: Sequence[ErrorCurve], min_sqnr_db: float) -> Alloc
     used = weights = 0
     total_error = 0.0
     for c in curves:
-        with np.errstate(divide="ignore"):  # compared in dB, as the report states it
-            sqnr = np.where(c.errors > 0, -10.0 * np.log10(c.errors), np.inf)
+        # Compared in dB, as the report states it (the same dB on every machine: ``decibels``).
+        sqnr = np.array([rel_error_to_sqnr(float(e)) for e in c.errors], dtype=np.float64)
         ok = np.flatnonzero(sqnr >= min_sqnr_db)
         if ok.size == 0:
             best = rel_error_to_sqnr(float(c.errors.min()))

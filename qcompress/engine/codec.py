@@ -8,13 +8,14 @@ narrower anyway. Finite float64 values beyond float32's range are reported as ov
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from qcompress.engine import fast, level2, ranges, refine
 from qcompress.engine.kernels import decode, encode
-from qcompress.engine.metrics import error_stats, from_sums
+from qcompress.engine.metrics import from_sums, row_error_stats
 from qcompress.engine.params import Grid, code_dtype, code_range, grid_for_range, validate_spec
 from qcompress.engine.ranges import choose_range, group_minmax
 from qcompress.engine.rows import (
@@ -47,15 +48,18 @@ def quantize_with_error(
 ) -> tuple[QuantizedTensor, ErrorStats]:
     """``quantize`` plus the error of its reconstruction, ``error_stats(x, dequantize(q))``.
 
-    On the compiled path (large float32/16 tensors, see ``fast.use_fast``) the metrics are
-    accumulated while each tile's codes are still in cache, so no dequantized copy of the tensor
-    is made; they equal the two-pass result up to float64 summation order. ``threads`` > 1 splits
-    a large tensor's rows over that many threads; the chunks are fixed by the tensor's shape, not
-    by ``threads``, so the result is identical for any value.
+    The sums are taken row by row of the row view, each in the fixed order of
+    ``kernels.SUM_LANES``: on the compiled path (large float32/16 tensors, see ``fast.use_fast``)
+    while each tile's codes are still in cache, so no dequantized copy of the tensor is made; on
+    the numpy path by ``metrics.row_error_stats``. Both give the same bits. ``threads`` > 1
+    splits a large tensor's rows over that many threads; rows are summed independently and
+    combined by ``math.fsum``, so the result is identical for any value.
     """
     q, stats = _quantize(x, spec, want_stats=True, threads=threads)
     if stats is None:
-        stats = error_stats(x, dequantize(q))
+        x = np.asarray(x)
+        rows = to_rows(x if x.dtype == np.float64 else _as_float32(x), spec)
+        stats = row_error_stats(rows, to_rows(dequantize(q), spec))
     return q, stats
 
 
@@ -153,7 +157,7 @@ def _quantize(
     if sums is None:
         return q, None
     max_abs = float(sums[2].view(np.int64).view(np.float64).max()) if n_rows else 0.0
-    return q, from_sums(float(sums[0].sum()), float(sums[1].sum()), max_abs, rows.size)
+    return q, from_sums(math.fsum(sums[0]), math.fsum(sums[1]), max_abs, rows.size)
 
 
 FAST_CHUNK_ELEMENTS = 1 << 20

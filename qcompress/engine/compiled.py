@@ -1,8 +1,11 @@
 """The numba kernels behind ``fast``; importing this module imports numba.
 
 See ``fast`` for why they exist and what is exact. Kept apart so that numba's on-disk cache
-(``cache=True``) works: it caches top-level functions only. Functions marked ``exact`` are
-compiled without fast-math; ``reducing`` ones may reassociate their sums so that they vectorize.
+works: it caches top-level functions only (``fast`` decides where the cache lives, or that there
+is none, before this module is imported). Every kernel that computes a stored number or a
+choice is ``exact``: compiled without fast-math, so no sum is reordered and no multiply-add is
+fused (numba contracts nothing without fastmath "contract"; tests/test_golden.py checks the
+machine code). Sums that must vectorize use ``kernels.SUM_LANES`` independent partial sums.
 """
 
 from __future__ import annotations
@@ -10,28 +13,60 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from qcompress.engine.fast import F32_MAX, TILE, TINY_STEP
+from qcompress.engine.fast import F32_MAX, TILE, TINY_STEP, cache_enabled
+from qcompress.engine.kernels import SUM_LANES
 
-exact = nb.njit(nogil=True, cache=True, error_model="numpy")
-# Reassociation only (sums vectorize); no contraction, and inf/NaN keep their meaning.
-reducing = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+CACHE = cache_enabled()
+"""Whether numba caches the kernels on disk (see ``fast.cache_enabled``)."""
+
+exact = nb.njit(nogil=True, cache=CACHE, error_model="numpy")
 
 
 # Loops index views from 0 (``for i in range(x.size)``): an index the compiler cannot prove
 # non-negative gets numba's wrap-around branch, which stops vectorization.
 
 
-@reducing
-def sums(x, xh, d):
-    sse = 0.0
-    sig = 0.0
-    for i in range(x.size):
+@exact
+def lane_sums(x, xh, d, off, acc_e, acc_s):
+    """d = xh - x in float64, and the SUM_LANES partial sums of d^2 and x^2 (``kernels``' order)
+    continued in ``acc_e`` and ``acc_s``: element i is term off + i of its row. The partial sums
+    are independent, so the body loop vectorizes without reordering any of them."""
+    n = x.size
+    i = 0
+    lane = off % SUM_LANES
+    while i < n and lane != 0:  # up to the next multiple of SUM_LANES
         xv = np.float64(x[i])
         e = np.float64(xh[i]) - xv
         d[i] = e
-        sse += e * e
-        sig += xv * xv
-    return sse, sig
+        acc_e[lane] += e * e
+        acc_s[lane] += xv * xv
+        i += 1
+        lane = lane + 1 if lane + 1 < SUM_LANES else 0
+    blocks = (n - i) // SUM_LANES
+    for b in range(blocks):
+        base = i + b * SUM_LANES
+        for j in range(SUM_LANES):
+            xv = np.float64(x[base + j])
+            e = np.float64(xh[base + j]) - xv
+            d[base + j] = e
+            acc_e[j] += e * e
+            acc_s[j] += xv * xv
+    i += blocks * SUM_LANES
+    for j in range(n - i):
+        xv = np.float64(x[i + j])
+        e = np.float64(xh[i + j]) - xv
+        d[i + j] = e
+        acc_e[j] += e * e
+        acc_s[j] += xv * xv
+
+
+@exact
+def combine(acc):
+    """kernels.combine_lanes: the partial sums added in lane order."""
+    total = acc[0]
+    for lane in range(1, acc.size):
+        total += acc[lane]
+    return total
 
 
 @exact
@@ -47,19 +82,22 @@ def abs_max_bits(di):
 
 @exact
 def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, mab_out):
-    """Codes of every element and, per row, sum d^2, sum x^2 and max |d| (as the int64 bits
-    of the float64) with d = decode(code) - x in float64."""
+    """Codes of every element and, per row, sum d^2, sum x^2 (in ``kernels.SUM_LANES`` order,
+    as metrics.row_sums) and max |d| (as the int64 bits of the float64) with
+    d = decode(code) - x in float64."""
     n, cols = rows.shape
     xh = np.empty(TILE, np.float32)
     d = np.empty(TILE, np.float64)
     di = d.view(np.int64)
+    acc_e = np.zeros(SUM_LANES)
+    acc_s = np.zeros(SUM_LANES)
     fq_lo = np.float32(qlo)
     fq_hi = np.float32(qhi)
     for r in range(n):
         row = rows[r]
         crow = codes[r]
-        sse = 0.0
-        sig = 0.0
+        acc_e[:] = 0.0
+        acc_s[:] = 0.0
         mab = 0
         c0 = 0
         while c0 < cols:
@@ -83,21 +121,19 @@ def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, 
                 c = e
                 g += 1
             n_t = c1 - c0
-            a, b = sums(row[c0:c1], xh[:n_t], d[:n_t])
-            sse += a
-            sig += b
+            lane_sums(row[c0:c1], xh[:n_t], d[:n_t], c0, acc_e, acc_s)
             m = abs_max_bits(di[:n_t])
             mab = m if m > mab else mab
             c0 = c1
-        sse_out[r] = sse
-        sig_out[r] = sig
+        sse_out[r] = combine(acc_e)
+        sig_out[r] = combine(acc_s)
         mab_out[r] = mab
 
 
 # Min and max are exact in any order, except for the sign of a zero bound (which codec makes
 # +0.0 on both paths); a NaN or an Inf is found from its exponent bits instead, and then the
 # bounds are not used. So the loop may vectorize.
-unordered = nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"nnan", "ninf", "nsz"})
+unordered = nb.njit(nogil=True, cache=CACHE, error_model="numpy", fastmath={"nnan", "ninf", "nsz"})
 
 
 @unordered
@@ -219,24 +255,43 @@ def lane_grids(c_lo, c_hi, st, sm, k, qmax, affine, known, mc_in, s_out, z_out, 
         mc_out[lane] = mc
 
 
-@reducing
-def lane_scores(xg, n_l, s, z, fq_lo, fq_hi, err):
-    """kernels.squared_error of each lane's group (``xg[lane, :n_l[lane]]``) under its grid:
-    float32 errors and float32 sums, reassociated so that they vectorize (the codes themselves
-    are the exact ones: a multiply, an add, a rounding and clips, which reassociation cannot
-    change; only the order of the sum differs from numpy's, see ``fast``)."""
-    for lane in range(LANES):
+@exact
+def lane_scores(xt, inside, masked, s, z, fq_lo, fq_hi, il, acc, err):
+    """kernels.squared_error of each lane's group (column ``lane`` of ``xt``, (glen, lanes);
+    ``masked``: only where ``inside`` is not 0) under its grid: float32 errors summed in
+    ``kernels.SUM_LANES`` order, element j into ``acc[j % SUM_LANES, lane]``, then the partial
+    sums in lane order (into ``acc[0]``). The loops over lanes are elementwise, so they
+    vectorize without reordering any sum. ``il`` is scratch for 1/scale."""
+    width = xt.shape[1]
+    for lane in range(width):
         sl = s[lane]
-        zl = z[lane]
-        il = np.float32(1) / sl if sl != 0 else np.float32(0)
-        acc = np.float32(0)
-        for j in range(n_l[lane]):
-            xv = xg[lane, j]
-            t = np.rint(xv * il + zl)
-            t = min(max(t, fq_lo), fq_hi)
-            d = (t - zl) * sl - xv
-            acc += d * d
-        err[lane] = acc
+        il[lane] = np.float32(1) / sl if sl != 0 else np.float32(0)
+    acc[:, :] = 0
+    for j in range(xt.shape[0]):
+        a = acc[j % SUM_LANES]
+        x_j = xt[j]
+        if masked:
+            in_j = inside[j]
+            for lane in range(width):
+                xv = x_j[lane]
+                t = np.rint(xv * il[lane] + z[lane])
+                t = min(max(t, fq_lo), fq_hi)
+                e = (t - z[lane]) * s[lane] - xv
+                a[lane] += e * e if in_j[lane] != 0 else np.float32(0)
+        else:
+            for lane in range(width):
+                xv = x_j[lane]
+                t = np.rint(xv * il[lane] + z[lane])
+                t = min(max(t, fq_lo), fq_hi)
+                e = (t - z[lane]) * s[lane] - xv
+                a[lane] += e * e
+    total = acc[0]
+    for k in range(1, SUM_LANES):
+        a = acc[k]
+        for lane in range(width):
+            total[lane] += a[lane]
+    for lane in range(width):
+        err[lane] = total[lane]
 
 
 @exact
@@ -319,7 +374,10 @@ def mse_search_l2(
     keep = 1.0 - min_gain
     n = shrinks.size
     width = LANES if glen <= WIDE_MAX_GROUP else NARROW_LANES
-    xg = np.zeros((width, glen), np.float32)
+    xt = np.zeros((glen, width), np.float32)  # a group per column, read from L1 by every grid
+    inside = np.ones((glen, width), np.float32)  # 1 where xt holds a value, 0 in padding
+    acc = np.zeros((SUM_LANES, width), np.float32)
+    il = np.zeros(width, np.float32)
     f64 = [np.zeros(LANES) for _ in range(7)]
     g_lo, g_hi, amp, base_lo, base_hi, base_mc, m_cmp = f64
     # The candidate's and the best range's state, a row each, by dtype (see ``blend_rows``):
@@ -333,7 +391,6 @@ def mse_search_l2(
     s, z, b_s, b_z = cand32[0], cand32[1], best32[0], best32[1]
     g_st = np.zeros(LANES, np.float32)
     g_sm = np.zeros(LANES, np.float32)
-    n_l = np.zeros(LANES, np.int64)
     idx = np.zeros(LANES, np.int64)
     center = np.zeros(LANES, np.int64)
     modes = (1, 2) if affine else (0, -1)
@@ -343,13 +400,16 @@ def mse_search_l2(
         g0 = f0 - r0 * ng
         r = r0
         g = g0
+        masked = False
         for lane in range(LANES):
             # A short last batch repeats its last group; lanes past ``width`` score nothing.
             c0 = g * glen
-            m = min(cols, c0 + glen) - c0 if lane < width else 0
-            n_l[lane] = m
-            for j in range(m):
-                xg[lane, j] = rows[r, c0 + j]
+            if lane < width:
+                m = min(cols, c0 + glen) - c0
+                for j in range(glen):
+                    xt[j, lane] = rows[r, c0 + j] if j < m else np.float32(0)
+                    inside[j, lane] = 1 if j < m else 0
+                masked |= m < glen
             g_lo[lane] = lo[r, g]
             g_hi[lane] = hi[r, g]
             amp[lane] = max(abs(g_lo[lane]), abs(g_hi[lane]))
@@ -363,7 +423,7 @@ def mse_search_l2(
                     g = 0
                     r += 1
         lane_grids(b_lo, b_hi, g_st, g_sm, k, qmax, affine, False, b_mc, b_s, b_z, b_sc, b_mc)
-        lane_scores(xg, n_l, b_s, b_z, fq_lo, fq_hi, b_err)
+        lane_scores(xt, inside, masked, b_s, b_z, fq_lo, fq_hi, il, acc, b_err)
         for mode in modes:
             if mode < 0:
                 break
@@ -411,7 +471,7 @@ def mse_search_l2(
                     lane_grids(
                         c_lo, c_hi, g_st, g_sm, k, qmax, affine, known, base_mc, s, z, sc, mc
                     )
-                    lane_scores(xg, n_l, s, z, fq_lo, fq_hi, err)
+                    lane_scores(xt, inside, masked, s, z, fq_lo, fq_hi, il, acc, err)
                     for lane in range(LANES):
                         c_idx[lane] = idx[lane]
                         m_cmp[lane] = 1 if err[lane] < b_err[lane] * keep else 0

@@ -2,6 +2,10 @@
 
 Sharing it is what makes the search honest: a candidate range is scored with exactly the float32
 operations that will later produce the stored codes and the dequantized values.
+
+Every float sum the engine stores or decides on is added in one fixed order (``lane_sums``), the
+same here and in the compiled kernels (``compiled``), so results do not depend on the CPU's SIMD
+width, on numpy's or the compiler's choice of summation order, or on threads.
 """
 
 from __future__ import annotations
@@ -38,11 +42,51 @@ def decode(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, out: np.
     out *= scale[..., None]
 
 
+SUM_LANES = 16
+"""The fixed summation order: term j of a sum goes to partial sum j % SUM_LANES, each partial
+sum adds its terms in index order starting from +0.0, and the partial sums are then added
+0, 1, ..., SUM_LANES - 1. The partial sums are independent, so the compiled kernels vectorize
+this order exactly (no reassociation: 16 lanes fill two AVX2 or one AVX-512 vector of float32,
+and hide the add latency for float64), and numpy repeats it by reducing a (n / 16, 16) view
+along its first axis, which it does row by row."""
+
+
+def lane_sums(terms: np.ndarray, carry: np.ndarray | None = None) -> np.ndarray:
+    """The SUM_LANES partial sums (``SUM_LANES`` order) of ``terms`` along its last axis, as an
+    (..., SUM_LANES) array of its dtype; ``carry`` holds the partial sums of the terms before
+    these (their count a multiple of SUM_LANES), which these terms continue."""
+    lead, n = terms.shape[:-1], terms.shape[-1]
+    m = n // SUM_LANES
+    body = terms[..., : m * SUM_LANES].reshape(*lead, m, SUM_LANES)
+    if carry is None:
+        carry = np.zeros((*lead, SUM_LANES), terms.dtype)
+    # Row 0 is the carry (+0.0 to start with), then the terms row by row: np.add.reduce over a
+    # non-last axis adds whole rows in order (tests/test_golden.py checks it against a loop).
+    acc = np.add.reduce(np.concatenate([carry[..., None, :], body], axis=-2), axis=-2)
+    tail = n - m * SUM_LANES
+    acc[..., :tail] += terms[..., m * SUM_LANES :]
+    return acc
+
+
+def combine_lanes(acc: np.ndarray) -> np.ndarray:
+    """The total of ``lane_sums``' partial sums: added in lane order, lane 0 first."""
+    total = acc[..., 0].copy()
+    for lane in range(1, acc.shape[-1]):
+        total += acc[..., lane]
+    return total
+
+
+def ordered_sum(terms: np.ndarray) -> np.ndarray:
+    """Sum along the last axis in the engine's fixed order (``SUM_LANES``)."""
+    return combine_lanes(lane_sums(terms))
+
+
 def squared_error(x: np.ndarray, grid32: tuple, qlo: int, qhi: int, buf: np.ndarray) -> np.ndarray:
     """Sum over g of (x - decode(encode(x)))^2 for an (r, k, g) block, as (r, k) float64.
 
     Summed in float32 (relative error ~1e-6 for a few thousand terms); callers compare candidates
-    with a margin larger than that, see ``ranges.MSE_MIN_GAIN``.
+    with a margin larger than that, see ``ranges.MSE_MIN_GAIN``. The order is ``SUM_LANES``',
+    as in ``compiled.lane_scores``, so both paths choose the same range on any CPU.
 
     ``buf`` is a float32 scratch array of x's shape.
     """
@@ -51,4 +95,5 @@ def squared_error(x: np.ndarray, grid32: tuple, qlo: int, qhi: int, buf: np.ndar
         t = encode(x, inv, zp, qlo, qhi, out=buf)
         decode(t, scale, zp, out=t)
         t -= x
-        return np.einsum("rkg,rkg->rk", t, t).astype(np.float64)  # float32: 5x faster
+        t *= t
+        return ordered_sum(t).astype(np.float64)  # float32 sums: 5x faster

@@ -1,19 +1,25 @@
 """Error of a reconstruction: MSE, max abs error and SQNR, per tensor and combined.
 
 Sums are accumulated in float64 over chunks, so no whole-tensor float64 temporary is made and
-squares of large float32 values cannot overflow.
+squares of large float32 values cannot overflow. Each row's sums are added in the engine's fixed
+order (``kernels.SUM_LANES``, the order of the compiled ``encode_stats``), rows are combined with
+``math.fsum`` (correctly rounded, so in no particular order) and dB values come from ``decibels``:
+the same numbers on any CPU, with or without the compiled kernels.
 """
 
 from __future__ import annotations
 
+import decimal
 import math
 from collections.abc import Iterable
 
 import numpy as np
 
+from qcompress.engine.kernels import SUM_LANES, combine_lanes, lane_sums
 from qcompress.engine.spec import ErrorStats
 
 CHUNK_ELEMENTS = 1 << 16
+"""Elements per chunk of the float64 temporaries (a multiple of ``SUM_LANES``)."""
 
 
 def error_stats(x: np.ndarray, xhat: np.ndarray) -> ErrorStats:
@@ -27,16 +33,45 @@ def error_stats(x: np.ndarray, xhat: np.ndarray) -> ErrorStats:
     xhat = np.asarray(xhat)
     if x.shape != xhat.shape:
         raise ValueError(f"shapes differ: {x.shape} vs {xhat.shape}")
-    a, b = x.reshape(-1), xhat.reshape(-1)
-    sse = signal = max_abs = 0.0
-    for i in range(0, a.size, CHUNK_ELEMENTS):
-        xa = a[i : i + CHUNK_ELEMENTS].astype(np.float64)
-        d = b[i : i + CHUNK_ELEMENTS].astype(np.float64)
-        d -= xa
-        sse += float(np.einsum("i,i->", d, d))  # not np.dot: BLAS threads stall under load
-        signal += float(np.einsum("i,i->", xa, xa))
-        max_abs = max(max_abs, float(np.max(np.abs(d))))
-    return _stats(sse, signal, max_abs, a.size)
+    return row_error_stats(x.reshape(1, -1), xhat.reshape(1, -1))
+
+
+def row_error_stats(x: np.ndarray, xhat: np.ndarray) -> ErrorStats:
+    """``error_stats`` of two (rows, cols) arrays, each row summed in the fixed order.
+
+    This is what the compiled ``encode_stats`` computes on the engine's row view, so
+    ``quantize_with_error`` gives the same numbers on both paths.
+    """
+    sse, signal, max_abs = row_sums(x, xhat)
+    return _stats(math.fsum(sse), math.fsum(signal), max_abs, x.size)
+
+
+def row_sums(x: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per row, sum (xhat - x)^2 and sum x^2 (float64, fixed order), and the largest |xhat - x|."""
+    n_rows, cols = x.shape
+    sse = np.zeros(n_rows)
+    signal = np.zeros(n_rows)
+    max_abs = 0.0
+    if x.size == 0:
+        return sse, signal, max_abs
+    step = max(1, CHUNK_ELEMENTS // cols)
+    piece = max(SUM_LANES, CHUNK_ELEMENTS // SUM_LANES * SUM_LANES)
+    for r0 in range(0, n_rows, step):
+        rs = slice(r0, min(n_rows, r0 + step))
+        acc_e = acc_s = None
+        for c0 in range(0, cols, piece):  # long rows in pieces; the carry keeps the order
+            xa = x[rs, c0 : c0 + piece].astype(np.float64)
+            d = xhat[rs, c0 : c0 + piece].astype(np.float64)
+            d -= xa
+            max_abs = max(max_abs, float(np.max(np.abs(d))))
+            d *= d
+            xa *= xa
+            acc_e = lane_sums(d, acc_e)
+            acc_s = lane_sums(xa, acc_s)
+        assert acc_e is not None and acc_s is not None
+        sse[rs] = combine_lanes(acc_e)
+        signal[rs] = combine_lanes(acc_s)
+    return sse, signal, max_abs
 
 
 def combine_error_stats(stats: Iterable[ErrorStats]) -> ErrorStats:
@@ -69,5 +104,20 @@ def _stats(sse: float, signal: float, max_abs: float, count: int) -> ErrorStats:
     elif power == 0:
         sqnr = 0.0
     else:
-        sqnr = 10 * math.log10(power / mse)
+        sqnr = decibels(power / mse)
     return ErrorStats(mse=mse, max_abs_error=max_abs, sqnr_db=sqnr, signal_power=power, count=count)
+
+
+_DB_CONTEXT = decimal.Context(prec=40)
+
+
+def decibels(ratio: float) -> float:
+    """10 log10(ratio) for ratio > 0, the same float on every machine.
+
+    ``math.log10`` and ``np.log10`` may differ in the last bit between C libraries and CPUs
+    (FMA or not, SIMD variants), and SQNR values are stored in the artifact and decide budgets;
+    decimal's log10 is correctly rounded integer arithmetic, then rounded once to a float.
+    """
+    if math.isinf(ratio):
+        return math.inf
+    return float(_DB_CONTEXT.multiply(10, _DB_CONTEXT.log10(decimal.Decimal(ratio))))
