@@ -136,14 +136,16 @@ def _quantize(
         s32, inv, zp = grid.float32()
         if compiled:
             _encode_compiled(rows[rs], glen, s32, inv, zp, qlo, qhi, codes[rs], sums, rs)
-            return
-        for t in iter_col_tiles(cols, glen) if cols else ():
-            gs = slice(t.g0, t.g0 + t.k)
-            t_codes = encode(
-                tile_view(rows, rs, t), inv[:, gs], None if zp is None else zp[:, gs], qlo, qhi
-            )
-            np.copyto(tile_view(codes, rs, t), t_codes, casting="unsafe")
+        else:
+            for t in iter_col_tiles(cols, glen) if cols else ():
+                gs = slice(t.g0, t.g0 + t.k)
+                z = None if zp is None else zp[:, gs]
+                t_codes = encode(tile_view(rows, rs, t), inv[:, gs], z, qlo, qhi)
+                np.copyto(tile_view(codes, rs, t), t_codes, casting="unsafe")
+        if _keep_finite(codes[rs], glen, s32, zp, qlo, qhi):
+            clamped.append(rs)
 
+    clamped: list[slice] = []  # chunks where codes were kept from decoding to Inf
     target = FAST_CHUNK_ELEMENTS if compiled else TILE_ELEMENTS
     chunks = list(iter_row_chunks(n_rows, cols, target))
     if threads > 1 and compiled and len(chunks) > 1:
@@ -154,10 +156,43 @@ def _quantize(
             chunk(rs)
     second = None if supers is None else level2.level2_of(sc, mc, supers)
     q = QuantizedTensor(codes, scale, zero_point, clip_min, clip_max, spec, tuple(xf.shape), second)
-    if sums is None:
+    if sums is None or clamped:  # the kernel's sums are of the codes before clamping
         return q, None
     max_abs = float(sums[2].view(np.int64).view(np.float64).max()) if n_rows else 0.0
     return q, from_sums(math.fsum(sums[0]), math.fsum(sums[1]), max_abs, rows.size)
+
+
+def _keep_finite(
+    codes: np.ndarray,
+    glen: int,
+    s32: np.ndarray,
+    zp: np.ndarray | None,
+    qlo: int,
+    qhi: int,
+) -> bool:
+    """Clip the codes of any group whose extreme codes decode to ±Inf in float32 (a group with
+    values near ±3.4e38, whose grid rounded outwards past float32's range) to the codes that
+    decode to finite values, so that no decoded value is Inf; its largest values then decode
+    one step short, which the error metrics report. Returns whether any group needed it."""
+    zf = np.zeros_like(s32) if zp is None else zp
+    with np.errstate(over="ignore", invalid="ignore"):  # decode's own float32 operations
+        top = np.subtract(np.float32(qhi), zf, dtype=np.float32) * s32
+        bottom = np.subtract(np.float32(qlo), zf, dtype=np.float32) * s32
+    bad = ~(np.isfinite(top) & np.isfinite(bottom))
+    if not bad.any():
+        return False
+    levels = np.arange(qlo, qhi + 1, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = np.isfinite((levels - zf[bad][:, None]) * s32[bad][:, None])
+    low = np.full(s32.shape, qlo, np.int64)
+    high = np.full(s32.shape, qhi, np.int64)
+    any_ok = ok.any(axis=1)
+    low[bad] = np.where(any_ok, qlo + ok.argmax(axis=1), 0)
+    high[bad] = np.where(any_ok, qhi - ok[:, ::-1].argmax(axis=1), 0)
+    cols = codes.shape[1]
+    per_col = np.repeat(np.arange(s32.shape[1]), glen)[:cols]  # each column's group
+    np.clip(codes, low[:, per_col], high[:, per_col], out=codes, casting="unsafe")
+    return True
 
 
 FAST_CHUNK_ELEMENTS = 1 << 20

@@ -80,7 +80,8 @@ def _round_away(v: np.ndarray, up: bool) -> np.ndarray:
     f = v.astype(np.float32)
     wrong = f.astype(np.float64) < v if up else f.astype(np.float64) > v
     toward = np.float32(np.inf if up else -np.inf)
-    return np.where(wrong, np.nextafter(f, toward), f).astype(np.float32)
+    with np.errstate(over="ignore"):  # nextafter(max, inf) where it is not used
+        return np.where(wrong, np.nextafter(f, toward), f).astype(np.float32)
 
 
 def choose_supers(
@@ -100,13 +101,14 @@ def choose_supers(
     if spec.scheme == "symmetric":
         qhi = code_range(spec.bits, "symmetric")[1]
         amp = np.maximum(np.abs(lo), np.abs(hi)).astype(np.float64)
-        return Supers(_step_super(_blocks(amp / qhi, 0.0).max(axis=1) / k), None, shape)
+        step = _step_super(_blocks(amp / qhi, 0.0).max(axis=1) / k)
+        return Supers(_finite_times(step, k), None, shape)
     lo_b = _blocks(lo, 0.0)
     neg = (lo_b < 0).any(axis=1)
     target = np.where(neg, lo_b.min(axis=1) * SLACK, lo_b.max(axis=1)) / k
     # A negative super-min rounds away from zero so that the block's lowest minimum is reached.
     super_min = np.where(neg, _round_away(target, up=False), target.astype(np.float32))
-    super_min = super_min.astype(np.float32)
+    super_min = _finite_times(super_min.astype(np.float32), k)
     smin = _per_group(super_min, shape)
     if compiled:
         from qcompress.engine import fast
@@ -117,7 +119,22 @@ def choose_supers(
     else:
         _, m = _min_codes(lo.astype(np.float64), smin, k)
         need = _needed_step(lo, hi, m, spec.bits)
-    return Supers(_step_super(_blocks(need, 0.0).max(axis=1) / k), super_min, shape)
+    step = _finite_times(_step_super(_blocks(need, 0.0).max(axis=1) / k), k)
+    return Supers(step, super_min, shape)
+
+
+def _finite_times(v: np.ndarray, k: int) -> np.ndarray:
+    """``v`` with |v| capped so that v * k, any decoded step or minimum, is a finite float32.
+
+    Only a block holding values near float32's limit (±3.4e38) reaches the cap: its widened
+    super-scale or super-min would otherwise decode to Inf. Such a block's extreme values may
+    then lie a few ulps outside its grid and are clipped to it (the error says by how much).
+    """
+    lim = np.float32(float(np.finfo(np.float32).max) / k)
+    with np.errstate(over="ignore"):
+        while not np.isfinite(lim * np.float32(k)):
+            lim = np.nextafter(lim, np.float32(0))
+    return np.clip(v, -lim, lim).astype(np.float32)
 
 
 def _min_codes(clo: np.ndarray, super_min: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

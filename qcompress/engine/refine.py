@@ -73,7 +73,8 @@ def refine_affine(
     count = np.full(shape, float(glen))
     count[:, -1] = cols - (shape[1] - 1) * glen  # each row's last group may be ragged
     count = count.reshape(-1)
-    sx = _sum(xt).astype(np.float64)
+    with np.errstate(over="ignore"):  # values near ±3.4e38: an inf sum fits nothing
+        sx = _sum(xt).astype(np.float64)
     st64 = st.astype(np.float64)
     sm64 = sm.astype(np.float64)
     keep = np.float32(1.0 - MSE_MIN_GAIN)
@@ -153,6 +154,5 @@ def _score(
     if inside is not None:
         r[~inside] = 0
         t[~inside] = 0
-    with np.errstate(over="ignore", invalid="ignore"):
-        err = _sum(r) * (scale * scale)
-    return err, _sum(t), _sum(t * t), _sum(t * xt)
+    with np.errstate(over="ignore", invalid="ignore"):  # values near ±3.4e38: inf sums
+        return _sum(r) * (scale * scale), _sum(t), _sum(t * t), _sum(t * xt)
