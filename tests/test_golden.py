@@ -1,0 +1,185 @@
+"""Golden hashes: the SHA-256 of whole artifacts, pinned.
+
+DESIGN promises that the same input and options give a byte-identical artifact on any CPU, with
+or without the compiled kernels, with a cold or a warm cache, for any ``--jobs``. Each setting
+below is run on the numpy path (``QCOMPRESS_NO_NUMBA=1``) and on the compiled one (for the
+generated tensors, which are big enough to take it, with ``--jobs 1`` and ``--jobs 2``); every
+run must give the pinned hash. A change to these bytes is a format change: make it deliberately,
+say so in the commit, and regenerate the values with
+
+    PYTHONPATH=. python -m tests.test_golden --print
+
+(it prints the dict below; paste it over ``GOLDEN``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from qcompress.cli import cli
+from qcompress.engine import fast
+from qcompress.engine.kernels import SUM_LANES, combine_lanes, lane_sums
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "digits_mlp.npz"
+SETTINGS: dict[str, tuple[str, ...]] = {
+    "bits8": ("--bits", "8"),
+    "bits4": ("--bits", "4"),
+    "bits2": ("--bits", "2"),
+    "bpw3": ("--target-bpw", "3"),
+}
+
+# model/setting -> SHA-256 of the artifact. Regenerate: see the module docstring.
+GOLDEN: dict[str, str] = {
+    "sample/bits8": "39b358a8ac4c0fd80050a7c3e12cc99a034588c6da2642238c938fab03bffaee",
+    "sample/bits4": "3ea1ccf33504e7d7cbf89e9bd079050f765e04cf3b57cba75f988082ce8e7deb",
+    "sample/bits2": "510c82d1332345cb5b1e834cb7eb8ba886cbde20d28eb8d3e820d05ec1dd47df",
+    "sample/bpw3": "a7d320f1644e268fe4aab135ec76d0badabcc07806365720db9c87f0dd76b1a3",
+    "generated/bits8": "97644a526901ce2d9e76793f9b22b08632cfc986422ca128c858df8ff2b1bfdc",
+    "generated/bits4": "9f9f4b101072406a656d7033bbcdc315b9e3f6e29d81bce64bd0be1f1d7b300c",
+    "generated/bits2": "4232711ecdc0b56425d16ff638c205167774e747abbae31786e7bcdd5fa87705",
+    "generated/bpw3": "2eaec7464eb75549868fb25aa94f344205009787125129768ba8ada0ab5fde5d",
+}
+
+
+def make_generated(path: Path) -> Path:
+    """Seeded tensors just big enough for the compiled path (``fast.MIN_ELEMENTS`` = 2^18): a
+    Gaussian 520x512, a heavy-tailed 600x700 (ragged last groups of 32) and a bias."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    save_file(
+        {
+            "dense.weight": rng.standard_normal((520, 512), dtype=np.float32),
+            "heavy.weight": rng.standard_t(2.5, size=(600, 700)).astype(np.float32),
+            "heavy.bias": rng.standard_normal(600, dtype=np.float32),
+        },
+        str(path),
+    )
+    return path
+
+
+def artifact_hash(model: Path, out: Path, setting: str, jobs: int, numba: bool) -> str:
+    """Quantize ``model`` with ``setting`` in-process and return the artifact's SHA-256."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv(fast.DISABLE_ENV, "0" if numba else "1")
+    try:
+        args = ["quantize", str(model), "-o", str(out), "--force", "-q", "--jobs", str(jobs)]
+        result = CliRunner().invoke(cli, [*args, *SETTINGS[setting]], catch_exceptions=False)
+    finally:
+        mp.undo()
+    assert result.exit_code == 0, result.output
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def _models(tmp: Path) -> dict[str, Path]:
+    return {"sample": SAMPLE, "generated": make_generated(tmp / "generated.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _models(tmp_path_factory.mktemp("golden"))
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_sample_model_artifact_bytes_are_pinned(
+    models: dict[str, Path], tmp_path: Path, setting: str
+) -> None:
+    """The sample model's tensors are below MIN_ELEMENTS: both runs take the numpy path, and
+    the numba flag must not change anything either."""
+    out = tmp_path / "a.qc.safetensors"
+    got = {artifact_hash(models["sample"], out, setting, 1, numba) for numba in (False, True)}
+    assert got == {GOLDEN[f"sample/{setting}"]}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_generated_artifact_bytes_are_pinned_on_both_paths_and_any_jobs(
+    models: dict[str, Path], tmp_path: Path, setting: str
+) -> None:
+    if fast._kernels() is None:
+        pytest.skip("numba is not installed")
+    out = tmp_path / "g.qc.safetensors"
+    runs = {
+        "numpy": artifact_hash(models["generated"], out, setting, 1, False),
+        "compiled --jobs 1": artifact_hash(models["generated"], out, setting, 1, True),
+        "compiled --jobs 2": artifact_hash(models["generated"], out, setting, 2, True),
+    }
+    assert runs == dict.fromkeys(runs, GOLDEN[f"generated/{setting}"])
+
+
+def test_numpy_lane_sums_follow_the_documented_order() -> None:
+    """np.add.reduce over a non-last axis must add rows in order (what ``lane_sums`` relies
+    on): compare with the order spelled out in Python floats, on terms where order matters."""
+    rng = np.random.default_rng(3)
+    n = 16 * 37 + 5
+    terms = (rng.standard_normal(n) * 10.0 ** rng.integers(-8, 8, n)).astype(np.float32)
+    lanes = [np.float32(0)] * SUM_LANES
+    for j, t in enumerate(terms):
+        lanes[j % SUM_LANES] = np.float32(lanes[j % SUM_LANES] + t)
+    total = lanes[0]
+    for v in lanes[1:]:
+        total = np.float32(total + v)
+    assert lane_sums(terms).tolist() == [float(v) for v in lanes]
+    assert combine_lanes(lane_sums(terms)) == total
+    # Carried over pieces of whole lanes, the order is that of one pass.
+    carry = lane_sums(terms[: 16 * 20])
+    assert lane_sums(terms[16 * 20 :], carry).tolist() == lane_sums(terms).tolist()
+
+
+def test_compiled_kernels_contract_no_multiply_add(tmp_path: Path) -> None:
+    """Every kernel is compiled without fast-math, so LLVM may not fuse a multiply and an add
+    (an FMA rounds once where numpy rounds twice). Checked on the machine code of every kernel,
+    compiled cold in a subprocess (numba shows no machine code for cached kernels)."""
+    if fast._kernels() is None:
+        pytest.skip("numba is not installed")
+    import os
+    import subprocess
+
+    script = (
+        "import re, numpy as np\n"
+        "from qcompress.engine import fast, QuantSpec, quantize_with_error\n"
+        "fast.MIN_ELEMENTS = 0\n"
+        "x = np.random.default_rng(1).standard_normal((64, 96), dtype=np.float32)\n"
+        "for s in (QuantSpec(8), QuantSpec(4, 'affine', 'group', 0, 32, 'mse', 'float32', 6),\n"
+        "          QuantSpec(2, 'symmetric', 'group', 0, 32, 'mse', 'float32', 6)):\n"
+        "    quantize_with_error(x, s)\n"
+        "from qcompress.engine import compiled\n"
+        "n = 0\n"
+        "for name, k in vars(compiled).items():\n"
+        "    if hasattr(k, 'inspect_asm') and k.signatures:\n"
+        "        for asm in k.inspect_asm().values():\n"
+        "            n += 1\n"
+        "            assert 'ret' in asm, name\n"
+        "            assert not re.search(r'\\bv?f(n)?m(add|sub)', asm), name\n"
+        "print(n)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold")}
+    env.pop(fast.DISABLE_ENV, None)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) >= 10  # every kernel the three paths use was inspected
+
+
+def _print_golden() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = _models(Path(tmp))
+        print("GOLDEN: dict[str, str] = {")
+        for name, model in models.items():
+            for setting in SETTINGS:
+                out = Path(tmp) / "a.qc.safetensors"
+                h = artifact_hash(model, out, setting, 1, False)
+                print(f'    "{name}/{setting}": "{h}",')
+        print("}")
+
+
+if __name__ == "__main__" and "--print" in sys.argv:
+    _print_golden()
