@@ -226,3 +226,90 @@ def test_cold_and_warm_numba_cache_give_the_same_bytes(tmp_path: Path) -> None:
             subprocess.run([*cmd, "--bits", bits, "-q"], env=env, check=True)
             outputs.append((bits, target.read_bytes()))
     assert outputs[:2] == outputs[2:]
+
+
+def _readonly_install(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A copy of the package whose __pycache__ directories are files (numba cannot cache next
+    to it) and a HOME and XDG_CACHE_HOME that are files (nor under them), as a read-only install
+    with a read-only HOME looks to numba even when the tests run as root."""
+    import os
+    import shutil
+
+    import qcompress
+
+    site = tmp_path / "site"
+    shutil.copytree(
+        Path(qcompress.__file__).parent, site / "qcompress", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    for pkg in [site / "qcompress", *(p for p in (site / "qcompress").rglob("*") if p.is_dir())]:
+        if pkg.name != "__pycache__":
+            cache = pkg / "__pycache__"
+            if cache.is_dir():
+                shutil.rmtree(cache)
+            cache.write_text("not a directory")
+    blocked = tmp_path / "home-is-a-file"
+    blocked.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(site), "HOME": str(blocked)}
+    env["XDG_CACHE_HOME"] = str(blocked)
+    for name in ("NUMBA_CACHE_DIR", "QCOMPRESS_NO_NUMBA"):
+        env.pop(name, None)
+    return env, site
+
+
+def test_numba_cache_falls_back_to_a_private_temp_dir(tmp_path: Path) -> None:
+    """Read-only install and HOME: the kernels cache under the temp dir, no 'no locator
+    available' error, and the artifact's bytes do not change."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import save_file
+
+    env, _ = _readonly_install(tmp_path)
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    (tmp_path / "tmp").mkdir()
+    model = tmp_path / "m.safetensors"
+    rng = np.random.default_rng(7)
+    save_file({"w": rng.standard_normal((520, 512)).astype(np.float32)}, model)  # > 2**18
+    outs = []
+    for run in range(2):
+        out = tmp_path / f"r{run}.safetensors"
+        cmd = [sys.executable, "-m", "qcompress", "quantize", str(model), "-o", str(out), "-q"]
+        done = subprocess.run(
+            cmd, env=env, cwd=tmp_path, capture_output=True, text=True, check=False
+        )  # cwd: not the checkout, whose package ``-m`` would import first
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    assert list((tmp_path / "tmp").glob("qcompress-numba-*/*/compiled.encode_stats-*.nbi"))
+
+
+def test_numba_compiles_without_a_cache_when_nothing_is_writable(tmp_path: Path) -> None:
+    """No writable place at all (simulated: the probe says no): the kernels compile uncached."""
+    import subprocess
+    import sys
+
+    env, site = _readonly_install(tmp_path)
+    script = (
+        "import numpy as np\n"
+        "import qcompress\n"
+        f"assert qcompress.__file__.startswith({str(site)!r})\n"
+        "from qcompress.engine import fast, quantize_with_error, QuantSpec\n"
+        "fast._writable = lambda path: False\n"
+        "x = np.random.default_rng(0).standard_normal((520, 512)).astype(np.float32)\n"
+        "assert fast.use_fast(x.size)\n"
+        "quantize_with_error(x, QuantSpec(8))\n"
+        "from qcompress.engine import compiled\n"
+        "assert compiled.CACHE is False\n"
+        "print(type(compiled.encode_stats._cache).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "NullCache"
