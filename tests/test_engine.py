@@ -25,8 +25,8 @@ from qcompress.engine import (
     quantize,
     to_rows,
 )
-from qcompress.engine.spec import BITS, GRANULARITIES, RANGE_METHODS, SCALE_DTYPES, SCHEMES
 from qcompress.engine.metrics import row_error_stats
+from qcompress.engine.spec import BITS, GRANULARITIES, RANGE_METHODS, SCALE_DTYPES, SCHEMES
 
 REL_TOL = 1e-6  # float32 arithmetic slack, relative to the larger of the group's |x| and its grid
 

@@ -27,6 +27,7 @@ read-only HOME still works, compiling once per process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from functools import cache
@@ -116,10 +117,8 @@ def _cache_dirs() -> list[Path]:
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     if os.path.isabs(xdg):
         places.append(Path(xdg) / "qcompress" / "numba")
-    try:
+    with contextlib.suppress(RuntimeError):  # no home directory can be determined
         places.append(Path.home() / ".cache" / "qcompress" / "numba")
-    except RuntimeError:  # no home directory can be determined
-        pass
     uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
     places.append(Path(tempfile.gettempdir()) / f"qcompress-numba-{uid}")
     return places
