@@ -410,6 +410,7 @@ def verify(
     with _open_artifact(artifact_path) as art:
         check_gates_match(gates, (e["name"] for e in art.entries), artifact_path)
         bad = set(art.verify())
+        art.check_values(skip=bad)  # decodable, not only intact: what dequantize will need
         stats = None if STATS_TENSOR in bad else art.stats()
         original = _FloatTensors(Path(against)) if against is not None else None
         try:
