@@ -471,6 +471,9 @@ def inspect(path: Path, as_json: bool, tensor_name: str | None) -> None:
         _render_inspect(result)
 
 
+NAME_MIN = 16  # narrowest tensor-name column worth drawing a table for
+
+
 def _render_inspect(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -481,20 +484,10 @@ def _render_inspect(result: dict[str, Any]) -> None:
         if artifact
         else f", {result['layout']} layout)"
     )
-    table = Table(title=title, title_justify="left")
     columns = ["tensor", "shape", "dtype", "parameters", "bytes"]
     if artifact:
         columns += ["stored", "bits", "scheme", "granularity", "SQNR dB"]
-    for column in columns:
-        table.add_column(
-            column,
-            justify="right"
-            if column in ("parameters", "bytes", "stored", "bits", "SQNR dB")
-            else "left",
-            # long names fold onto more lines, never "tens…": the name is what users grep for
-            overflow="fold" if column in ("tensor", "shape") else "ellipsis",
-            min_width=12 if column == "tensor" else None,
-        )
+    rows = []
     for t in result["tensors"]:
         row = [
             t["name"],
@@ -512,9 +505,32 @@ def _render_inspect(result: dict[str, Any]) -> None:
                 t["granularity"] or "-",
                 _fmt_sqnr(t["sqnr_db"]) if quantized else "-",
             ]
-        table.add_row(*row)
+        rows.append(row)
     console = _stdout_console()
-    console.print(table)
+    # every column but the name at full width, 3 characters of border and padding each, and
+    # at least NAME_MIN for the name, which folds onto more lines as needed
+    others = sum(max(len(c), *(len(r[i]) for r in rows)) + 3 for i, c in enumerate(columns) if i)
+    if others + NAME_MIN + 4 <= console.width:
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(
+                column,
+                justify="right"
+                if column in ("parameters", "bytes", "stored", "bits", "SQNR dB")
+                else "left",
+                overflow="fold",  # never "tens…": a cut name cannot be found or grepped
+                no_wrap=column != "tensor",
+                min_width=NAME_MIN if column == "tensor" else None,
+            )
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:  # too narrow for the columns: one block per tensor, its name on a line of its own
+        console.print(title, highlight=False, overflow="fold")
+        for row in rows:
+            console.print(row[0], highlight=False, overflow="fold")
+            details = ", ".join(f"{c} {v}" for c, v in zip(columns[1:], row[1:], strict=True))
+            console.print(f"  {details}", highlight=False, overflow="fold")
     summary = (
         f"{len(result['tensors'])} tensors shown, {result['parameters']:,} parameters in the file, "
         f"file {_fmt_bytes(result['file_bytes'])}"

@@ -120,6 +120,8 @@ def check_gates_match(gates: list[Gate], names: Iterable[str], where: object) ->
     names = list(names)
     for gate in gates:
         if not any(gate.applies_to(n) for n in names):
-            close = difflib.get_close_matches(gate.pattern, names, n=1)
+            pattern = gate.pattern.rstrip("*")
+            close = [n for n in names if n.startswith(pattern) or pattern.startswith(n)]
+            close = close or difflib.get_close_matches(gate.pattern, names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "globs match whole names"
             raise UsageError(f"{where}: gate {gate.describe()!r} matches no tensor; {hint}")
