@@ -509,7 +509,7 @@ def _render_inspect(result: dict[str, Any]) -> None:
     console = _stdout_console()
     # every column but the name at full width, 3 characters of border and padding each, and
     # at least NAME_MIN for the name, which folds onto more lines as needed
-    others = sum(max(len(c), *(len(r[i]) for r in rows)) + 3 for i, c in enumerate(columns) if i)
+    others = sum(max([len(c), *(len(r[i]) for r in rows)]) + 3 for i, c in enumerate(columns) if i)
     if others + NAME_MIN + 4 <= console.width:
         table = Table(title=title, title_justify="left")
         for column in columns:

@@ -318,3 +318,12 @@ def test_sharded_keep_warning_only_for_a_glob_no_shard_matches(tmp_path: Path) -
     assert result.exit_code == 0, result.output
     assert strict_json(result.stdout)["warnings"] == ["--keep 'nothing' matches no tensor"]
     assert result.stderr.count("warning:") == 1, result.stderr
+
+
+def test_inspect_renders_a_table_of_no_tensors(capsys: pytest.CaptureFixture[str]) -> None:
+    """The width check measures the rows; with none (an empty file) it must still render."""
+    from qcompress import cli as cli_module
+
+    result = {"kind": "weights", "path": "e.npz", "format": "npz", "layout": "pytorch"}
+    cli_module._render_inspect({**result, "tensors": [], "parameters": 0, "file_bytes": 0})
+    assert "0 tensors shown" in capsys.readouterr().out
