@@ -29,13 +29,13 @@ from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
-from qcompress.gates import Gate, failed_gates
+from qcompress.gates import Gate, check_gates_match, failed_gates
 from qcompress.pipeline import Progress, default_jobs, quantize_single
 from qcompress.plan import load_plan
 from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions
 from qcompress.report import (
     error_fields,
-    finite_or_none,
+    sqnr_or_none,
 )
 from qcompress.sharding import ARTIFACT_SUFFIX, quantize_sharded
 
@@ -311,7 +311,7 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
                 "stored_bytes": art.stored_bytes(e),
                 "mse": float(row[0]),
                 "max_abs_error": float(row[1]),
-                "sqnr_db": finite_or_none(float(row[2])),
+                "sqnr_db": sqnr_or_none(float(row[2])),
             }
         )
     quantized = [t for t in tensors if t["action"] == QUANTIZED]
@@ -408,7 +408,9 @@ def verify(
     artifact_path = Path(artifact_path)
     gates = gates or []
     with _open_artifact(artifact_path) as art:
+        check_gates_match(gates, (e["name"] for e in art.entries), artifact_path)
         bad = set(art.verify())
+        art.check_values(skip=bad)  # decodable, not only intact: what dequantize will need
         stats = None if STATS_TENSOR in bad else art.stats()
         original = _FloatTensors(Path(against)) if against is not None else None
         try:
@@ -428,7 +430,7 @@ def verify(
                     errors = _errors(original.read(e["name"]), rebuilt)
                 elif stats is not None:
                     errors = dict(zip(STATS_COLUMNS, map(float, stats[i]), strict=True))
-                    errors["sqnr_db"] = finite_or_none(errors["sqnr_db"] or 0.0)
+                    errors["sqnr_db"] = sqnr_or_none(float(stats[i][2]))
                 else:
                     errors = dict.fromkeys(STATS_COLUMNS)
                 failed = [f"checksum of {n}" for n in corrupt]
@@ -493,6 +495,7 @@ def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) ->
     gates = gates or []
     with _FloatTensors(a) as ref, _FloatTensors(b) as other:
         _check_same_tensors(ref, b, [(i.name, i) for i in other.infos()])
+        check_gates_match(gates, (i.name for i in ref.infos()), a)
         tensors = []
         for info in ref.infos():
             errors = _errors(ref.read(info.name), other.read(info.name))

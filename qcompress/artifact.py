@@ -40,9 +40,10 @@ from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantizedTensor, QuantSpe
 from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
-from qcompress.formats.safetensors import DTYPE_CODES, SafetensorsReader, encode_header
-from qcompress.formats.sharded import ShardIndex, find_index, read_index
+from qcompress.formats.safetensors import SafetensorsReader, encode_header
+from qcompress.formats.sharded import ShardIndex, check_shard_name, find_index, read_index
 from qcompress.policy import QUANTIZED, TensorPlan
+from qcompress.recipe import RecipeError, check_recipe, check_stored_values
 
 FORMAT_VERSION = 1
 METADATA_KEY = "qcompress"
@@ -328,11 +329,12 @@ class Artifact:
             )
 
     def _check_structure(self) -> None:
-        """Every stored tensor the recipe names exists with the dtype and shape it implies."""
+        """Every recipe field is one the engine supports (:func:`qcompress.recipe.check_recipe`),
+        and every stored tensor the recipe names exists with the dtype and shape it implies."""
         plans = []
         try:
+            check_recipe(self.recipe)
             for e in self.entries:
-                _check_entry_fields(e)
                 info = TensorInfo(e["name"], tuple(e["shape"]), e["dtype"])
                 spec = spec_from_entry(e) if e["action"] == QUANTIZED else None
                 plans.append(TensorPlan(info, e["action"], e["reason"], spec))
@@ -403,12 +405,33 @@ class Artifact:
         """(n_tensors, 3) MSE, max abs error and SQNR dB of every original tensor."""
         return np.asarray(self._checked(STATS_TENSOR), dtype=np.float64)
 
+    def check_values(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
+        """Raise FormatError when a stored value cannot be decoded (a base-3 byte above 242, a
+        NaN scale), for every stored tensor not in ``skip`` (those whose checksum failed: they
+        are reported as such). Reads only codes and scales whose values matter; ``verify``
+        calls this so that it proves what ``dequantize`` will do."""
+        for entry in self.entries:
+            if entry["action"] != QUANTIZED:
+                continue
+            for role in ("codes", "scale", "zero_point", "super"):
+                name = entry.get(role)
+                if name and name not in skip and _value_checked(entry, role):
+                    self._check_values(entry, role, self._reader.read(name))
+                    self._reader.release(name)
+
+    def _check_values(self, entry: dict[str, Any], role: str, array: np.ndarray) -> None:
+        try:
+            check_stored_values(entry, role, array)
+        except RecipeError as err:
+            raise FormatError(f"{self.path}: tensor {entry['name']!r}: {err}") from None
+
     def quantized(self, entry: dict[str, Any]) -> QuantizedTensor:
         """A quantized tensor's codes and parameters, checksums verified, codes unpacked."""
         self._require_intact_recipe()
         spec = spec_from_entry(entry)
         rows, cols = entry["rows"], entry["cols"]
         codes = self._checked(entry["codes"])
+        self._check_values(entry, "codes", codes)
         if entry["packing"] != "none":
             signed = spec.scheme == "symmetric"
             codes = unpack_codes(codes, spec.bits, rows * cols, signed, entry["packing"])
@@ -417,6 +440,9 @@ class Artifact:
         if spec.scale_bits is None:
             scale = self._checked(entry["scale"])
             zero = self._checked(entry["zero_point"]) if entry["zero_point"] else None
+            self._check_values(entry, "scale", scale)
+            if zero is not None:
+                self._check_values(entry, "zero_point", zero)
         else:
             second = self._level2(entry, spec.scale_bits)
             scale, zero = decode_level2(second, (rows, entry["n_groups"]))
@@ -433,6 +459,7 @@ class Artifact:
             return unpack_codes(self._checked(name), sb, count, False).reshape(shape)
 
         supers = self._checked(entry["super"])
+        self._check_values(entry, "super", supers)
         mins = None if entry["zero_point"] is None else codes(entry["zero_point"])
         super_min = None if mins is None else supers[:, 1]
         return Level2(codes(entry["scale"]), mins, supers[:, 0], super_min)
@@ -456,19 +483,12 @@ class Artifact:
         return bad
 
 
-def _check_entry_fields(entry: Any) -> None:
-    """The fields every consumer turns into numpy objects: a str name, a dtype an artifact can
-    hold, a shape of non-negative ints. Raises ValueError (a corrupt recipe) otherwise; without
-    this a damaged dtype name surfaces later as numpy's TypeError."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ValueError("an entry without a name")
-    if entry.get("dtype") not in DTYPE_CODES:
-        raise ValueError(f"tensor {entry['name']!r} has unknown dtype {entry.get('dtype')!r}")
-    shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise ValueError(f"tensor {entry['name']!r} has shape {shape!r}")
+def _value_checked(entry: dict[str, Any], role: str) -> bool:
+    """Whether :func:`check_stored_values` looks at this stored tensor's values: base-3 codes,
+    and float scales (level-2 code streams are any bytes)."""
+    if role == "codes":
+        return entry.get("packing") == "base3"
+    return role == "super" or entry.get("scale_bits") is None
 
 
 def is_artifact(reader_metadata: dict[str, Any]) -> bool:
@@ -487,8 +507,10 @@ class ShardedArtifact:
         try:
             shard_names = list(meta["shards"])
             placement = dict(meta["tensors"])
-        except (TypeError, KeyError):
+        except (TypeError, KeyError, ValueError):
             raise FormatError(f"{self.path}: not a qcompress artifact index") from None
+        for name in shard_names:  # the same rule as the index's weight_map
+            check_shard_name(self.path, name, f"{METADATA_KEY}.shards lists")
         self.shards: list[Artifact] = []
         try:
             for name in shard_names:
@@ -526,6 +548,10 @@ class ShardedArtifact:
 
     def verify(self) -> list[str]:
         return [n for s in self.shards for n in s.verify()]
+
+    def check_values(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
+        for shard in self.shards:
+            shard.check_values(skip)
 
     def stored_bytes(self, entry: dict[str, Any]) -> int:
         return self._owner[entry["name"]].stored_bytes(entry)

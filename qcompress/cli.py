@@ -8,7 +8,8 @@ Heavy modules (numpy, h5py, rich) are imported inside the commands so ``--help``
 from __future__ import annotations
 
 import contextlib
-import json
+import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,11 +80,22 @@ def cli() -> None:
 PIPE_WIDTH = 160  # rich's 80 columns would truncate tensor names when output is not a terminal
 
 
+def _no_color() -> bool:
+    """NO_COLOR (https://no-color.org): set and not empty."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
 def _console(stderr: bool) -> Any:
+    """A rich console; under NO_COLOR it has no color system at all, so not even bold or italic
+    escape codes are written (rich's own NO_COLOR handling drops colors but keeps styles).
+    Piped output is PIPE_WIDTH wide unless COLUMNS says otherwise."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else PIPE_WIDTH)
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+    if _no_color():
+        return Console(stderr=stderr, width=width, color_system=None, no_color=True)
+    return Console(stderr=stderr, width=width)
 
 
 def _stderr_console() -> Any:
@@ -134,8 +146,9 @@ class _RichProgress:
 
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Any]:
-    """A progress bar only where a person watches: stderr is a terminal and output is not JSON."""
-    if not enabled or not sys.stderr.isatty():
+    """A progress bar only where a person watches: stderr is a terminal and output is not JSON.
+    Not under NO_COLOR either: a live bar redraws itself with cursor escape codes."""
+    if not enabled or not sys.stderr.isatty() or _no_color():
         yield None
         return
     bar = _RichProgress()
@@ -146,7 +159,16 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 def _echo_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, allow_nan=False))
+    """One strict JSON document; NaN/Inf become null plus a "nonfinite" map (report.json_safe)."""
+    from qcompress.report import dumps_json
+
+    click.echo(dumps_json(document))
+
+
+def _warn(messages: Any) -> None:
+    """Warnings and notes on stderr: always, -q and --json included (quiet hides summaries)."""
+    for message in messages:
+        click.echo(f"warning: {message}", err=True)
 
 
 def _fmt_sqnr(value: float | None) -> str:
@@ -339,6 +361,8 @@ def quantize(
         )
     if as_json:
         _echo_json(result.report)
+    reports = result.report["shards"] if result.report_path is None else [result.report]
+    _warn(w for r in reports for w in r.get("warnings", []))
     if quiet:
         return
     if result.report_path is None:  # a share of a sharded checkpoint: one line per shard
@@ -369,8 +393,6 @@ def _render_quantize_summary(result: Any) -> None:
         )
     console = _stderr_console()
     console.print(table)
-    for warning in report.get("warnings", []):
-        console.print(f"warning: {warning}", highlight=False)
     _render_totals(report, f"report: {result.report_path}")
 
 
@@ -418,10 +440,10 @@ def dequantize(
         result = api.dequantize_file(artifact, output, dtype=dtype, force=force, progress=progress)
     if as_json:
         _echo_json(result.as_dict())
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if not quiet:
         console = _stderr_console()
-        for note in result.notes:
-            console.print(f"note: {note}", highlight=False)
         console.print(
             f"wrote {result.output} ({result.format}, {result.tensors} tensors, "
             f"{_fmt_bytes(result.bytes)})",
@@ -449,6 +471,9 @@ def inspect(path: Path, as_json: bool, tensor_name: str | None) -> None:
         _render_inspect(result)
 
 
+NAME_MIN = 16  # narrowest tensor-name column worth drawing a table for
+
+
 def _render_inspect(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -459,17 +484,10 @@ def _render_inspect(result: dict[str, Any]) -> None:
         if artifact
         else f", {result['layout']} layout)"
     )
-    table = Table(title=title, title_justify="left")
     columns = ["tensor", "shape", "dtype", "parameters", "bytes"]
     if artifact:
         columns += ["stored", "bits", "scheme", "granularity", "SQNR dB"]
-    for column in columns:
-        table.add_column(
-            column,
-            justify="right"
-            if column in ("parameters", "bytes", "stored", "bits", "SQNR dB")
-            else "left",
-        )
+    rows = []
     for t in result["tensors"]:
         row = [
             t["name"],
@@ -487,9 +505,32 @@ def _render_inspect(result: dict[str, Any]) -> None:
                 t["granularity"] or "-",
                 _fmt_sqnr(t["sqnr_db"]) if quantized else "-",
             ]
-        table.add_row(*row)
+        rows.append(row)
     console = _stdout_console()
-    console.print(table)
+    # every column but the name at full width, 3 characters of border and padding each, and
+    # at least NAME_MIN for the name, which folds onto more lines as needed
+    others = sum(max([len(c), *(len(r[i]) for r in rows)]) + 3 for i, c in enumerate(columns) if i)
+    if others + NAME_MIN + 4 <= console.width:
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(
+                column,
+                justify="right"
+                if column in ("parameters", "bytes", "stored", "bits", "SQNR dB")
+                else "left",
+                overflow="fold",  # never "tens…": a cut name cannot be found or grepped
+                no_wrap=column != "tensor",
+                min_width=NAME_MIN if column == "tensor" else None,
+            )
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:  # too narrow for the columns: one block per tensor, its name on a line of its own
+        console.print(title, highlight=False, overflow="fold")
+        for row in rows:
+            console.print(row[0], highlight=False, overflow="fold")
+            details = ", ".join(f"{c} {v}" for c, v in zip(columns[1:], row[1:], strict=True))
+            console.print(f"  {details}", highlight=False, overflow="fold")
     summary = (
         f"{len(result['tensors'])} tensors shown, {result['parameters']:,} parameters in the file, "
         f"file {_fmt_bytes(result['file_bytes'])}"
@@ -529,19 +570,63 @@ def _gate_options(command: Any) -> Any:
     return command
 
 
-def _render_gate_result(result: dict[str, Any], what: str) -> None:
+def _fmt_metric(t: dict[str, Any], metric: str, gates: list[Any]) -> str:
+    """A tensor's value of ``metric`` with the digits that show why it fails its gates (22.47, not
+    22.5, against >= 22.5); "-" when unknown (a corrupt tensor), "exact" for an exact SQNR."""
+    from qcompress.gates import METRICS, shown
+
+    field, at_least = METRICS[metric]
+    value = t[field]
+    if t["mse"] is None:
+        return "-"
+    if value is None:
+        return "exact"
+    limits = [g.limit for g in gates if g.metric == metric and g.applies_to(t["name"])]
+    failing = [lim for lim in limits if not (value >= lim if at_least else value <= lim)]
+    if failing:  # the tightest failing limit needs the most digits
+        return shown(value, max(failing) if at_least else min(failing), at_least)
+    return f"{value:.1f}" if metric == "min_sqnr" and math.isfinite(value) else f"{value:.3g}"
+
+
+def _worst_first(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Failing first, then NaN, then lowest SQNR; exact tensors last."""
+
+    def key(t: dict[str, Any]) -> tuple[int, int, float]:
+        sqnr = t["sqnr_db"]
+        if sqnr is None:
+            return (not t["failed"], 2, 0.0)
+        return (not t["failed"], 0 if math.isnan(sqnr) else 1, 0.0 if math.isnan(sqnr) else sqnr)
+
+    return sorted(tensors, key=key)
+
+
+def _render_gate_result(
+    result: dict[str, Any], what: str, gates: list[Any], every_tensor: bool = False
+) -> None:
+    """The failing tensors (with ``every_tensor``: all of them, worst first) and a verdict."""
     from rich.table import Table
 
     console = _stderr_console()
     failing = [t for t in result["tensors"] if t["failed"]]
-    if failing:
-        table = Table(title="failing tensors", title_justify="left")
-        for column in ("tensor", "SQNR dB", "max abs error", "failed"):
-            table.add_column(column)
-        for t in failing:
-            max_abs = "-" if t["max_abs_error"] is None else f"{t['max_abs_error']:.3g}"
-            sqnr = "-" if t["mse"] is None else _fmt_sqnr(t["sqnr_db"])
-            table.add_row(t["name"], sqnr, max_abs, "; ".join(t["failed"]))
+    rows = _worst_first(result["tensors"]) if every_tensor else failing
+    if rows:
+        title = "per-tensor error, worst first" if every_tensor else "failing tensors"
+        table = Table(title=title, title_justify="left")
+        for column in ("tensor", "SQNR dB", "max abs error", "MSE", "failed"):
+            table.add_column(
+                column,
+                justify="left" if column in ("tensor", "failed") else "right",
+                overflow="fold",
+            )
+        for t in rows:
+            mse = "-" if t["mse"] is None else _fmt_metric(t, "max_mse", gates)
+            table.add_row(
+                t["name"],
+                _fmt_metric(t, "min_sqnr", gates),
+                _fmt_metric(t, "max_abs_error", gates),
+                mse,
+                "; ".join(t["failed"]) or "-",
+            )
         console.print(table)
     verdict = "PASSED" if result["passed"] else "FAILED"
     console.print(
@@ -575,7 +660,7 @@ def verify(
     result = api.verify(artifact, against=against, gates=gates)
     if as_json:
         _echo_json(result)
-    _render_gate_result(result, f"{len(result['checksums']['failed'])} checksum failures")
+    _render_gate_result(result, f"{len(result['checksums']['failed'])} checksum failures", gates)
     if not result["passed"]:
         ctx.exit(1)
 
@@ -599,9 +684,10 @@ def compare(
     from qcompress import api
     from qcompress.gates import build_gates
 
-    result = api.compare(a, b, gates=build_gates(min_sqnr, max_abs_error, gate_specs))
+    gates = build_gates(min_sqnr, max_abs_error, gate_specs)
+    result = api.compare(a, b, gates=gates)
     if as_json:
         _echo_json(result)
-    _render_gate_result(result, f"{b} against {a}")
+    _render_gate_result(result, f"{b} against {a}", gates, every_tensor=not as_json)
     if not result["passed"]:
         ctx.exit(1)

@@ -4,12 +4,18 @@ A gate is a glob on tensor names, a metric and a limit. ``--min-sqnr DB`` and
 ``--max-abs-error E`` are gates on every tensor (``*``); ``--gate GLOB:METRIC:VALUE`` adds one
 for the tensors GLOB matches. Every gate that applies to a tensor is checked, so a tensor named by
 a stricter glob must pass both the global and its own limit.
+
+A gate fails on NaN or Inf (a tensor that holds them has a NaN SQNR and a NaN or infinite error),
+and a gate whose glob matches no tensor is a usage error, never a silent pass: a mistyped name
+must not turn a CI check off.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompress.errors import UsageError
@@ -32,7 +38,8 @@ class Gate:
         return fnmatch.fnmatchcase(name, self.pattern)
 
     def passes(self, errors: dict[str, float | None]) -> bool:
-        """Whether the tensor's errors pass. An exact tensor (SQNR None = infinite) passes all."""
+        """Whether the tensor's errors pass. An exact tensor (SQNR None = infinite) passes all;
+        NaN fails all (every comparison with NaN is False)."""
         field, at_least = METRICS[self.metric]
         value = errors[field]
         if value is None:
@@ -41,7 +48,34 @@ class Gate:
 
     def describe(self) -> str:
         op = ">=" if METRICS[self.metric][1] else "<="
-        return f"{self.pattern}:{self.metric} {op} {self.limit:g}"
+        return f"{self.pattern}:{self.metric} {op} {_number(self.limit)}"
+
+    def describe_failure(self, errors: dict[str, float | None]) -> str:
+        """The gate and the value that failed it, with the digits that show why."""
+        field, at_least = METRICS[self.metric]
+        return f"{self.describe()} (got {shown(errors[field], self.limit, at_least)})"
+
+
+def _number(value: float) -> str:
+    """``:g`` where it is exact (30, 0.01), else the shortest text that reads back as ``value``."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def shown(value: float | None, limit: float, at_least: bool) -> str:
+    """``value`` with the fewest significant digits (3 or more) whose printed number still fails
+    ``limit`` as the value does: 22.473 against ``>= 22.5`` prints "22.47", never "22.5".
+    Rounding is monotone, so the printed number is on the same side as the value itself."""
+    if value is None:
+        return "exact"
+    if not math.isfinite(value):
+        return str(value)  # nan, inf
+    fails = (lambda v: v < limit) if at_least else (lambda v: v > limit)
+    for digits in range(3, 18):
+        text = f"{value:.{digits}g}"
+        if not fails(value) or fails(float(text)):
+            return text
+    return repr(value)
 
 
 def parse_gate(text: str) -> Gate:
@@ -74,5 +108,20 @@ def build_gates(
 
 
 def failed_gates(name: str, errors: dict[str, float | None], gates: list[Gate]) -> list[str]:
-    """Descriptions of every gate that applies to ``name`` and fails."""
-    return [g.describe() for g in gates if g.applies_to(name) and not g.passes(errors)]
+    """Descriptions of every gate that applies to ``name`` and fails, each with its value."""
+    return [
+        g.describe_failure(errors) for g in gates if g.applies_to(name) and not g.passes(errors)
+    ]
+
+
+def check_gates_match(gates: list[Gate], names: Iterable[str], where: object) -> None:
+    """Raise UsageError naming the first gate whose glob matches none of ``names`` (tensors of
+    ``where``): a gate that checks nothing would pass whatever the error."""
+    names = list(names)
+    for gate in gates:
+        if not any(gate.applies_to(n) for n in names):
+            pattern = gate.pattern.rstrip("*")
+            close = [n for n in names if n.startswith(pattern) or pattern.startswith(n)]
+            close = close or difflib.get_close_matches(gate.pattern, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "globs match whole names"
+            raise UsageError(f"{where}: gate {gate.describe()!r} matches no tensor; {hint}")

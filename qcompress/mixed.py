@@ -35,7 +35,7 @@ from qcompress.engine.allocate import (
 from qcompress.engine.spec import NonFiniteError, QuantSpec
 from qcompress.errors import InputError, UsageError
 from qcompress.formats.base import WeightReader
-from qcompress.policy import KEPT, QUANTIZED, QuantizeOptions, TensorPlan
+from qcompress.policy import KEPT, QUANTIZED, QuantizeOptions, TensorPlan, keep_warnings
 from qcompress.report import finite_or_none
 
 
@@ -88,8 +88,9 @@ def decide_plans(
     there is one; and the plan file's warnings (rules that decide no tensor). ``jobs`` threads
     measure one tensor's candidates at once (numpy releases the GIL)."""
     decisions = Decisions(list(plans))
+    decisions.warnings = keep_warnings(options, (p.info.name for p in plans))
     if options.plan is not None:
-        decisions.warnings = options.plan.warnings(p.info.name for p in plans)
+        decisions.warnings += options.plan.warnings(p.info.name for p in plans)
     if not options.budget:
         return decisions
     source = {"format": reader.format, "layout": reader.layout, "metadata": {}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompress.engine.spec import (
@@ -214,6 +215,17 @@ def _kept_by_default(info: TensorInfo, options: QuantizeOptions) -> str | None:
     if info.size < options.min_elements:
         return f"{info.size} elements, fewer than --min-elements {options.min_elements}"
     return None
+
+
+def keep_warnings(options: QuantizeOptions, names: Iterable[str]) -> list[str]:
+    """One message per ``--keep`` glob that matches none of ``names``: likely a typo, and a
+    tensor meant to stay float would be quantized without a word."""
+    names = list(names)
+    return [
+        f"--keep {pattern!r} matches no tensor"
+        for pattern in options.keep
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
+    ]
 
 
 def candidate_specs(

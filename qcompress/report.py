@@ -1,8 +1,10 @@
 """The JSON report: what was done to every tensor and what it cost, checked by a shipped schema.
 
 Numbers that JSON cannot hold are mapped, never dropped: an exact reconstruction's infinite SQNR
-is ``null``. Long per-channel or per-group parameter lists are summarised, with the name of the
-artifact tensor that holds them all.
+is ``null``, and any other NaN or infinity (a tensor that holds NaN/Inf) is ``null`` with the
+object's ``"nonfinite"`` map naming the field and what it held (see :func:`json_safe`).
+Long per-channel or per-group parameter lists are summarised, with the name of the artifact
+tensor that holds them all.
 """
 
 from __future__ import annotations
@@ -36,6 +38,58 @@ def finite_or_none(value: float) -> float | None:
     return None if not math.isfinite(value) else float(value)
 
 
+def sqnr_or_none(value: float) -> float | None:
+    """An exact reconstruction's SQNR (+inf) as null; NaN (NaN/Inf in a tensor) stays NaN, so a
+    gate fails on it and :func:`json_safe` marks it instead of passing it off as exact."""
+    return None if value == math.inf else float(value)
+
+
+NONFINITE_KEY = "nonfinite"
+NONFINITE_MARKERS = ("NaN", "Infinity", "-Infinity")
+
+
+def _marker(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def json_safe(document: Any) -> Any:
+    """``document`` with every NaN/Inf float replaced by null, and recorded in the object holding
+    it under ``"nonfinite"``: ``{field: "NaN" | "Infinity" | "-Infinity"}``, with ``field/i`` for
+    element i of a list field. The one encoding of non-finite numbers in every JSON qcompress
+    prints or writes (report, ``inspect``, ``verify``, ``compare``), so no output crashes on them
+    and a consumer can tell a NaN from an exact (null) SQNR."""
+    if isinstance(document, dict):
+        out: dict[str, Any] = {}
+        marks: dict[str, str] = {}
+        for key, value in document.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key], marks[key] = None, _marker(value)
+            elif isinstance(value, list):
+                items = []
+                for i, item in enumerate(value):
+                    if isinstance(item, float) and not math.isfinite(item):
+                        items.append(None)
+                        marks[f"{key}/{i}"] = _marker(item)
+                    else:
+                        items.append(json_safe(item))
+                out[key] = items
+            else:
+                out[key] = json_safe(value)
+        if marks:
+            out[NONFINITE_KEY] = marks
+        return out
+    if isinstance(document, list):
+        return [json_safe(v) for v in document]
+    if isinstance(document, float) and not math.isfinite(document):
+        return None  # a bare number outside any object: nowhere to mark it
+    return document
+
+
+def dumps_json(document: Any, *, indent: int | None = 2) -> str:
+    """Strict JSON (no NaN/Infinity tokens) of any qcompress output, via :func:`json_safe`."""
+    return json.dumps(json_safe(document), indent=indent, allow_nan=False)
+
+
 def _values(array: np.ndarray, stored_as: str) -> list[float] | dict[str, Any]:
     flat = np.asarray(array, dtype=np.float64).reshape(-1)
     if flat.size <= LIST_LIMIT:
@@ -53,7 +107,7 @@ def error_fields(stats: ErrorStats) -> dict[str, Any]:
     return {
         "mse": float(stats.mse),
         "max_abs_error": float(stats.max_abs_error),
-        "sqnr_db": finite_or_none(stats.sqnr_db),
+        "sqnr_db": sqnr_or_none(stats.sqnr_db),
     }
 
 
@@ -152,7 +206,7 @@ def build_report(
 
 
 def dumps(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=2, allow_nan=False) + "\n"
+    return dumps_json(report) + "\n"
 
 
 @cache

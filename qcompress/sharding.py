@@ -211,6 +211,13 @@ def merge_shards(index: ShardIndex, outs: ShardedOutputs, elapsed: float) -> dic
             {"input": r["input"], "artifact": r["artifact"], "report": str(outs.shards[s][1])}
             for s, r in zip(index.shards, reports, strict=True)
         ]
+        # a --keep glob or plan rule that decides nothing in any shard (each shard's report
+        # warns about what it alone lacks)
+        shard_warnings = [r.get("warnings", []) for r in reports]
+        if shard_warnings and (
+            common := [w for w in shard_warnings[0] if all(w in o for o in shard_warnings)]
+        ):
+            report["warnings"] = common
         tmp_report.write_text(dumps(report))
     return report
 

@@ -27,7 +27,8 @@ def error_stats(x: np.ndarray, xhat: np.ndarray) -> ErrorStats:
 
     sqnr_db = 10 log10(mean(x^2) / mse): +inf when the reconstruction is exact (mse == 0, which
     includes empty tensors) and 0.0 when x is all zero but xhat is not (no signal to measure
-    against; 0 dB keeps JSON finite and fails any positive --min-sqnr gate).
+    against; 0 dB keeps JSON finite and fails any positive --min-sqnr gate). NaN or Inf in either
+    tensor makes the MSE and max abs error NaN or Inf and the SQNR NaN, so every gate fails.
     """
     x = np.asarray(x)
     xhat = np.asarray(xhat)
@@ -63,7 +64,7 @@ def row_sums(x: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray, f
             xa = x[rs, c0 : c0 + piece].astype(np.float64)
             d = xhat[rs, c0 : c0 + piece].astype(np.float64)
             d -= xa
-            max_abs = max(max_abs, float(np.max(np.abs(d))))
+            max_abs = _nan_max(max_abs, float(np.max(np.abs(d))))
             d *= d
             xa *= xa
             acc_e = lane_sums(d, acc_e)
@@ -72,6 +73,11 @@ def row_sums(x: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray, f
         sse[rs] = combine_lanes(acc_e)
         signal[rs] = combine_lanes(acc_s)
     return sse, signal, max_abs
+
+
+def _nan_max(a: float, b: float) -> float:
+    """max() that keeps NaN: Python's ``max(0.0, nan)`` is 0.0, which would hide a NaN error."""
+    return b if math.isnan(b) or b > a else a
 
 
 def combine_error_stats(stats: Iterable[ErrorStats]) -> ErrorStats:
@@ -85,7 +91,7 @@ def combine_error_stats(stats: Iterable[ErrorStats]) -> ErrorStats:
     for s in stats:
         sse += s.mse * s.count
         signal += s.signal_power * s.count
-        max_abs = max(max_abs, s.max_abs_error)
+        max_abs = _nan_max(max_abs, s.max_abs_error)
         count += s.count
     return _stats(sse, signal, max_abs, count)
 
@@ -99,7 +105,9 @@ def from_sums(sse: float, signal: float, max_abs: float, count: int) -> ErrorSta
 def _stats(sse: float, signal: float, max_abs: float, count: int) -> ErrorStats:
     mse = sse / count if count else 0.0
     power = signal / count if count else 0.0
-    if mse == 0:
+    if not (math.isfinite(sse) and math.isfinite(signal)):
+        sqnr = math.nan  # NaN/Inf in a tensor: no SQNR (log10 of 0 or NaN), and no gate passes
+    elif mse == 0:
         sqnr = math.inf
     elif power == 0:
         sqnr = 0.0

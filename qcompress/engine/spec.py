@@ -25,6 +25,19 @@ float32 super-scale (and one super-min). 64 bits per 256 groups costs 0.008 bits
 group size 32, whatever the row length (a per-row super-scale would cost 0.5 bits per weight on
 64-wide rows)."""
 
+RECIPE_CHOICES: dict[str, tuple[object, ...]] = {
+    "bits": BITS,
+    "scheme": SCHEMES,
+    "granularity": GRANULARITIES,
+    "range": RANGE_METHODS,
+    "scale_dtype": SCALE_DTYPES,
+}
+"""Recipe field -> the values the engine decodes: what an artifact's recipe is checked against
+(``qcompress.recipe``); ``scale_bits`` (SCALE_BITS or absent), ``group_size`` (GROUP_SIZE_MIN to
+GROUP_SIZE_MAX for groups) and ``super_block`` (SUPER_BLOCK) are checked with them."""
+MAX_ELEMENTS = 2**63 - 1
+"""Elements (and bytes) of the largest tensor whose shape numpy's int64 sizes can hold."""
+
 
 class NonFiniteError(ValueError):
     """The tensor holds NaN or Inf, which no integer grid can represent."""

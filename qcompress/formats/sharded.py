@@ -90,15 +90,27 @@ def read_index(path: Path) -> ShardIndex:
         raise FormatError(f"{path}: the index's 'metadata' must be an object")
     weight_map: dict[str, str] = {}
     for name, shard in doc["weight_map"].items():
-        if not isinstance(shard, str) or not shard or Path(shard).name != shard:
-            raise FormatError(
-                f"{path}: tensor {name!r} maps to {shard!r}; shard files must be plain file "
-                "names in the index's folder"
-            )
-        weight_map[name] = shard
+        weight_map[name] = check_shard_name(path, shard, f"tensor {name!r} maps to")
     if not weight_map:
         raise FormatError(f"{path}: the index maps no tensors")
     return ShardIndex(path, metadata, weight_map)
+
+
+def check_shard_name(index_path: Path, shard: Any, what: str) -> str:
+    """``shard`` if it names a file in the index's own folder; else a FormatError starting with
+    ``what`` ("tensor 'x' maps to"). No "..", no absolute path, no folder part, no NUL: an index
+    must not make qcompress open files outside the checkpoint."""
+    if (
+        not isinstance(shard, str)
+        or shard in ("", ".", "..")
+        or "\x00" in shard
+        or Path(shard).name != shard
+    ):
+        raise FormatError(
+            f"{index_path}: {what} {shard!r}; shard files must be plain file names in the "
+            "index's folder"
+        )
+    return shard
 
 
 def write_index(path: Path, metadata: dict[str, Any], weight_map: dict[str, str]) -> None:

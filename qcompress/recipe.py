@@ -1,0 +1,257 @@
+"""The one check of an artifact's recipe against what the engine and the writers support.
+
+An artifact's checksums prove its bytes are the ones written, not that a program can rebuild
+its tensors from them: a recipe edited with consistent checksums (or written by a buggy tool)
+could ask for 99-bit codes, an axis past the shape, a shape whose element count overflows int64
+or an HDF5 attribute no writer can create. ``Artifact`` calls :func:`check_recipe` on open, so
+``verify``, ``dequantize``, ``inspect`` and ``compare`` all refuse such a file the same way, with
+one line naming the field, before any tensor is decoded; :func:`check_stored_values` covers the
+stored bytes whose values matter for decoding (base-3 bytes, float scales).
+
+Allowed values come from the engine's table (``qcompress.engine.spec.RECIPE_CHOICES`` and its
+bounds), the dtypes from the safetensors codec; nothing is listed twice. Derived fields (rows,
+cols, groups, packing, stored names) are then checked by ``Artifact`` rebuilding the recipe.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+
+from qcompress.engine.packing import BASE3, packing_for
+from qcompress.engine.spec import (
+    GROUP_SIZE_MAX,
+    GROUP_SIZE_MIN,
+    MAX_ELEMENTS,
+    RECIPE_CHOICES,
+    SCALE_BITS,
+    SUPER_BLOCK,
+)
+from qcompress.formats import FORMATS
+from qcompress.formats.safetensors import DTYPE_CODES
+from qcompress.policy import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
+
+LAYOUTS = ("pytorch", "keras")
+ACTIONS = (QUANTIZED, KEPT, PASSTHROUGH)
+H5_STRING_CSETS = ("utf-8", "ascii")
+H5_NONFINITE = ("nan", "inf", "-inf")
+
+
+class RecipeError(ValueError):
+    """A recipe field no engine or writer can use; the message names the tensor and field."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_recipe(recipe: Any) -> None:
+    """Raise RecipeError unless every field of ``recipe`` is one the engine can decode and the
+    writers can write: the source description and every tensor entry."""
+    if not isinstance(recipe, dict):
+        raise RecipeError("the recipe is not an object")
+    entries = recipe.get("tensors")
+    if not isinstance(entries, list):
+        raise RecipeError("'tensors' is not a list")
+    for entry in entries:
+        check_entry(entry)
+    check_source(recipe.get("source"), [e["name"] for e in entries])
+
+
+def check_entry(entry: Any) -> None:
+    """One tensor's entry: name, dtype, shape and action, and for a quantized tensor every
+    engine parameter against the engine's table."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise RecipeError("an entry without a name")
+    name = entry["name"]
+
+    def bad(field: str, why: str) -> RecipeError:
+        return RecipeError(f"tensor {name!r}: {field} {entry.get(field)!r} {why}")
+
+    dtype = entry.get("dtype")
+    if dtype not in DTYPE_CODES:
+        raise bad("dtype", f"is not one of {', '.join(DTYPE_CODES)}")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise bad("shape", "is not a list of non-negative integers")
+    itemsize = max(np.dtype(dtype).itemsize if dtype != "bfloat16" else 2, 1)
+    if math.prod(shape) * itemsize > MAX_ELEMENTS:
+        raise bad("shape", f"holds more than {MAX_ELEMENTS} bytes")
+    action = entry.get("action")
+    if action not in ACTIONS:
+        raise bad("action", f"is not one of {', '.join(ACTIONS)}")
+    if not isinstance(entry.get("reason"), str):
+        raise bad("reason", "is not a string")
+    if action == PASSTHROUGH and dtype in FLOAT_DTYPES:
+        raise bad("dtype", "is a float dtype, which is never passed through")
+    if action == KEPT and dtype not in FLOAT_DTYPES:
+        raise bad("dtype", "is not a float dtype, so it cannot be kept in float")
+    if action == QUANTIZED:
+        _check_quantized(entry, bad)
+
+
+def _check_quantized(entry: dict[str, Any], bad: Any) -> None:
+    if entry["dtype"] not in FLOAT_DTYPES:
+        raise bad("dtype", "is not a float dtype, so it cannot have been quantized")
+    for field, allowed in RECIPE_CHOICES.items():
+        value = entry.get(field)
+        if value not in allowed or isinstance(value, bool):
+            raise bad(field, f"is not one of {', '.join(map(str, allowed))}")
+    ndim = len(entry["shape"])
+    if entry["granularity"] == "tensor":
+        if entry.get("axis") is not None:
+            raise bad("axis", "must be null for one scale per tensor")
+    else:
+        axis = entry.get("axis")
+        if not _is_int(axis) or not 0 <= axis < ndim:
+            raise bad("axis", f"is not an axis of a {ndim}-D tensor (0 to {ndim - 1})")
+    group_size = entry.get("group_size")
+    if entry["granularity"] == "group":
+        if not _is_int(group_size) or not GROUP_SIZE_MIN <= group_size <= GROUP_SIZE_MAX:
+            raise bad("group_size", f"is not from {GROUP_SIZE_MIN} to {GROUP_SIZE_MAX}")
+    elif group_size is not None:
+        raise bad("group_size", f"must be null for granularity {entry['granularity']}")
+    if "scale_bits" in entry:
+        if entry["scale_bits"] not in SCALE_BITS or not _is_int(entry["scale_bits"]):
+            raise bad("scale_bits", f"is not one of {', '.join(map(str, SCALE_BITS))}")
+        if entry.get("super_block") != SUPER_BLOCK or not _is_int(entry.get("super_block")):
+            raise bad("super_block", f"is not {SUPER_BLOCK}")
+    packing = "none" if entry["bits"] == 8 else packing_for(entry["bits"], entry["scheme"])
+    if entry.get("packing") != packing:
+        raise bad("packing", f"is not {packing!r}, the packing of {entry['bits']}-bit codes")
+
+
+def check_source(source: Any, tensor_names: list[str]) -> None:
+    """What the source format needs to be rebuilt: an object with a known format and layout,
+    and metadata the writers accept (safetensors metadata of strings, a well-formed h5 tree)."""
+    if not isinstance(source, dict):
+        raise RecipeError(f"'source' is {type(source).__name__}, not an object")
+    if source.get("format") not in FORMATS:
+        raise RecipeError(f"source format {source.get('format')!r} is not one of {FORMATS}")
+    if source.get("layout") not in LAYOUTS:
+        raise RecipeError(f"source layout {source.get('layout')!r} is not one of {LAYOUTS}")
+    meta = source.get("metadata")
+    if not isinstance(meta, dict):
+        raise RecipeError("source 'metadata' is not an object")
+    st_meta = meta.get("__metadata__", {})
+    if not isinstance(st_meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in st_meta.items()
+    ):
+        raise RecipeError("source safetensors '__metadata__' must map strings to strings")
+    if meta.get("format") == "h5":
+        check_h5_tree(meta, tensor_names)
+
+
+def check_h5_tree(meta: dict[str, Any], tensor_names: list[str]) -> None:
+    """The h5 groups and attributes ``write_h5`` rebuilds: group paths that do not collide with
+    a dataset, datasets the artifact holds, and every attribute in the tagged encoding of
+    ``qcompress.formats.h5`` with values that fit their type and shape."""
+    tensors = set(tensor_names)
+    _check_attrs(meta.get("attrs", {}), "the root")
+    groups = meta.get("groups", [])
+    if not isinstance(groups, list):
+        raise RecipeError("h5 'groups' is not a list")
+    for group in groups:
+        if not isinstance(group, dict) or not isinstance(group.get("name"), str):
+            raise RecipeError(f"h5 group {group!r} has no name")
+        name = group["name"]
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise RecipeError(f"h5 group {name!r} is not a path of named groups")
+        prefixes = ("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+        clash = next((p for p in prefixes if p in tensors), None)
+        if clash is not None:  # a dataset cannot also be a group
+            raise RecipeError(f"h5 group {name!r} clashes with dataset {clash!r}")
+        _check_attrs(group.get("attrs", {}), f"group {name!r}")
+    datasets = meta.get("datasets", {})
+    if not isinstance(datasets, dict):
+        raise RecipeError("h5 'datasets' is not an object")
+    for name, desc in datasets.items():
+        if name not in tensors:
+            raise RecipeError(f"h5 attributes for dataset {name!r}, which the artifact lacks")
+        if not isinstance(desc, dict):
+            raise RecipeError(f"h5 dataset {name!r}: description is not an object")
+        _check_attrs(desc.get("attrs", {}), f"dataset {name!r}")
+
+
+def _check_attrs(attrs: Any, owner: str) -> None:
+    if not isinstance(attrs, dict):
+        raise RecipeError(f"h5 attributes of {owner} are not an object")
+    for key, enc in attrs.items():
+        try:
+            _check_attr(enc)
+        except (ValueError, TypeError, OverflowError) as err:  # binascii.Error is a ValueError
+            raise RecipeError(f"h5 attribute {key!r} of {owner}: {err}") from None
+
+
+def _check_attr(enc: Any) -> None:
+    """One attribute's tagged encoding (see ``qcompress.formats.h5``): decodable as written."""
+    if not isinstance(enc, dict):
+        raise RecipeError("not an object")
+    kind = enc.get("kind")
+    if kind == "empty":
+        if np.dtype(str(enc.get("dtype"))).kind not in "biuf":
+            raise RecipeError(f"dtype {enc.get('dtype')!r} is not numeric")
+        return
+    shape = enc.get("shape")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise RecipeError(f"shape {shape!r} is not a list of non-negative integers")
+    if kind in ("str", "bytes"):
+        if enc.get("cset") not in H5_STRING_CSETS:
+            raise RecipeError(f"cset {enc.get('cset')!r} is not one of {H5_STRING_CSETS}")
+        if kind == "bytes":
+            dt = np.dtype(str(enc.get("dtype")))
+            if dt.kind != "S" or dt.itemsize < 1:
+                raise RecipeError(f"dtype {enc.get('dtype')!r} is not a fixed-length string")
+        b64 = enc.get("b64", False)
+        for leaf in _leaves(enc.get("value"), shape):
+            if not isinstance(leaf, str):
+                raise RecipeError(f"value {leaf!r} is not a string")
+            if b64 is True:
+                base64.b64decode(leaf, validate=True)
+            elif b64 is not False:
+                raise RecipeError(f"b64 {b64!r} is not a boolean")
+        return
+    if kind == "number":
+        dt = np.dtype(str(enc.get("dtype")))
+        if dt.kind not in "biuf":
+            raise RecipeError(f"dtype {enc.get('dtype')!r} is not numeric")
+        leaves = list(_leaves(enc.get("value"), shape))
+        for leaf in leaves:
+            if isinstance(leaf, str) and leaf not in H5_NONFINITE:
+                raise RecipeError(f"value {leaf!r} is not a number")
+            if not isinstance(leaf, (int, float, str)):
+                raise RecipeError(f"value {leaf!r} is not a number")
+        numbers = [float(v) if isinstance(v, str) else v for v in leaves]
+        np.array(numbers, dtype=dt)  # raises on a value the dtype cannot hold
+        return
+    raise RecipeError(f"kind {kind!r} is not one of empty, str, bytes, number")
+
+
+def _leaves(value: Any, shape: list[int]) -> list[Any]:
+    """The elements of a nested-list value, checked to nest exactly as ``shape`` says."""
+    if not shape:
+        if isinstance(value, list):
+            raise RecipeError("a nested list where the shape has no more dimensions")
+        return [value]
+    if not isinstance(value, list) or len(value) != shape[0]:
+        raise RecipeError(f"value does not have shape {shape}")
+    return [leaf for item in value for leaf in _leaves(item, shape[1:])]
+
+
+def check_stored_values(entry: dict[str, Any], role: str, array: np.ndarray) -> None:
+    """Raise RecipeError when a stored tensor's values cannot be decoded: a base-3 byte above
+    242 (3^5 - 1), or a float scale, zero-point or super-scale that is NaN or infinite. ``role``
+    is the recipe key that names the stored tensor (codes, scale, zero_point, super, stored)."""
+    if role == "codes" and entry.get("packing") == BASE3:
+        if array.size and int(array.max()) > 242:
+            raise RecipeError(f"{entry[role]!r}: a base-3 byte exceeds 242 (3^5 - 1)")
+    elif (
+        role in ("scale", "zero_point", "super")
+        and array.dtype.kind == "f"
+        and not (np.isfinite(array).all())
+    ):
+        raise RecipeError(f"{entry[role]!r}: holds NaN or Inf, so no value decodes")
