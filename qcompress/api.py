@@ -195,7 +195,7 @@ def dequantize_file(
                 ),
             )
         notes: set[str] = set()
-        with atomic_outputs(outputs) as temps:
+        with atomic_outputs(outputs, force) as temps:
             for (entries, _, recipe), tmp in zip(parts, temps, strict=False):
                 notes |= _write_float(art, entries, tmp, fmt, dtype, recipe, progress)
             if sharded_output:

@@ -214,7 +214,7 @@ def quantize_single(
         progress.start(len(plans), sum(p.info.nbytes for p in plans))
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash") as background,
-        atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report),
+        atomic_outputs([artifact_path, report_path], force) as (tmp_artifact, tmp_report),
     ):
         input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
         with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
