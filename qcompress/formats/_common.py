@@ -8,10 +8,60 @@ Kept private: the public surface is ``qcompress.formats`` and the per-format mod
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
 import numpy as np
 
+from qcompress.errors import InputError
 from qcompress.formats.base import TensorInfo
+
+
+def shown(path: Path | str) -> str:
+    """A path as messages show it: on one line (a newline in a name is escaped as ``\\n``)."""
+    return str(path).replace("\n", "\\n").replace("\r", "\\r")
+
+
+def require_regular_file(path: Path, what: str = "file") -> int:
+    """Size of ``path`` if it is a regular file (symlinks followed); otherwise an InputError.
+
+    Checked before any ``open``: opening a FIFO for reading blocks until a writer appears, so a
+    FIFO named ``model.npz`` would hang the command forever; a device node could stream without
+    end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{shown(path)}: no such {what}") from None
+    except PermissionError:
+        raise InputError(f"{shown(path)}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{shown(path)}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{shown(path)}: is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{shown(path)}: not a regular file (a FIFO, socket or device?)")
+    return st.st_size
+
+
+def read_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
+    """Fill ``buffer`` from ``fd`` at ``offset`` with ``pread``-style reads. A short read (the
+    file shrank since it was opened) is an InputError naming ``path``: reading a memory map
+    there would kill the process with SIGBUS instead."""
+    done = 0
+    total = len(buffer)
+    while done < total:
+        try:
+            n = os.preadv(fd, [buffer[done:]], offset + done)
+        except OSError as exc:
+            raise InputError(f"{shown(path)}: cannot read: {exc.strerror or exc}") from None
+        if n == 0:
+            raise InputError(
+                f"{shown(path)}: file ended at byte {offset + done}, before the data it declares "
+                "(truncated, or changed while qcompress was reading it?)"
+            )
+        done += n
 
 
 def one_line(text: object) -> str:

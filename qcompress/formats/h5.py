@@ -74,7 +74,13 @@ import numpy as np
 from h5py._objects import phil as _h5py_lock
 
 from qcompress.errors import FormatError, InputError, QCompressError, UsageError
-from qcompress.formats._common import check_array, dtype_name, one_line, to_dtype
+from qcompress.formats._common import (
+    check_array,
+    dtype_name,
+    one_line,
+    require_regular_file,
+    to_dtype,
+)
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # h5py turns damage deep in a file into almost any exception: OSError and KeyError from HDF5,
@@ -91,6 +97,7 @@ class H5Reader(WeightReader):
 
     def __init__(self, path: Path, probe: bool = True) -> None:
         super().__init__(path)
+        require_regular_file(self.path)
         snapshot = probe_h5(self.path) if probe else None
         try:
             self._file_size = self.path.stat().st_size

@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import check_array, dtype_name, one_line
+from qcompress.formats._common import check_array, dtype_name, one_line, require_regular_file
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
@@ -63,6 +63,7 @@ class NpzReader(WeightReader):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        require_regular_file(self.path)
         try:
             self._zip = zipfile.ZipFile(self.path)
         except OSError as exc:
