@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
 import numpy as np
 
-from qcompress.errors import InputError
+from qcompress.errors import InputError, UsageError
 from qcompress.formats.base import TensorInfo
 
 
@@ -67,6 +68,31 @@ def read_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
 def one_line(text: object) -> str:
     """Collapse an exception's text (HDF5 and zipfile messages span lines) into one line."""
     return " ".join(str(text).split())
+
+
+def check_names(path: Path, infos: Sequence[TensorInfo], fmt: str, nul: bool = False) -> None:
+    """Refuse, before anything is written, a tensor name the format ``fmt`` would not keep
+    exactly: text that is not Unicode (lone surrogates), NUL unless ``nul`` (zip and HDF5 cut
+    names there, so
+    ``a\\x00b`` and ``a\\x00c`` would merge into ``a``), and the same name twice. Format rules
+    on top of these (HDF5 paths, reserved names) are checked by each writer."""
+    seen: set[str] = set()
+    for info in infos:
+        try:
+            info.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{shown(path)}: tensor {info.name!r} has a name that is not valid Unicode text, "
+                f"which {fmt} cannot store"
+            ) from None
+        if not nul and "\x00" in info.name:
+            raise UsageError(
+                f"{shown(path)}: tensor {info.name!r} has a NUL character in its name, which "
+                f"{fmt} cannot store (it would cut the name there); write .safetensors instead"
+            )
+        if info.name in seen:
+            raise UsageError(f"{shown(path)}: tensor name {info.name!r} appears twice")
+        seen.add(info.name)
 
 
 def dtype_name(dt: np.dtype) -> str:

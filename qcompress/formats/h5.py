@@ -76,6 +76,7 @@ from h5py._objects import phil as _h5py_lock
 from qcompress.errors import FormatError, InputError, QCompressError, UsageError
 from qcompress.formats._common import (
     check_array,
+    check_names,
     dtype_name,
     one_line,
     require_regular_file,
@@ -553,7 +554,10 @@ def write_h5(
 
 
 def _check_h5_names(path: Path, infos: Sequence[TensorInfo]) -> None:
-    """Refuse what HDF5 cannot represent, before creating anything."""
+    """Refuse what HDF5 cannot represent exactly, before creating anything: names HDF5 would
+    cut (NUL) or read as other paths (empty parts from a leading, trailing or doubled "/", and
+    "." parts), so every name comes back as it was."""
+    check_names(path, infos, "HDF5")
     names = set()
     for info in infos:
         parts = info.name.split("/")
@@ -581,5 +585,3 @@ def _check_h5_names(path: Path, infos: Sequence[TensorInfo]) -> None:
                     f"{path}: tensors {prefix!r} and {info.name!r} cannot both be stored in "
                     "HDF5 (the first would also have to be a group); write .npz or .safetensors"
                 )
-    if len(names) != len(infos):
-        raise ValueError("duplicate tensor names")

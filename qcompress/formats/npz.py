@@ -23,7 +23,13 @@ from typing import IO, Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import check_array, dtype_name, one_line, require_regular_file
+from qcompress.formats._common import (
+    check_array,
+    check_names,
+    dtype_name,
+    one_line,
+    require_regular_file,
+)
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
@@ -224,8 +230,13 @@ def write_npz(
                 f"{path}: npz cannot store tensor {info.name!r} of dtype {info.dtype}; "
                 "write .safetensors instead, or convert it (e.g. --dtype float32)"
             )
-    if len({i.name for i in infos}) != len(infos):
-        raise ValueError("duplicate tensor names")
+    check_names(path, infos, "npz")
+    for info in infos:
+        if info.name.endswith("/"):  # a zip directory entry: readers skip it
+            raise UsageError(
+                f"{path}: tensor {info.name!r} ends in '/', which npz cannot store as a member; "
+                "write .safetensors instead"
+            )
     with (
         open(path, "wb") as fh,
         zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,

@@ -27,6 +27,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import (
     check_array,
+    check_names,
     one_line,
     read_exactly,
     require_regular_file,
@@ -69,8 +70,8 @@ def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | Non
     """The 8-byte length and the JSON header for ``infos`` laid out contiguously in the given
     order, ``__metadata__`` first. Padded with spaces to a multiple of 8 so every tensor whose
     offset is a multiple of its itemsize lands aligned. Deterministic: compact separators,
-    metadata keys sorted, no timestamps. Raises ValueError for duplicate names, and
-    UsageError for a dtype safetensors cannot hold."""
+    metadata keys sorted, no timestamps. Raises UsageError for a duplicate or reserved name
+    and for a dtype safetensors cannot hold."""
     parts: list[str] = []
     if metadata:
         for key, value in metadata.items():
@@ -81,9 +82,12 @@ def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | Non
     offset = 0
     for info in infos:
         if info.name in seen:
-            raise ValueError(f"duplicate tensor name {info.name!r}")
+            raise UsageError(f"tensor name {info.name!r} appears twice")
         if info.name == "__metadata__":
-            raise ValueError("a tensor cannot be named '__metadata__' in safetensors")
+            raise UsageError(
+                "tensor '__metadata__' has the name safetensors reserves for its metadata; "
+                "write .npz or .h5 instead, or rename the tensor"
+            )
         seen.add(info.name)
         code = DTYPE_CODES.get(info.dtype)
         if code is None:
@@ -108,7 +112,11 @@ def write_safetensors(
 ) -> None:
     """Write the header, then stream each array's bytes (C order, little-endian), one array at
     a time. An array that does not match its info is a programming error (ValueError)."""
-    header = encode_header(infos, metadata)
+    check_names(path, infos, "safetensors", nul=True)  # JSON holds NUL as \\u0000
+    try:
+        header = encode_header(infos, metadata)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     with open(path, "wb") as fh:
         fh.write(header)
         for info, array in zip(infos, arrays, strict=True):
