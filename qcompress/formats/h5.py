@@ -28,8 +28,9 @@ datasets tensors of dtype ``"object"`` (``read`` gives an object array of str); 
 through ``write_h5`` but no other writer accepts them, so callers should pass them through or
 refuse them. Other HDF5 types (compound, opaque, references, ...) are refused on open.
 
-Never followed: external links, soft links, external raw storage and virtual datasets whose
-sources lie in another file. Each is a FormatError on open.
+Never followed: external links, soft links, external raw storage and virtual datasets (HDF5
+crashes on self-referencing or cyclic ones). Each is a FormatError on open. Hard links (one
+dataset at two paths) are listed, and written back, at every path.
 
 Crashes and hangs in the HDF5 C library: h5py and HDF5 parse the file, and any Python exception
 they raise on damaged content becomes a FormatError. But HDF5 (2.0.0 here) trusts some on-disk
@@ -49,8 +50,8 @@ Dataset data is not read by the probe: ``_check_storage`` first bounds every dat
 the bytes the file really holds for it, so the reads that follow are plain copies (contiguous)
 or decompression of chunks HDF5 has already located (chunked).
 
-``QCOMPRESS_H5_PROBE_TIMEOUT`` sets the child's time limit in seconds (default 30); ``0`` turns
-the probe off, for trusted files in a process that may crash.
+``QCOMPRESS_H5_PROBE_TIMEOUT`` sets the child's time limit in seconds (default 30, at most 1e6);
+``0`` turns the probe off, for trusted files in a process that may crash.
 """
 
 from __future__ import annotations
@@ -179,10 +180,13 @@ class H5Reader(WeightReader):
                 f"{self.path}: dataset {name!r} keeps its data in external files; "
                 "qcompress never reads outside the file"
             )
-        if dset.is_virtual and any(src.file_name != "." for src in dset.virtual_sources()):
+        if dset.is_virtual:
+            # Checked before anything else touches it: HDF5 crashes (SIGSEGV) on virtual
+            # datasets that map onto themselves or onto each other, in the probe and on read.
             raise FormatError(
-                f"{self.path}: dataset {name!r} is a virtual dataset drawing on other files; "
-                "qcompress never reads outside the file"
+                f"{self.path}: dataset {name!r} is a virtual dataset (its data is mapped from "
+                "other datasets or files), which qcompress does not read; store its data in a "
+                "regular dataset first (e.g. h5repack -l CONTI)"
             )
         if dset.shape is None:
             raise FormatError(f"{self.path}: dataset {name!r} is empty (null dataspace)")
@@ -294,13 +298,25 @@ _PROBE_OK = 0
 _PROBE_REFUSED = 3  # the child raised a QCompressError: the in-process open raises it again
 
 
+_PROBE_TIMEOUT_MAX = 1e6  # about 11 days; select() refuses timeouts far beyond this
+
+
 def probe_timeout() -> float:
-    """Seconds the probe child may take (``QCOMPRESS_H5_PROBE_TIMEOUT``); 0 disables it."""
+    """Seconds the probe child may take (``QCOMPRESS_H5_PROBE_TIMEOUT``); 0 disables it.
+    Anything but 0 or a positive finite number (junk, nan, inf, negative) is a UsageError;
+    values above ``_PROBE_TIMEOUT_MAX`` are taken as that (no real parse takes days)."""
     raw = os.environ.get(PROBE_TIMEOUT_ENV, "")
+    if not raw.strip():
+        return _PROBE_TIMEOUT_DEFAULT
     try:
-        return float(raw) if raw.strip() else _PROBE_TIMEOUT_DEFAULT
+        value = float(raw)
     except ValueError:
-        raise UsageError(f"{PROBE_TIMEOUT_ENV}={raw!r}: must be a number of seconds") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(
+            f"{PROBE_TIMEOUT_ENV}={raw!r}: must be a number of seconds (0 turns the probe off)"
+        )
+    return min(value, _PROBE_TIMEOUT_MAX)
 
 
 def _probe_work(path: Path, out: IO[bytes]) -> int:
@@ -530,7 +546,11 @@ def write_h5(
     path = Path(path)
     _check_h5_names(path, infos)
     source = metadata if metadata and metadata.get("format") == "h5" else None
-    with h5py.File(path, "w", track_order=False) as f:
+    # HDF5's original format keeps attributes in the object header, at most 64 KB per object;
+    # larger ones (an 800 KB model_config) need dense attribute storage, from the 1.8 format.
+    # Files without such attributes keep the original format, and so their bytes.
+    libver = ("v108", "latest") if source is not None and _large_attrs(source) else None
+    with h5py.File(path, "w", track_order=False, libver=libver) as f:
         if source is not None:
             for key, enc in source.get("attrs", {}).items():
                 decode_attr(f.attrs, key, enc)
@@ -551,6 +571,17 @@ def write_h5(
                 dset = f.create_dataset(info.name, data=array, dtype=array.dtype)
             for key, enc in dataset_meta.get(info.name, {}).get("attrs", {}).items():
                 decode_attr(dset.attrs, key, enc)
+
+
+_COMPACT_ATTRS_MAX = 16_384  # bytes of attributes per object kept in the original format
+
+
+def _large_attrs(source: dict[str, Any]) -> bool:
+    """Whether some object's attributes may not fit its header (estimated by their JSON)."""
+    objects = [source.get("attrs", {})]
+    objects += [g.get("attrs", {}) for g in source.get("groups", [])]
+    objects += [d.get("attrs", {}) for d in source.get("datasets", {}).values()]
+    return any(len(json.dumps(attrs)) > _COMPACT_ATTRS_MAX for attrs in objects)
 
 
 def _check_h5_names(path: Path, infos: Sequence[TensorInfo]) -> None:
