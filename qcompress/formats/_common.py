@@ -16,7 +16,7 @@ from pathlib import Path
 import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
 import numpy as np
 
-from qcompress.errors import InputError, UsageError
+from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats.base import TensorInfo
 
 
@@ -93,6 +93,21 @@ def check_names(path: Path, infos: Sequence[TensorInfo], fmt: str, nul: bool = F
         if info.name in seen:
             raise UsageError(f"{shown(path)}: tensor name {info.name!r} appears twice")
         seen.add(info.name)
+
+
+def check_empty_shape(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """A zero-element tensor holds no bytes, so a file can declare any other dimensions for it;
+    numpy cannot make an array whose non-zero dimensions multiply past its index range
+    (``[2**40, 2**40, 0]``). Refuse those on open, naming the tensor, instead of failing later."""
+    if 0 not in shape:
+        return
+    try:
+        np.empty(shape, dtype=dtype)
+    except (ValueError, OverflowError):
+        raise FormatError(
+            f"{shown(path)}: tensor {name!r} has shape {list(shape)}: no elements, but "
+            "dimensions too large for any array; fix or remove it"
+        ) from None
 
 
 def dtype_name(dt: np.dtype) -> str:

@@ -77,6 +77,7 @@ from h5py._objects import phil as _h5py_lock
 from qcompress.errors import FormatError, InputError, QCompressError, UsageError
 from qcompress.formats._common import (
     check_array,
+    check_empty_shape,
     check_names,
     dtype_name,
     one_line,
@@ -202,7 +203,11 @@ class H5Reader(WeightReader):
                 f"{self.path}: dataset {name!r} has HDF5 type {dt}, which qcompress does not "
                 "support (numbers, bools and strings only)"
             )
-        return TensorInfo(name, tuple(int(d) for d in dset.shape), dtype)
+        shape = tuple(int(d) for d in dset.shape)
+        check_empty_shape(
+            self.path, name, shape, to_dtype("float32" if dtype == "object" else dtype)
+        )
+        return TensorInfo(name, shape, dtype)
 
     def _check_storage(self, name: str, dset: h5py.Dataset) -> None:
         """Refuse data said to lie past the end of the file, and a dataspace larger than the

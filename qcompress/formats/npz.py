@@ -25,6 +25,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import (
     check_array,
+    check_empty_shape,
     check_names,
     dtype_name,
     one_line,
@@ -69,7 +70,7 @@ class NpzReader(WeightReader):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        require_regular_file(self.path)
+        self._size = require_regular_file(self.path)
         try:
             self._zip = zipfile.ZipFile(self.path)
         except OSError as exc:
@@ -128,6 +129,7 @@ class NpzReader(WeightReader):
                     f"{self.path}: tensor {name!r} has dtype {dtype.str}, which qcompress "
                     "does not support in npz (numeric, bool or fixed-length strings only)"
                 )
+            check_empty_shape(self.path, name, shape, dtype)
             info = TensorInfo(name, shape, dtype_name(dtype))
             # Checked against the zip directory, so a lying header cannot make ``read``
             # allocate more than the member holds.
@@ -144,7 +146,9 @@ class NpzReader(WeightReader):
     def _check_declared_size(self, entry: zipfile.ZipInfo) -> None:
         """Refuse a member whose declared size its compressed bytes cannot hold (a zip bomb's
         headers, or damage), before anything is allocated for it: memory must follow the
-        file's real size. Stored members hold exactly their size; deflate expands at most
+        file's real size. ``read`` then allocates exactly what the ``.npy`` header declares,
+        which ``_index`` matched against this declared size, and zipfile stops decompressing
+        at the declared size, so a bomb's stream is never inflated past it. Stored members hold exactly their size; deflate expands at most
         1032:1; other methods never appear in npz files."""
         if entry.compress_type == zipfile.ZIP_STORED:
             limit = entry.compress_size
@@ -154,6 +158,11 @@ class NpzReader(WeightReader):
             raise FormatError(
                 f"{self.path}: npz member {entry.filename!r} uses zip compression method "
                 f"{entry.compress_type}; numpy writes only stored or deflated members"
+            )
+        if entry.header_offset + entry.compress_size > self._size:
+            raise FormatError(
+                f"{self.path}: npz member {entry.filename!r} declares {entry.compress_size} "
+                f"compressed bytes, more than the file holds (truncated or corrupt)"
             )
         if entry.file_size > limit:
             raise FormatError(

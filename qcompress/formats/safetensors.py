@@ -27,6 +27,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import (
     check_array,
+    check_empty_shape,
     check_names,
     one_line,
     read_exactly,
@@ -297,6 +298,7 @@ class SafetensorsReader(WeightReader):
                 f"tensor {name!r} data_offsets must be [begin, end] with "
                 f"0 <= begin <= end, got {offsets!r}"
             )
+        check_empty_shape(self.path, name, tuple(shape), to_dtype(CODE_DTYPES[code]))
         info = TensorInfo(name, tuple(shape), CODE_DTYPES[code])
         begin, end = offsets
         need = tensor_nbytes(info)
