@@ -148,8 +148,9 @@ class NpzReader(WeightReader):
         headers, or damage), before anything is allocated for it: memory must follow the
         file's real size. ``read`` then allocates exactly what the ``.npy`` header declares,
         which ``_index`` matched against this declared size, and zipfile stops decompressing
-        at the declared size, so a bomb's stream is never inflated past it. Stored members hold exactly their size; deflate expands at most
-        1032:1; other methods never appear in npz files."""
+        at the declared size, so a bomb's stream is never inflated past it. Stored members
+        hold exactly their size; deflate expands at most 1032:1; other methods never appear
+        in npz files."""
         if entry.compress_type == zipfile.ZIP_STORED:
             limit = entry.compress_size
         elif entry.compress_type == zipfile.ZIP_DEFLATED:
