@@ -195,7 +195,7 @@ def dequantize_file(
                 ),
             )
         notes: set[str] = set()
-        with atomic_outputs(outputs) as temps:
+        with atomic_outputs(outputs, force) as temps:
             for (entries, _, recipe), tmp in zip(parts, temps, strict=False):
                 notes |= _write_float(art, entries, tmp, fmt, dtype, recipe, progress)
             if sharded_output:
@@ -238,13 +238,31 @@ def _write_float(
                 if e["action"] == QUANTIZED
                 else (art.stored_tensor(e))
             )
-            yield x if str(x.dtype) == info.dtype else x.astype(info.dtype)
+            yield x if str(x.dtype) == info.dtype else _narrow(x, info, path, dtype)
             art.release(e)
             if progress:
                 progress.advance(e["name"], info.nbytes)
 
     write_weights(path, fmt, infos, arrays(), recipe["source"]["metadata"])
     return notes
+
+
+def _narrow(x: np.ndarray, info: TensorInfo, path: Path, requested: str) -> np.ndarray:
+    """``x`` cast to ``info.dtype``; a UsageError if a finite value would become Inf there
+    (float16 tops out at 65504), so no file ever holds Inf the model did not have."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = x.astype(info.dtype)
+    if y.dtype.kind == "f" and x.dtype.kind == "f" and y.size:
+        became_inf = np.isinf(y) & np.isfinite(x)
+        if became_inf.any():
+            peak = float(np.max(np.abs(x[np.isfinite(x)])))
+            fix = "--dtype float32" if requested == "original" else "--dtype float32 or original"
+            raise UsageError(
+                f"{path}: tensor {info.name!r} has values up to |{peak:.6g}|, beyond the range "
+                f"of {info.dtype} (max {float(np.finfo(y.dtype).max):.6g}), where they would "
+                f"become Inf; use {fix}"
+            )
+    return y
 
 
 def _open_artifact(path: Path) -> Artifact | ShardedArtifact:

@@ -252,7 +252,10 @@ class ArtifactWriter:
 
     def finish(self, stats: np.ndarray) -> None:
         """Write the stats and checksums, then flush to disk."""
-        self.write(STATS_TENSOR, np.asarray(stats, dtype=np.float64))
+        # reshape: a model whose tensors are all kept gives no rows, and np.array([]) is (0,)
+        self.write(
+            STATS_TENSOR, np.asarray(stats, dtype=np.float64).reshape(-1, len(STATS_COLUMNS))
+        )
         if self._next != len(self._stored):
             raise AssertionError("artifact writer finished before every tensor was written")
         digests = [f.result() for f in self._digests]

@@ -52,17 +52,37 @@ class _Group(click.Group):
         from qcompress.errors import QCompressError
 
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return result
+        except BrokenPipeError:
+            # The reader of our stdout went away (``qcompress inspect F | head -3``): what it
+            # wanted was printed, so this is a success, and nothing more may be written.
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
         except QCompressError as e:
-            raise _Failure(str(e), e.exit_code) from None
+            raise _Failure(_one_line(str(e)), e.exit_code) from None
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
-            raise _Failure(f"{where}{e.strerror or e}", 2) from None
+            raise _Failure(_one_line(f"{where}{e.strerror or e}"), 2) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was written.", err=True)
             raise click.exceptions.Exit(130) from None
         except Terminated:
             raise click.exceptions.Exit(143) from None
+
+
+def _one_line(message: str) -> str:
+    """An error is one line: a newline in a path or a name is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 @click.group(
@@ -94,8 +114,15 @@ def _console(stderr: bool) -> Any:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
     if _no_color():
-        return Console(stderr=stderr, width=width, color_system=None, no_color=True)
-    return Console(stderr=stderr, width=width)
+        console = Console(stderr=stderr, width=width, color_system=None, no_color=True)
+    else:
+        console = Console(stderr=stderr, width=width)
+    console.on_broken_pipe = _broken_pipe  # rich would exit 1; the CLI boundary exits 0
+    return console
+
+
+def _broken_pipe() -> None:
+    raise BrokenPipeError(32, "Broken pipe")
 
 
 def _stderr_console() -> Any:

@@ -180,8 +180,16 @@ def refuse_artifact(reader: WeightReader) -> None:
 
 
 def check_storable(path: Path, infos: list[TensorInfo]) -> None:
-    """Every tensor must fit in a safetensors artifact (strings and objects do not)."""
+    """Every tensor must fit in a safetensors artifact (strings and objects do not, nor a name
+    safetensors reserves), and there must be a tensor: an artifact of nothing helps nobody."""
+    if not infos:
+        raise InputError(f"{path}: holds no tensors; there is nothing to quantize")
     for info in infos:
+        if info.name == "__metadata__":
+            raise InputError(
+                f"{path}: tensor '__metadata__' has the name safetensors reserves for its "
+                "metadata, so no artifact can hold it; rename it in the model first"
+            )
         if info.dtype not in DTYPE_CODES:
             raise InputError(
                 f"{path}: tensor {info.name!r} has dtype {info.dtype}, which a safetensors "
@@ -214,7 +222,7 @@ def quantize_single(
         progress.start(len(plans), sum(p.info.nbytes for p in plans))
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash") as background,
-        atomic_outputs([artifact_path, report_path]) as (tmp_artifact, tmp_report),
+        atomic_outputs([artifact_path, report_path], force) as (tmp_artifact, tmp_report),
     ):
         input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
         with ArtifactWriter(tmp_artifact, recipe, stored) as writer:

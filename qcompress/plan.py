@@ -118,6 +118,8 @@ def load_plan(path: str | Path) -> Plan:
     """Read and validate PLAN.toml; UsageError naming the file and line if it is invalid."""
     path = Path(path)
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block the read forever
+            raise UsageError(f"{path}: not a regular file; give a plan .toml file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"{path}: plan file not found") from None
@@ -132,6 +134,13 @@ def parse_plan(text: str, path: str = "<plan>") -> Plan:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise UsageError(
+            f"{path}: arrays or tables nested too deeply to parse; a plan needs no nesting "
+            "beyond [[rule]] tables"
+        ) from None
+    except ValueError as e:  # an integer too long to convert (over 4300 digits)
+        raise UsageError(f"{path}: invalid value: {e}") from None
     lines = _Lines(text, path)
     for key in data:
         if key not in TOP_LEVEL:

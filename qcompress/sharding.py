@@ -12,6 +12,7 @@ writes the artifact index and the checkpoint's report. Names mirror the input:
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,10 +145,16 @@ def _load_shard_report(index: ShardIndex, shard: str, report_path: Path) -> dict
         )
     try:
         report = json.loads(report_path.read_text())
-        artifact = Path(report["artifact"]["path"])
-        recorded = report["artifact"]["sha256"]
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"{report_path}: not a qcompress report") from None
+    except (ValueError, RecursionError, OSError):
+        raise InputError(f"{report_path}: not a qcompress report (not readable JSON)") from None
+    problem = _report_problem(report)
+    if problem:
+        raise InputError(
+            f"{report_path}: not a qcompress report, or edited: {problem}; "
+            f"quantize shard {shard} again"
+        )
+    artifact = Path(report["artifact"]["path"])
+    recorded = report["artifact"]["sha256"]
     artifact = report_path.parent / artifact.name
     if not artifact.is_file() or sha256_file(artifact) != recorded:
         raise InputError(
@@ -155,6 +162,54 @@ def _load_shard_report(index: ShardIndex, shard: str, report_path: Path) -> dict
             "quantize that shard again"
         )
     return report
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _report_problem(report: Any) -> str | None:
+    """What is wrong with a shard report, as far as ``merge_shards`` reads it; None if nothing.
+    Reports are files a user can edit, so every field merging uses is checked for its type."""
+    if not isinstance(report, dict):
+        return "the JSON is not an object"
+    for key in ("input", "artifact", "options", "totals"):
+        if not isinstance(report.get(key), dict):
+            return f"{key!r} is missing or not an object"
+    for key in ("input", "artifact"):
+        if not _is_int(report[key].get("bytes")):
+            return f"{key}.bytes is missing or not a count"
+    for key in ("path", "sha256"):
+        if not isinstance(report["artifact"].get(key), str):
+            return f"artifact.{key} is missing or not a string"
+    t = report["totals"]
+    for key in ("overall_mse", "overall_max_abs_error"):
+        if not _is_number(t.get(key)):
+            return f"totals.{key} is missing or not a number"
+    sqnr = t.get("overall_sqnr_db")
+    if sqnr is not None and not (_is_number(sqnr) and sqnr < 1000):
+        return "totals.overall_sqnr_db is not a number of dB (or null)"
+    if not _is_int(t.get("quantized_parameters")):
+        return "totals.quantized_parameters is missing or not a count"
+    tensors = report.get("tensors")
+    if not isinstance(tensors, list):
+        return "'tensors' is missing or not a list"
+    for i, entry in enumerate(tensors):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            return f"tensors[{i}] is not an object with a name"
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+            return f"tensor {entry['name']!r}: shape is not a list of counts"
+        if not isinstance(entry.get("action"), str):
+            return f"tensor {entry['name']!r}: action is missing"
+        for key in ("original_bytes", "stored_bytes"):
+            if not _is_int(entry.get(key)):
+                return f"tensor {entry['name']!r}: {key} is missing or not a count"
+    return None
 
 
 def merge_shards(index: ShardIndex, outs: ShardedOutputs, elapsed: float) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def safetensors_cases(base: bytes) -> Cases:
     d16 = b"\0" * 16
     cases: Cases = {}
     put = cases.__setitem__
+    huge_empty = {"dtype": "F32", "shape": [1 << 40, 1 << 40, 0], "data_offsets": [0, 0]}
+    put("safetensors-zero-elements-huge-dims.safetensors", st_file({"a": huge_empty}))
     put(
         "safetensors-offsets-beyond-file.safetensors",
         st_file({"w": {**f32, "data_offsets": [1 << 40, (1 << 40) + 16]}}, d16),
@@ -340,6 +342,10 @@ def npz_cases(base: bytes) -> Cases:
     many = bytearray(base)
     struct.pack_into("<HH", many, many.rfind(b"PK\x05\x06") + 8, 0xFFFF, 0xFFFF)
     cases["npz-directory-claims-65535-entries.npz"] = bytes(many)
+    # Issue 10: names and shapes that used to crash or lose a tensor.
+    cases["npz-member-named-metadata.npz"] = _zip([("__metadata__.npy", _npy(np.ones(4, "f4")))])
+    cases["npz-empty-archive.npz"] = _zip([])
+    cases["npz-zero-elements-huge-dims.npz"] = _zip([("a.npy", _npy_header((1 << 40, 1 << 40, 0)))])
     cases.update(truncations("npz", base, ".npz"))
     return cases
 
@@ -393,6 +399,18 @@ def h5_cases(tmp: Path, keras: bytes) -> Cases:
             f.__setitem__("k", np.ones((32, 64), "f4")),
             f.__setitem__("k.qcodes", np.ones(3, "f4")),
         ),
+    )
+
+    def self_virtual(f: h5py.File) -> None:  # HDF5 crashed (SIGSEGV) reading these
+        for name, source in (("v", "v"), ("a", "b"), ("b", "a")):
+            layout = h5py.VirtualLayout(shape=(4,), dtype="f4")
+            layout[:] = h5py.VirtualSource(".", source, shape=(4,))
+            f.create_virtual_dataset(name, layout, fillvalue=0)
+
+    build("h5-virtual-dataset-cycles.h5", self_virtual)
+    build(
+        "h5-zero-elements-huge-dims.h5",
+        lambda f: f.create_dataset("a", shape=(1 << 40, 1 << 40, 0), dtype="f4"),
     )
     cases.update(_h5_damaged_vlen_attr(keras))
     cases.update(truncations("h5", keras, ".h5"))

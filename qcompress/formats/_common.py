@@ -8,15 +8,106 @@ Kept private: the public surface is ``qcompress.formats`` and the per-format mod
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
 import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
 import numpy as np
 
+from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats.base import TensorInfo
+
+
+def shown(path: Path | str) -> str:
+    """A path as messages show it: on one line (a newline in a name is escaped as ``\\n``)."""
+    return str(path).replace("\n", "\\n").replace("\r", "\\r")
+
+
+def require_regular_file(path: Path, what: str = "file") -> int:
+    """Size of ``path`` if it is a regular file (symlinks followed); otherwise an InputError.
+
+    Checked before any ``open``: opening a FIFO for reading blocks until a writer appears, so a
+    FIFO named ``model.npz`` would hang the command forever; a device node could stream without
+    end."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{shown(path)}: no such {what}") from None
+    except PermissionError:
+        raise InputError(f"{shown(path)}: permission denied") from None
+    except OSError as exc:
+        raise InputError(f"{shown(path)}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{shown(path)}: is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{shown(path)}: not a regular file (a FIFO, socket or device?)")
+    return st.st_size
+
+
+def read_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
+    """Fill ``buffer`` from ``fd`` at ``offset`` with ``pread``-style reads. A short read (the
+    file shrank since it was opened) is an InputError naming ``path``: reading a memory map
+    there would kill the process with SIGBUS instead."""
+    done = 0
+    total = len(buffer)
+    while done < total:
+        try:
+            n = os.preadv(fd, [buffer[done:]], offset + done)
+        except OSError as exc:
+            raise InputError(f"{shown(path)}: cannot read: {exc.strerror or exc}") from None
+        if n == 0:
+            raise InputError(
+                f"{shown(path)}: file ended at byte {offset + done}, before the data it declares "
+                "(truncated, or changed while qcompress was reading it?)"
+            )
+        done += n
 
 
 def one_line(text: object) -> str:
     """Collapse an exception's text (HDF5 and zipfile messages span lines) into one line."""
     return " ".join(str(text).split())
+
+
+def check_names(path: Path, infos: Sequence[TensorInfo], fmt: str, nul: bool = False) -> None:
+    """Refuse, before anything is written, a tensor name the format ``fmt`` would not keep
+    exactly: text that is not Unicode (lone surrogates), NUL unless ``nul`` (zip and HDF5 cut
+    names there, so
+    ``a\\x00b`` and ``a\\x00c`` would merge into ``a``), and the same name twice. Format rules
+    on top of these (HDF5 paths, reserved names) are checked by each writer."""
+    seen: set[str] = set()
+    for info in infos:
+        try:
+            info.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{shown(path)}: tensor {info.name!r} has a name that is not valid Unicode text, "
+                f"which {fmt} cannot store"
+            ) from None
+        if not nul and "\x00" in info.name:
+            raise UsageError(
+                f"{shown(path)}: tensor {info.name!r} has a NUL character in its name, which "
+                f"{fmt} cannot store (it would cut the name there); write .safetensors instead"
+            )
+        if info.name in seen:
+            raise UsageError(f"{shown(path)}: tensor name {info.name!r} appears twice")
+        seen.add(info.name)
+
+
+def check_empty_shape(path: Path, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """A zero-element tensor holds no bytes, so a file can declare any other dimensions for it;
+    numpy cannot make an array whose non-zero dimensions multiply past its index range
+    (``[2**40, 2**40, 0]``). Refuse those on open, naming the tensor, instead of failing later."""
+    if 0 not in shape:
+        return
+    try:
+        np.empty(shape, dtype=dtype)
+    except (ValueError, OverflowError):
+        raise FormatError(
+            f"{shown(path)}: tensor {name!r} has shape {list(shape)}: no elements, but "
+            "dimensions too large for any array; fix or remove it"
+        ) from None
 
 
 def dtype_name(dt: np.dtype) -> str:

@@ -28,8 +28,9 @@ datasets tensors of dtype ``"object"`` (``read`` gives an object array of str); 
 through ``write_h5`` but no other writer accepts them, so callers should pass them through or
 refuse them. Other HDF5 types (compound, opaque, references, ...) are refused on open.
 
-Never followed: external links, soft links, external raw storage and virtual datasets whose
-sources lie in another file. Each is a FormatError on open.
+Never followed: external links, soft links, external raw storage and virtual datasets (HDF5
+crashes on self-referencing or cyclic ones). Each is a FormatError on open. Hard links (one
+dataset at two paths) are listed, and written back, at every path.
 
 Crashes and hangs in the HDF5 C library: h5py and HDF5 parse the file, and any Python exception
 they raise on damaged content becomes a FormatError. But HDF5 (2.0.0 here) trusts some on-disk
@@ -49,8 +50,8 @@ Dataset data is not read by the probe: ``_check_storage`` first bounds every dat
 the bytes the file really holds for it, so the reads that follow are plain copies (contiguous)
 or decompression of chunks HDF5 has already located (chunked).
 
-``QCOMPRESS_H5_PROBE_TIMEOUT`` sets the child's time limit in seconds (default 30); ``0`` turns
-the probe off, for trusted files in a process that may crash.
+``QCOMPRESS_H5_PROBE_TIMEOUT`` sets the child's time limit in seconds (default 30, at most 1e6);
+``0`` turns the probe off, for trusted files in a process that may crash.
 """
 
 from __future__ import annotations
@@ -74,7 +75,15 @@ import numpy as np
 from h5py._objects import phil as _h5py_lock
 
 from qcompress.errors import FormatError, InputError, QCompressError, UsageError
-from qcompress.formats._common import check_array, dtype_name, one_line, to_dtype
+from qcompress.formats._common import (
+    check_array,
+    check_empty_shape,
+    check_names,
+    dtype_name,
+    one_line,
+    require_regular_file,
+    to_dtype,
+)
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # h5py turns damage deep in a file into almost any exception: OSError and KeyError from HDF5,
@@ -91,6 +100,7 @@ class H5Reader(WeightReader):
 
     def __init__(self, path: Path, probe: bool = True) -> None:
         super().__init__(path)
+        require_regular_file(self.path)
         snapshot = probe_h5(self.path) if probe else None
         try:
             self._file_size = self.path.stat().st_size
@@ -171,10 +181,13 @@ class H5Reader(WeightReader):
                 f"{self.path}: dataset {name!r} keeps its data in external files; "
                 "qcompress never reads outside the file"
             )
-        if dset.is_virtual and any(src.file_name != "." for src in dset.virtual_sources()):
+        if dset.is_virtual:
+            # Checked before anything else touches it: HDF5 crashes (SIGSEGV) on virtual
+            # datasets that map onto themselves or onto each other, in the probe and on read.
             raise FormatError(
-                f"{self.path}: dataset {name!r} is a virtual dataset drawing on other files; "
-                "qcompress never reads outside the file"
+                f"{self.path}: dataset {name!r} is a virtual dataset (its data is mapped from "
+                "other datasets or files), which qcompress does not read; store its data in a "
+                "regular dataset first (e.g. h5repack -l CONTI)"
             )
         if dset.shape is None:
             raise FormatError(f"{self.path}: dataset {name!r} is empty (null dataspace)")
@@ -190,7 +203,11 @@ class H5Reader(WeightReader):
                 f"{self.path}: dataset {name!r} has HDF5 type {dt}, which qcompress does not "
                 "support (numbers, bools and strings only)"
             )
-        return TensorInfo(name, tuple(int(d) for d in dset.shape), dtype)
+        shape = tuple(int(d) for d in dset.shape)
+        check_empty_shape(
+            self.path, name, shape, to_dtype("float32" if dtype == "object" else dtype)
+        )
+        return TensorInfo(name, shape, dtype)
 
     def _check_storage(self, name: str, dset: h5py.Dataset) -> None:
         """Refuse data said to lie past the end of the file, and a dataspace larger than the
@@ -286,13 +303,25 @@ _PROBE_OK = 0
 _PROBE_REFUSED = 3  # the child raised a QCompressError: the in-process open raises it again
 
 
+_PROBE_TIMEOUT_MAX = 1e6  # about 11 days; select() refuses timeouts far beyond this
+
+
 def probe_timeout() -> float:
-    """Seconds the probe child may take (``QCOMPRESS_H5_PROBE_TIMEOUT``); 0 disables it."""
+    """Seconds the probe child may take (``QCOMPRESS_H5_PROBE_TIMEOUT``); 0 disables it.
+    Anything but 0 or a positive finite number (junk, nan, inf, negative) is a UsageError;
+    values above ``_PROBE_TIMEOUT_MAX`` are taken as that (no real parse takes days)."""
     raw = os.environ.get(PROBE_TIMEOUT_ENV, "")
+    if not raw.strip():
+        return _PROBE_TIMEOUT_DEFAULT
     try:
-        return float(raw) if raw.strip() else _PROBE_TIMEOUT_DEFAULT
+        value = float(raw)
     except ValueError:
-        raise UsageError(f"{PROBE_TIMEOUT_ENV}={raw!r}: must be a number of seconds") from None
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise UsageError(
+            f"{PROBE_TIMEOUT_ENV}={raw!r}: must be a number of seconds (0 turns the probe off)"
+        )
+    return min(value, _PROBE_TIMEOUT_MAX)
 
 
 def _probe_work(path: Path, out: IO[bytes]) -> int:
@@ -522,7 +551,11 @@ def write_h5(
     path = Path(path)
     _check_h5_names(path, infos)
     source = metadata if metadata and metadata.get("format") == "h5" else None
-    with h5py.File(path, "w", track_order=False) as f:
+    # HDF5's original format keeps attributes in the object header, at most 64 KB per object;
+    # larger ones (an 800 KB model_config) need dense attribute storage, from the 1.8 format.
+    # Files without such attributes keep the original format, and so their bytes.
+    libver = ("v108", "latest") if source is not None and _large_attrs(source) else None
+    with h5py.File(path, "w", track_order=False, libver=libver) as f:
         if source is not None:
             for key, enc in source.get("attrs", {}).items():
                 decode_attr(f.attrs, key, enc)
@@ -545,8 +578,22 @@ def write_h5(
                 decode_attr(dset.attrs, key, enc)
 
 
+_COMPACT_ATTRS_MAX = 16_384  # bytes of attributes per object kept in the original format
+
+
+def _large_attrs(source: dict[str, Any]) -> bool:
+    """Whether some object's attributes may not fit its header (estimated by their JSON)."""
+    objects = [source.get("attrs", {})]
+    objects += [g.get("attrs", {}) for g in source.get("groups", [])]
+    objects += [d.get("attrs", {}) for d in source.get("datasets", {}).values()]
+    return any(len(json.dumps(attrs)) > _COMPACT_ATTRS_MAX for attrs in objects)
+
+
 def _check_h5_names(path: Path, infos: Sequence[TensorInfo]) -> None:
-    """Refuse what HDF5 cannot represent, before creating anything."""
+    """Refuse what HDF5 cannot represent exactly, before creating anything: names HDF5 would
+    cut (NUL) or read as other paths (empty parts from a leading, trailing or doubled "/", and
+    "." parts), so every name comes back as it was."""
+    check_names(path, infos, "HDF5")
     names = set()
     for info in infos:
         parts = info.name.split("/")
@@ -574,5 +621,3 @@ def _check_h5_names(path: Path, infos: Sequence[TensorInfo]) -> None:
                     f"{path}: tensors {prefix!r} and {info.name!r} cannot both be stored in "
                     "HDF5 (the first would also have to be a group); write .npz or .safetensors"
                 )
-    if len(names) != len(infos):
-        raise ValueError("duplicate tensor names")

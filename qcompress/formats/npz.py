@@ -23,7 +23,14 @@ from typing import IO, Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import check_array, dtype_name, one_line
+from qcompress.formats._common import (
+    check_array,
+    check_empty_shape,
+    check_names,
+    dtype_name,
+    one_line,
+    require_regular_file,
+)
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
@@ -63,6 +70,7 @@ class NpzReader(WeightReader):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        self._size = require_regular_file(self.path)
         try:
             self._zip = zipfile.ZipFile(self.path)
         except OSError as exc:
@@ -121,6 +129,7 @@ class NpzReader(WeightReader):
                     f"{self.path}: tensor {name!r} has dtype {dtype.str}, which qcompress "
                     "does not support in npz (numeric, bool or fixed-length strings only)"
                 )
+            check_empty_shape(self.path, name, shape, dtype)
             info = TensorInfo(name, shape, dtype_name(dtype))
             # Checked against the zip directory, so a lying header cannot make ``read``
             # allocate more than the member holds.
@@ -137,8 +146,11 @@ class NpzReader(WeightReader):
     def _check_declared_size(self, entry: zipfile.ZipInfo) -> None:
         """Refuse a member whose declared size its compressed bytes cannot hold (a zip bomb's
         headers, or damage), before anything is allocated for it: memory must follow the
-        file's real size. Stored members hold exactly their size; deflate expands at most
-        1032:1; other methods never appear in npz files."""
+        file's real size. ``read`` then allocates exactly what the ``.npy`` header declares,
+        which ``_index`` matched against this declared size, and zipfile stops decompressing
+        at the declared size, so a bomb's stream is never inflated past it. Stored members
+        hold exactly their size; deflate expands at most 1032:1; other methods never appear
+        in npz files."""
         if entry.compress_type == zipfile.ZIP_STORED:
             limit = entry.compress_size
         elif entry.compress_type == zipfile.ZIP_DEFLATED:
@@ -147,6 +159,11 @@ class NpzReader(WeightReader):
             raise FormatError(
                 f"{self.path}: npz member {entry.filename!r} uses zip compression method "
                 f"{entry.compress_type}; numpy writes only stored or deflated members"
+            )
+        if entry.header_offset + entry.compress_size > self._size:
+            raise FormatError(
+                f"{self.path}: npz member {entry.filename!r} declares {entry.compress_size} "
+                f"compressed bytes, more than the file holds (truncated or corrupt)"
             )
         if entry.file_size > limit:
             raise FormatError(
@@ -223,8 +240,13 @@ def write_npz(
                 f"{path}: npz cannot store tensor {info.name!r} of dtype {info.dtype}; "
                 "write .safetensors instead, or convert it (e.g. --dtype float32)"
             )
-    if len({i.name for i in infos}) != len(infos):
-        raise ValueError("duplicate tensor names")
+    check_names(path, infos, "npz")
+    for info in infos:
+        if info.name.endswith("/"):  # a zip directory entry: readers skip it
+            raise UsageError(
+                f"{path}: tensor {info.name!r} ends in '/', which npz cannot store as a member; "
+                "write .safetensors instead"
+            )
     with (
         open(path, "wb") as fh,
         zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf,

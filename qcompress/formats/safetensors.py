@@ -7,16 +7,16 @@ section) and may hold ``"__metadata__"``: a str -> str object. Data is little-en
 row-major; tensors must cover the data section exactly, without holes or overlaps.
 
 Why not the ``safetensors`` package: its writer needs every tensor in memory at once, and its
-numpy loader cannot produce bfloat16. This reader memory-maps the file and hands out one
-read-only view per tensor; the writer streams one tensor at a time. Tests check both against
-the package in each direction.
+numpy loader cannot produce bfloat16. This reader reads one tensor per ``read`` with ``pread``
+into a fresh array (not a memory map: a file truncated while mapped kills the process with
+SIGBUS, while a short read is a clean error); the writer streams one tensor at a time. Tests
+check both against the package in each direction.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import mmap
+import os
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import check_array, one_line, to_dtype
+from qcompress.formats._common import (
+    check_array,
+    check_empty_shape,
+    check_names,
+    one_line,
+    read_exactly,
+    require_regular_file,
+    to_dtype,
+)
 from qcompress.formats.base import TensorInfo, WeightReader
 
 # numpy dtype name -> safetensors dtype code. The single source of truth for what can be stored.
@@ -63,8 +71,8 @@ def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | Non
     """The 8-byte length and the JSON header for ``infos`` laid out contiguously in the given
     order, ``__metadata__`` first. Padded with spaces to a multiple of 8 so every tensor whose
     offset is a multiple of its itemsize lands aligned. Deterministic: compact separators,
-    metadata keys sorted, no timestamps. Raises ValueError for duplicate names, and
-    UsageError for a dtype safetensors cannot hold."""
+    metadata keys sorted, no timestamps. Raises UsageError for a duplicate or reserved name
+    and for a dtype safetensors cannot hold."""
     parts: list[str] = []
     if metadata:
         for key, value in metadata.items():
@@ -75,9 +83,12 @@ def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | Non
     offset = 0
     for info in infos:
         if info.name in seen:
-            raise ValueError(f"duplicate tensor name {info.name!r}")
+            raise UsageError(f"tensor name {info.name!r} appears twice")
         if info.name == "__metadata__":
-            raise ValueError("a tensor cannot be named '__metadata__' in safetensors")
+            raise UsageError(
+                "tensor '__metadata__' has the name safetensors reserves for its metadata; "
+                "write .npz or .h5 instead, or rename the tensor"
+            )
         seen.add(info.name)
         code = DTYPE_CODES.get(info.dtype)
         if code is None:
@@ -102,7 +113,11 @@ def write_safetensors(
 ) -> None:
     """Write the header, then stream each array's bytes (C order, little-endian), one array at
     a time. An array that does not match its info is a programming error (ValueError)."""
-    header = encode_header(infos, metadata)
+    check_names(path, infos, "safetensors", nul=True)  # JSON holds NUL as \\u0000
+    try:
+        header = encode_header(infos, metadata)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     with open(path, "wb") as fh:
         fh.write(header)
         for info, array in zip(infos, arrays, strict=True):
@@ -128,41 +143,49 @@ class _DuplicateKey(Exception):
 
 
 class SafetensorsReader(WeightReader):
-    """A safetensors file, memory-mapped; ``read`` returns a read-only view into the map."""
+    """A safetensors file; ``read`` reads one tensor into a fresh array."""
 
     format = "safetensors"
     layout = "pytorch"
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self._map: mmap.mmap | None = None
+        self._fh = None
+        require_regular_file(self.path)
         try:
-            with open(self.path, "rb") as fh:
-                size = fh.seek(0, 2)
-                fh.seek(0)
-                prefix = fh.read(8)
-                if len(prefix) < 8:
-                    raise self._corrupt(
-                        f"file is {size} bytes, too short for the 8-byte header length"
-                    )
-                (header_len,) = _LEN.unpack(prefix)
-                if header_len > size - 8:
-                    raise self._corrupt(
-                        f"header length {header_len} is larger than the file "
-                        f"({size} bytes; truncated?)"
-                    )
-                if header_len > MAX_HEADER_BYTES:
-                    raise self._corrupt(
-                        f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
-                    )
-                raw = fh.read(header_len)
-                self._data_start = 8 + header_len
-                data_len = size - self._data_start
-                self._infos, self._offsets, self._meta = self._parse(raw, data_len)
-                if size:
-                    self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            fh = open(self.path, "rb")  # noqa: SIM115 - kept open for read(); closed in close()
         except OSError as exc:
             raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+        try:
+            self._index(fh)
+        except OSError as exc:
+            fh.close()
+            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+
+    def _index(self, fh: Any) -> None:
+        size = os.fstat(fh.fileno()).st_size
+        prefix = fh.read(8)
+        if len(prefix) < 8:
+            raise self._corrupt(f"file is {size} bytes, too short for the 8-byte header length")
+        (header_len,) = _LEN.unpack(prefix)
+        if header_len > size - 8:
+            raise self._corrupt(
+                f"header length {header_len} is larger than the file ({size} bytes; truncated?)"
+            )
+        if header_len > MAX_HEADER_BYTES:
+            raise self._corrupt(
+                f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte limit"
+            )
+        raw = fh.read(header_len)
+        if len(raw) < header_len:
+            raise self._corrupt("the file ended inside the header (truncated while reading?)")
+        self._data_start = 8 + header_len
+        data_len = size - self._data_start
+        self._infos, self._offsets, self._meta = self._parse(raw, data_len)
 
     def _corrupt(self, what: str) -> FormatError:
         return FormatError(f"{self.path}: corrupt safetensors header: {what}")
@@ -275,6 +298,7 @@ class SafetensorsReader(WeightReader):
                 f"tensor {name!r} data_offsets must be [begin, end] with "
                 f"0 <= begin <= end, got {offsets!r}"
             )
+        check_empty_shape(self.path, name, tuple(shape), to_dtype(CODE_DTYPES[code]))
         info = TensorInfo(name, tuple(shape), CODE_DTYPES[code])
         begin, end = offsets
         need = tensor_nbytes(info)
@@ -289,40 +313,31 @@ class SafetensorsReader(WeightReader):
         return list(self._infos)
 
     def read(self, name: str) -> np.ndarray:
-        """A read-only view into the memory map; copy it to keep it past ``close``."""
+        """A fresh array holding the tensor's bytes; a file that shrank is an InputError."""
         if name not in self._offsets:
             raise InputError(f"{self.path}: no tensor named {name!r}")
         info, begin, end = self._offsets[name]
         dtype = _file_dtype(info.dtype)
         if begin == end:
             return np.empty(info.shape, dtype=dtype)
-        if self._map is None:
+        if self._fh is None:
             raise InputError(f"{self.path}: reader is closed")
-        flat = np.frombuffer(
-            self._map, dtype=dtype, count=info.size, offset=self._data_start + begin
+        try:
+            flat = np.empty(info.size, dtype=dtype)
+        except MemoryError:
+            raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
+        read_exactly(
+            self._fh.fileno(), memoryview(flat.view(np.uint8)), self._data_start + begin, self.path
         )
         return flat.reshape(info.shape)
 
     def metadata(self) -> dict[str, Any]:
         return {"format": "safetensors", "__metadata__": dict(self._meta)}
 
-    def release(self, name: str) -> None:
-        """Drop the tensor's pages from this process (they stay in the page cache); views
-        still alive fault them back in from the file, so this is always safe."""
-        if self._map is None or name not in self._offsets or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        _, begin, end = self._offsets[name]
-        start = (self._data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
-        length = self._data_start + end - start
-        if length > 0:
-            self._map.madvise(mmap.MADV_DONTNEED, start, length)
-
     def close(self) -> None:
-        """Unmap the file unless views are still alive; then the map closes when they go."""
-        if self._map is not None:
-            with contextlib.suppress(BufferError):
-                self._map.close()
-            self._map = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
 def _file_dtype(name: str) -> np.dtype:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError
-from qcompress.formats._common import one_line
+from qcompress.formats._common import one_line, require_regular_file
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.safetensors import SafetensorsReader
 
@@ -57,6 +57,8 @@ def find_index(path: Path) -> Path | None:
             names = ", ".join(p.name for p in found)
             raise InputError(f"{path}: holds several indexes ({names}); name one of them")
         return found[0]
+    if not path.is_file():
+        return None  # a FIFO or device must not be opened: the format readers refuse it
     try:
         with open(path, "rb") as fh:
             start = fh.read(64).lstrip()
@@ -74,8 +76,8 @@ def find_index(path: Path) -> Path | None:
 def read_index(path: Path) -> ShardIndex:
     """Parse and check an index: JSON of the right shape, shard names that stay in its folder."""
     path = Path(path)
+    size = require_regular_file(path, "index file")
     try:
-        size = path.stat().st_size
         if size > MAX_INDEX_BYTES:
             raise FormatError(f"{path}: index is {size} bytes, over the {MAX_INDEX_BYTES} limit")
         doc = json.loads(path.read_bytes())
