@@ -252,12 +252,14 @@ def test_worst_tensor_of_each_kind_is_charted_first(big: Any) -> None:
 
 
 def test_verify_gates_shown(sample_report: Any) -> None:
-    report, tmp = sample_report
+    _, tmp = sample_report
     result = run("verify", tmp / "digits.qc.safetensors", "--min-sqnr", "30", "--json")
     assert result.exit_code == 1
     verify = json.loads(result.stdout)
     (tmp / "v.json").write_text(result.stdout)
-    out = run("report", tmp / "digits.qc.json", "--html", tmp / "v.html", "--verify", tmp / "v.json")
+    out = run(
+        "report", tmp / "digits.qc.json", "--html", tmp / "v.html", "--verify", tmp / "v.json"
+    )
     assert out.exit_code == 0, out.output
     page = Page((tmp / "v.html").read_text())
     assert [a["data-verify"] for a in page.with_attr("data-verify")] == ["failed"]
