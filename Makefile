@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE := sample_models/digits_mlp.npz
 DEMO := out/demo
 
-.PHONY: install demo test lint bench samples clean fuzz
+.PHONY: install demo test test-browser lint bench samples clean fuzz docs
 
 $(BIN)/qcompress: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,14 @@ demo: install
 
 test: install
 	$(BIN)/pytest
+
+# The HTML report in headless Chromium (/usr/bin/chromium; the tests skip without it).
+test-browser: install
+	$(BIN)/pytest -m browser
+
+# README pictures in docs/: the bits-per-weight vs SQNR frontier and the sample's HTML report.
+docs: install
+	$(BIN)/python scripts/make_docs.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -303,6 +303,13 @@ def _fmt_bytes(n: int) -> str:
     type=click.Path(path_type=Path),
     help="Report path [default: artifact path with .json].",
 )
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    metavar="OUT.html",
+    help="Also write the report as one self-contained HTML page.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="Print no summary on stderr.")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
@@ -337,6 +344,7 @@ def quantize(
     target_bpw: float | None,
     min_sqnr: float | None,
     report_path: Path | None,
+    html_path: Path | None,
     as_json: bool,
     quiet: bool,
     force: bool,
@@ -374,6 +382,8 @@ def quantize(
         target_bpw=target_bpw,
         min_sqnr=min_sqnr,
     )
+    if html_path is not None:
+        _check_html_output(html_path, input_path, output, report_path, force, shard)
     with _progress(not (quiet or as_json)) as progress:
         result = api.quantize_file(
             input_path,
@@ -386,6 +396,10 @@ def quantize(
             merge=merge,
             progress=progress,
         )
+    if html_path is not None:
+        from qcompress.html import write_html
+
+        write_html(result.report, html_path, force=True)  # checked before quantizing
     if as_json:
         _echo_json(result.report)
     reports = result.report["shards"] if result.report_path is None else [result.report]
@@ -397,6 +411,29 @@ def quantize(
             _render_totals(shard_report, f"artifact: {shard_report['artifact']['path']}")
     else:
         _render_quantize_summary(result)
+
+
+def _check_html_output(
+    html_path: Path,
+    input_path: Path,
+    output: Path | None,
+    report_path: Path | None,
+    force: bool,
+    shard: str | None,
+) -> None:
+    """Refuse --html before quantizing, as the other outputs are: not over an input or another
+    output, not over an existing file without --force, and only where there is a whole report."""
+    from qcompress import api
+    from qcompress.atomic import check_outputs
+    from qcompress.errors import UsageError
+
+    if shard is not None:
+        raise UsageError(
+            f"{html_path}: --html needs the whole report; pass it with --merge, or run "
+            "qcompress report REPORT.json --html OUT.html"
+        )
+    artifact, report = api.default_outputs(input_path, output, report_path)
+    check_outputs([html_path], [input_path, artifact, report], force)
 
 
 def _render_quantize_summary(result: Any) -> None:
@@ -482,11 +519,22 @@ def dequantize(
 @click.argument("path", metavar="FILE", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--tensor", "tensor_name", metavar="NAME", help="Show only this tensor.")
-def inspect(path: Path, as_json: bool, tensor_name: str | None) -> None:
+@click.option(
+    "--histogram",
+    is_flag=True,
+    help="With --tensor: a histogram of its values, the clipping range and the levels.",
+)
+@click.option("--errors", is_flag=True, help="Artifact: SQNR per tensor as bars, worst first.")
+def inspect(
+    path: Path, as_json: bool, tensor_name: str | None, histogram: bool, errors: bool
+) -> None:
     """List the tensors of FILE: any weight file, or an artifact (with bits and error)."""
     from qcompress import api
     from qcompress.errors import UsageError
 
+    if histogram or errors:
+        _inspect_plot(path, as_json, tensor_name, histogram, errors)
+        return
     result = api.inspect(path)
     if tensor_name is not None:
         result["tensors"] = [t for t in result["tensors"] if t["name"] == tensor_name]
@@ -496,6 +544,38 @@ def inspect(path: Path, as_json: bool, tensor_name: str | None) -> None:
         _echo_json(result)
     else:
         _render_inspect(result)
+
+
+def _inspect_plot(
+    path: Path, as_json: bool, tensor_name: str | None, histogram: bool, errors: bool
+) -> None:
+    """inspect --histogram / --errors: the data from qcompress.histogram, drawn by textplot."""
+    from qcompress import api, textplot
+    from qcompress.errors import UsageError
+    from qcompress.histogram import DEFAULT_BINS, errors_worst_first, tensor_histogram
+
+    if histogram and errors:
+        raise UsageError("--histogram and --errors: give one of them")
+    console = _stdout_console()
+    if histogram:
+        if tensor_name is None:
+            raise UsageError(f"{path}: --histogram needs --tensor NAME")
+        fancy = textplot.is_fancy(console)
+        bins = min(max(console.width - textplot.MARGIN - 1, 20), 120) if fancy else DEFAULT_BINS
+        h = tensor_histogram(path, tensor_name, bins=bins)
+        if as_json:
+            _echo_json(h.as_dict())
+        else:
+            textplot.print_lines(console, textplot.histogram_lines(h, fancy=fancy))
+        return
+    if tensor_name is not None:
+        raise UsageError(f"{path}: --errors shows every tensor; drop --tensor")
+    rows = errors_worst_first(api.inspect(path))
+    if as_json:
+        _echo_json(rows)
+    else:
+        lines = textplot.error_lines(rows, fancy=textplot.is_fancy(console), width=console.width)
+        textplot.print_lines(console, lines)
 
 
 NAME_MIN = 16  # narrowest tensor-name column worth drawing a table for
@@ -576,6 +656,32 @@ def _render_inspect(result: dict[str, Any]) -> None:
 
 
 main = cli  # the console-script entry point
+
+
+@cli.command()
+@click.argument("report_path", metavar="REPORT.json", type=click.Path(path_type=Path))
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(path_type=Path),
+    metavar="OUT.html",
+    required=True,
+    help="Write the report as one self-contained HTML page.",
+)
+@click.option(
+    "--verify",
+    "verify_path",
+    type=click.Path(path_type=Path),
+    metavar="VERIFY.json",
+    help="Show the gates of a `qcompress verify --json` result of the same artifact.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing OUT.html.")
+def report(report_path: Path, html_path: Path, verify_path: Path | None, force: bool) -> None:
+    """Render REPORT.json (from quantize) as an HTML page: what compression cost, per tensor."""
+    from qcompress.html import write_html_report
+
+    out = write_html_report(report_path, html_path, verify_path=verify_path, force=force)
+    _stderr_console().print(f"wrote {out}", highlight=False)
 
 
 def _gate_options(command: Any) -> Any:
