@@ -85,9 +85,18 @@ class DequantizeResult:
 def default_outputs(
     input_path: Path, output: Path | None, report: Path | None
 ) -> tuple[Path, Path]:
-    """``model.npz`` gives ``model.qc.safetensors`` and ``model.qc.json`` beside it."""
+    """``model.npz`` gives ``model.qc.safetensors`` and ``model.qc.json`` beside it.
+
+    An artifact is a safetensors file whatever it is called, so a ``-o`` ending in anything but
+    ``.safetensors`` (``out.npz``, ``out.h5``, no suffix) would give a file that lies about its
+    format: refused, as ``dequantize`` is the command that writes other formats."""
     if output is None:
         output = input_path.with_name(input_path.name.rsplit(".", 1)[0] + ".qc.safetensors")
+    elif output.suffix.lower() != ".safetensors":
+        raise UsageError(
+            f"{output}: an artifact is a safetensors file; give a path ending in .safetensors "
+            "(to write other formats, run qcompress dequantize ARTIFACT -o OUTPUT)"
+        )
     if report is None:
         report = output.with_suffix(".json")
     return output, report

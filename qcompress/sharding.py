@@ -11,6 +11,7 @@ writes the artifact index and the checkpoint's report. Names mirror the input:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -42,21 +43,47 @@ class ShardedOutputs:
 
 
 def sharded_outputs(index: ShardIndex, folder: Path | None, report: Path | None) -> ShardedOutputs:
+    """Every output's path, distinct from each other and from every input file.
+
+    A shard's outputs are named after it, which can collide: a Hugging Face checkpoint with one
+    ``model.safetensors`` and its ``model.safetensors.index.json`` would give ``model.qc.json``
+    for both the shard and the checkpoint; ``a.safetensors`` and ``a`` give the same artifact;
+    a shard called ``x.qc.safetensors`` is the artifact name of ``x.safetensors``. The checkpoint's
+    names (and ``--report``) stay as documented; a shard's report that collides becomes
+    ``STEM.qc.shard.json``, and a shard's artifact that collides ``STEM.shardI.qc.safetensors``
+    (I its 1-based position). The names depend only on the index, so ``--shard`` runs on other
+    machines and the later ``--merge`` agree on them."""
     folder = folder or index.path.parent
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: for a sharded checkpoint -o names a folder")
     name = index.path.name
     prefix = name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else index.path.stem
+    index_out = folder / f"{prefix}{ARTIFACT_SUFFIX}.index.json"
+    report_out = report or folder / f"{prefix}.qc.json"
+    inputs_here = folder.resolve() == index.path.parent.resolve()
+    taken = {index_out.name, index.path.name} if inputs_here else {index_out.name}
+    if inputs_here:
+        taken |= set(index.shards)
+    if report_out.parent.resolve() == folder.resolve():
+        taken.add(report_out.name)
     shards = {}
-    for shard in index.shards:
+    for position, shard in enumerate(index.shards, start=1):
         stem = shard[: -len(".safetensors")] if shard.endswith(".safetensors") else shard
-        shards[shard] = (folder / f"{stem}{ARTIFACT_SUFFIX}", folder / f"{stem}.qc.json")
-    return ShardedOutputs(
-        folder,
-        folder / f"{prefix}{ARTIFACT_SUFFIX}.index.json",
-        report or folder / f"{prefix}.qc.json",
-        shards,
-    )
+        artifact = f"{stem}{ARTIFACT_SUFFIX}"
+        if artifact in taken:
+            stem = f"{stem}.shard{position}"
+            while f"{stem}{ARTIFACT_SUFFIX}" in taken:  # only a hostile index gets here
+                stem += "_"
+            artifact = f"{stem}{ARTIFACT_SUFFIX}"
+        taken.add(artifact)
+        shard_report = f"{stem}.qc.json"
+        if shard_report in taken:
+            shard_report = f"{stem}.qc.shard.json"
+            while shard_report in taken:
+                shard_report = shard_report[: -len(".json")] + "_.json"
+        taken.add(shard_report)
+        shards[shard] = (folder / artifact, folder / shard_report)
+    return ShardedOutputs(folder, index_out, report_out, shards)
 
 
 def select_shards(shards: list[str], spec: str | None) -> list[str]:
@@ -98,10 +125,46 @@ def quantize_sharded(
     todo = [] if merge else select_shards(index.shards, shard)
     finals = [] if shard else [outs.index, outs.report]
     planned = [p for s in todo for p in outs.shards[s]] + finals
-    check_outputs(planned, [index.path, *(index.shard_path(s) for s in index.shards)], force)
-    for name in todo:  # every shard is there and matches the index before any work starts
-        _open_shard(index, name).close()
-    outs.folder.mkdir(exist_ok=True)
+    created = _make_folder(outs.folder)
+    try:
+        check_outputs(planned, [index.path, *(index.shard_path(s) for s in index.shards)], force)
+        for name in todo:  # every shard is there and matches the index before any work starts
+            _open_shard(index, name).close()
+        return _quantize_shards(index, outs, todo, options, force, jobs, shard, progress, started)
+    except BaseException:
+        if created:  # no partial output: a folder this run made goes again (if still empty)
+            with contextlib.suppress(OSError):
+                outs.folder.rmdir()
+        raise
+
+
+def _make_folder(folder: Path) -> bool:
+    """Create the output folder ``-o`` names (its parent must exist); True if this call made it.
+    Several ``--shard`` runs may race to create it: whoever loses uses it."""
+    if folder.is_dir():
+        return False
+    if not folder.parent.is_dir():
+        raise UsageError(f"{folder}: folder {folder.parent} does not exist; create it first")
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot create the folder: {exc.strerror or exc}") from None
+    return True
+
+
+def _quantize_shards(
+    index: ShardIndex,
+    outs: ShardedOutputs,
+    todo: list[str],
+    options: QuantizeOptions,
+    force: bool,
+    jobs: int,
+    shard: str | None,
+    progress: Progress | None,
+    started: float,
+) -> ShardedResult:
     reports = []
     for name in todo:
         artifact_path, report_path = outs.shards[name]
