@@ -22,11 +22,13 @@ from qcompress.artifact import (
     Artifact,
     ShardedArtifact,
     open_if_artifact,
+    open_input,
     stored_names,
 )
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
+from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.gates import Gate, failed_gates
@@ -247,7 +249,7 @@ def _write_float(
                 if e["action"] == QUANTIZED
                 else (art.stored_tensor(e))
             )
-            yield x if str(x.dtype) == info.dtype else x.astype(info.dtype)
+            yield x if str(x.dtype) == info.dtype else x.astype(to_dtype(info.dtype))
             art.release(e)
             if progress:
                 progress.advance(e["name"], info.nbytes)
@@ -269,12 +271,10 @@ def _open_artifact(path: Path) -> Artifact | ShardedArtifact:
 def inspect(path: str | Path) -> dict[str, Any]:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     path = Path(path)
-    art = open_if_artifact(path)
-    if art is not None:
-        with art:
-            return _inspect_artifact(path, art)
-    with open_weights(path) as reader:
-        return _inspect_weights(path, reader)
+    with open_input(path) as opened:
+        if isinstance(opened, WeightReader):
+            return _inspect_weights(path, opened)
+        return _inspect_artifact(path, opened)
 
 
 def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:

@@ -8,7 +8,6 @@ Heavy modules (numpy, h5py, rich) are imported inside the commands so ``--help``
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,7 +145,9 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 def _echo_json(document: Any) -> None:
-    click.echo(json.dumps(document, indent=2, allow_nan=False))
+    from qcompress.report import dumps  # linear-time pretty JSON (json's indent= is not)
+
+    click.echo(dumps(document), nl=False)
 
 
 def _fmt_sqnr(value: float | None) -> str:
@@ -266,7 +267,8 @@ def _fmt_bytes(n: int) -> str:
 @click.option(
     "--shard",
     metavar="K/N",
-    help="Sharded checkpoint: quantize only shards K, K+N, ... (run --merge once all are done).",
+    help="Sharded checkpoint: quantize only shards K, K+N, ... (run --merge once all are done); "
+    "'auto' or 'auto/N' takes K (and N) from a Slurm array or a Kubernetes indexed Job.",
 )
 @click.option(
     "--merge", is_flag=True, help="Sharded checkpoint: write the index and report from the shards."

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 from samples import SAMPLES, run
 
+from qcompress.errors import UsageError
 from qcompress.formats.sharded import ShardIndex
-from qcompress.sharding import sharded_outputs
+from qcompress.sharding import parse_share, sharded_outputs
 
 NPZ = SAMPLES / "digits_mlp.npz"
 
@@ -158,3 +163,247 @@ def test_output_folder_existing_and_refusals(tmp_path: Path) -> None:
     failed = run("quantize", index, "-o", tmp_path / "made", "-q")
     assert failed.exit_code == 2 and "is missing" in failed.stderr
     assert not (tmp_path / "made").exists()
+
+
+HEAVY = ("ml_dtypes", "numba", "h5py", "safetensors", "xxhash")
+PROBE = """
+import sys
+from qcompress.cli import main
+sys.argv = ["qcompress", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as e:
+    code = e.code
+print(" ".join(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def loaded_modules(*args: object) -> list[str]:
+    """The heavy modules a CLI command imports, run in a fresh interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr.strip().splitlines()[-1].split() if result.stderr.strip() else []
+
+
+def test_float32_inspect_imports_nothing_heavy() -> None:
+    """Start-up: ml_dtypes (half a second), numba, h5py load only when a file needs them."""
+    assert loaded_modules("inspect", NPZ, "--json") == []
+    assert loaded_modules("inspect", SAMPLES / "digits_mlp.safetensors", "--json") == []
+
+
+def test_heavy_modules_load_when_needed(tmp_path: Path) -> None:
+    assert "h5py" in loaded_modules("inspect", SAMPLES / "digits_mlp.h5", "--json")
+    import ml_dtypes
+
+    bf16 = tmp_path / "bf16.safetensors"
+    from qcompress.formats import TensorInfo, write_weights
+
+    x = np.linspace(-1, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    write_weights(
+        bf16, "safetensors", [TensorInfo("w", (64, 64), "bfloat16")], [x.astype(ml_dtypes.bfloat16)]
+    )
+    assert "ml_dtypes" in loaded_modules("inspect", bf16, "--json")
+    out = tmp_path / "bf16.qc.safetensors"
+    assert "ml_dtypes" in loaded_modules("quantize", bf16, "-o", out, "-q")
+    back = tmp_path / "back.safetensors"
+    assert "ml_dtypes" in loaded_modules("dequantize", out, "-o", back)
+    from qcompress.formats import open_weights
+
+    with open_weights(back) as reader:
+        y = reader.read("w")
+    assert str(y.dtype) == "bfloat16"
+    assert np.abs(y.astype(np.float32) - x).max() <= 2 / 127
+
+
+SLURM = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_STEP": "1"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "share"),
+    [
+        ("2/4", {}, (2, 4)),
+        ("2/4", {"SLURM_ARRAY_TASK_ID": "0", **SLURM}, (2, 4)),  # explicit wins, env unread
+        ("auto", {"SLURM_ARRAY_TASK_ID": "0", **SLURM}, (1, 4)),
+        ("auto", {"SLURM_ARRAY_TASK_ID": "3", **SLURM}, (4, 4)),
+        ("auto/4", {"SLURM_ARRAY_TASK_ID": "2", **SLURM}, (3, 4)),
+        # --array=1-4 and --array=0-12:4
+        ("auto", {**SLURM, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_MIN": "1"}, (1, 4)),
+        ("auto", {**SLURM, "SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_STEP": "4"}, (3, 4)),
+        ("auto/3", {"JOB_COMPLETION_INDEX": "0"}, (1, 3)),
+        ("auto/3", {"JOB_COMPLETION_INDEX": "2"}, (3, 3)),
+    ],
+)
+def test_shard_from_scheduler(spec: str, env: dict[str, str], share: tuple[int, int]) -> None:
+    assert parse_share(spec, env) == share
+
+
+@pytest.mark.parametrize(
+    ("spec", "env", "message"),
+    [
+        ("auto", {}, "no scheduler index found"),
+        ("auto/4", {"JOB_COMPLETION_INDEX": " "}, "no scheduler index found"),
+        ("auto", {"JOB_COMPLETION_INDEX": "1"}, "pass --shard auto/N"),
+        ("auto/3", {"JOB_COMPLETION_INDEX": "3"}, "K must be from 1 to N (got 4/3)"),
+        ("auto/3", {"JOB_COMPLETION_INDEX": "x"}, "JOB_COMPLETION_INDEX='x' is not a whole number"),
+        ("auto/3", {"JOB_COMPLETION_INDEX": "-1"}, "JOB_COMPLETION_INDEX='-1' is negative"),
+        ("auto/0", {"JOB_COMPLETION_INDEX": "0"}, "N must be at least 1"),
+        ("auto/x", {"JOB_COMPLETION_INDEX": "0"}, "expected auto/N"),
+        ("auto", {"SLURM_ARRAY_TASK_ID": "1"}, "SLURM_ARRAY_TASK_COUNT is not"),
+        ("auto/5", {"SLURM_ARRAY_TASK_ID": "1", **SLURM}, "has 4 tasks"),
+        ("auto", {"SLURM_ARRAY_TASK_ID": "4", **SLURM}, "K must be from 1 to N (got 5/4)"),
+        ("auto", {**SLURM, "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_STEP": "2"}, "STEP=2"),
+        (
+            "auto/2",
+            {"SLURM_ARRAY_TASK_ID": "0", **SLURM, "JOB_COMPLETION_INDEX": "0"},
+            "both SLURM_ARRAY_TASK_ID and JOB_COMPLETION_INDEX",
+        ),
+        ("1-4", {}, "expected K/N (e.g. 1/4), auto or auto/N"),
+        ("0/4", {}, "K must be from 1 to N"),
+    ],
+)
+def test_shard_from_scheduler_errors(spec: str, env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_share(spec, env)
+
+
+def test_shard_auto_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two pods of an indexed Job, then the merge: the same bytes as one run."""
+    index = two_shards(tmp_path / "ckpt")
+    whole = tmp_path / "whole"
+    assert run("quantize", index, "-o", whole, "-q").exit_code == 0
+    fanned = tmp_path / "fanned"
+    for pod in ("0", "1"):
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", pod)
+        result = run("quantize", index, "-o", fanned, "--shard", "auto/2", "-q")
+        assert result.exit_code == 0, result.output
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    missing = run("quantize", index, "-o", fanned, "--shard", "auto")
+    assert missing.exit_code == 2 and "no scheduler index found" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert run("quantize", index, "-o", fanned, "--merge", "-q").exit_code == 0
+    for name in ("model-00001-of-00002.qc.safetensors", "model-00002-of-00002.qc.safetensors"):
+        assert (whole / name).read_bytes() == (fanned / name).read_bytes()
+
+
+def test_artifact_checksums_are_xxh3_128(tmp_path: Path) -> None:
+    import xxhash
+    from safetensors import safe_open
+
+    from qcompress import artifact
+
+    out = tmp_path / "a.qc.safetensors"
+    assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
+    with safe_open(out, "np") as f:
+        recipe = json.loads(f.metadata()["qcompress"])
+        assert recipe["format_version"] == 2
+        assert recipe["integrity"]["algorithm"] == "xxh3-128"
+        assert recipe["integrity"]["tensor"] == "__qcompress__/xxh3_128"
+        table = f.get_tensor("__qcompress__/xxh3_128")
+        covers = recipe["integrity"]["covers"]
+        assert table.shape == (len(covers), 16)
+        for row, name in zip(table, covers[:-1], strict=False):
+            data = np.ascontiguousarray(f.get_tensor(name)).tobytes()
+            assert bytes(row) == xxhash.xxh3_128_digest(data)
+    assert bytes(table[-1]) == xxhash.xxh3_128_digest(artifact.recipe_json(recipe).encode())
+    report = json.loads(out.with_suffix(".json").read_text())
+    import hashlib
+
+    assert report["artifact"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert report["input"]["sha256"] == hashlib.sha256(NPZ.read_bytes()).hexdigest()
+
+
+def make_old_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A format 1 artifact (SHA-256 checksums), as qcompress wrote them before xxh3-128."""
+    from qcompress import artifact
+
+    with monkeypatch.context() as m:
+        m.setattr(artifact, "FORMAT_VERSION", 1)
+        m.setattr(artifact, "DIGEST", "sha256")
+        m.setattr(artifact, "CHECKSUM_TENSOR", "__qcompress__/sha256")
+        out = tmp_path / "old.qc.safetensors"
+        assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
+    return out
+
+
+def test_format_1_artifacts_still_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = make_old_artifact(tmp_path, monkeypatch)
+    assert b"__qcompress__/sha256" in old.read_bytes()[:4096]
+    assert run("verify", old, "--against", NPZ, "--min-sqnr", "30").exit_code == 0
+    assert run("dequantize", old, "-o", tmp_path / "back.npz").exit_code == 0
+    data = bytearray(old.read_bytes())
+    data[-100] ^= 1  # a bit in the stats tensor (stored last before the checksum table)
+    old.write_bytes(bytes(data))
+    failed = run("verify", old)
+    assert failed.exit_code == 1 and "checksum" in failed.output
+
+
+def test_flipped_bit_caught_by_xxh3(tmp_path: Path) -> None:
+    out = tmp_path / "a.qc.safetensors"
+    assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
+    data = bytearray(out.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    data[8 + header + 10] ^= 0x10  # the first stored tensor's bytes
+    out.write_bytes(bytes(data))
+    result = run("verify", out)
+    assert result.exit_code == 1 and "checksum" in result.output
+
+
+def test_unknown_checksum_algorithm_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qcompress import artifact
+
+    fake = artifact.Digest("__qcompress__/md5", 16, artifact._xxh3_128)
+    with monkeypatch.context() as m:
+        m.setitem(artifact.DIGESTS, "md5", fake)
+        m.setattr(artifact, "DIGEST", "md5")
+        m.setattr(artifact, "CHECKSUM_TENSOR", fake.tensor)
+        out = tmp_path / "md5.qc.safetensors"
+        assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
+    for command in ("verify", "inspect"):
+        result = run(command, out)
+        assert result.exit_code == 2
+        assert "unknown checksum algorithm 'md5'" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_v1_recipe_claiming_xxh3_is_corrupt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qcompress import artifact
+
+    with monkeypatch.context() as m:
+        m.setattr(artifact, "FORMAT_VERSION", 1)
+        out = tmp_path / "mixed.qc.safetensors"
+        # quantize reopens what it wrote as a reader would, and the reader refuses it
+        result = run("quantize", NPZ, "-o", out, "-q")
+    assert result.exit_code == 2 and "unknown checksum algorithm 'xxh3-128'" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_hash_in_batches_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small tensors are batched to the SHA-256 thread, with a bounded backlog; the digest is
+    still that of the whole file, in order."""
+    import hashlib
+
+    from qcompress import artifact
+
+    monkeypatch.setattr(artifact, "FILE_HASH_BATCH", 100)
+    monkeypatch.setattr(artifact, "FILE_HASH_BACKLOG", 300)
+    rng = np.random.default_rng(5)
+    model = tmp_path / "m.npz"
+    np.savez(
+        model,
+        **{f"t{i}": rng.standard_normal((i % 7 + 1, 9)).astype(np.float32) for i in range(60)},
+    )
+    out = tmp_path / "m.qc.safetensors"
+    assert run("quantize", model, "-o", out, "-q", "--min-elements", "1").exit_code == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["artifact"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
