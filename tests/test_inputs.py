@@ -407,3 +407,51 @@ def test_file_hash_in_batches_matches(tmp_path: Path, monkeypatch: pytest.Monkey
     assert run("quantize", model, "-o", out, "-q", "--min-elements", "1").exit_code == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["artifact"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> dict[str, int]:
+    calls = {"n": 0}
+    original = getattr(owner, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("suffix", ["npz", "safetensors"])
+def test_no_per_tensor_rescan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """100k tiny tensors must cost linear time: the steps that walk every tensor (listing them,
+    parsing a header, building or checking the recipe, writing the report) run a fixed number of
+    times per command, the same for 40 tensors as for 400, never once per tensor."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    from many_tensors import write_many
+
+    from qcompress import api, artifact, report
+    from qcompress.formats import npz, safetensors
+
+    counts = []
+    for n in (40, 400):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        model = dict(zip(("npz", "safetensors"), write_many(folder, n), strict=True))[suffix]
+        with monkeypatch.context() as m:
+            calls = {
+                "npz index": count_calls(m, npz.NpzReader, "_index"),
+                "safetensors parse": count_calls(m, safetensors.SafetensorsReader, "_parse"),
+                "list safetensors": count_calls(m, safetensors.SafetensorsReader, "tensor_infos"),
+                "list npz": count_calls(m, npz.NpzReader, "tensor_infos"),
+                "recipe": count_calls(m, artifact, "build_recipe"),
+                "header": count_calls(m, safetensors, "encode_header"),
+                "json": count_calls(m, report, "dumps"),
+            }
+            out = folder / "m.qc.safetensors"
+            api.quantize_file(model, output=out)
+            api.inspect(model)
+            api.inspect(out)
+            api.verify(out)
+        counts.append({k: v["n"] for k, v in calls.items()})
+    assert counts[0] == counts[1]
+    assert counts[1]["safetensors parse"] <= 6 and counts[1]["npz index"] <= 3
