@@ -337,7 +337,7 @@ def main() -> None:
 
 
 def verdict(value: float, target: float) -> str:
-    return f"target <= {target:g}: {'met' if value <= target else 'NOT met'}"
+    return f"target <= {target:g}: {'met' if value <= target else 'NOT met'}"  # seconds or x
 
 
 def commands(args: argparse.Namespace) -> None:
@@ -350,7 +350,7 @@ def commands(args: argparse.Namespace) -> None:
     python = statistics.median(timed([sys.executable, "-c", "import numpy"]) for _ in range(5))
     print(
         f"qcompress inspect {sample.name}: {start_inspect:.3f} s (median of 5; "
-        f"{verdict(start_inspect, 0.25)} s; python -c 'import numpy' alone: {python:.3f} s)"
+        f"{verdict(start_inspect, 0.25)}; python -c 'import numpy' alone: {python:.3f} s)"
     )
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         folder = Path(tmp)
