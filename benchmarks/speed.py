@@ -10,11 +10,16 @@ a shared, noisy machine:
   sets it (``qcompress.allocator``; one more 4-bit run in fresh processes shows what that does);
 - ``torch.quantize_per_channel`` and gguf's numpy Q8_0 / Q4_0 on the same matrices, when those
   packages are installed (``pip install -e .[bench]`` and ``pip install torch==2.13.0``);
-- end-to-end ``qcompress quantize`` of a page-cached 1 GB safetensors file against ``cp`` of it;
+- end-to-end ``qcompress quantize`` of a page-cached 1 GB safetensors file against ``cp`` of it
+  (target: at most 4x) and against hashlib's SHA-256 of it (target: at most 1.5x);
+- ``inspect`` and ``quantize`` of 100k tiny tensors (``benchmarks/many_tensors.py``; target:
+  under 3 s each), which shows any per-tensor overhead;
 - peak resident memory of quantizing a 4 GB model made of 64 MB tensors (``--big-gb`` to change);
-- start-up time of ``qcompress --version``.
+- start-up time of ``qcompress --version`` and of ``qcompress inspect sample_models/digits_mlp.npz``
+  (target: under 0.25 s; no ml_dtypes, h5py or numba for a float32 npz).
 
-Options: ``--quick`` for smaller sizes (a smoke run), ``--skip-big`` to skip the 4 GB case.
+Options: ``--quick`` for smaller sizes (a smoke run), ``--skip-big`` to skip the 4 GB case,
+``--skip-engine`` to time only the commands (start-up, end to end, many tensors).
 """
 
 from __future__ import annotations
@@ -281,8 +286,12 @@ def main() -> None:
     parser.add_argument("--skip-big", action="store_true", help="skip the 4 GB memory case")
     parser.add_argument("--big-gb", type=float, default=4.0)
     parser.add_argument("--e2e-gb", type=float, default=1.0)
+    parser.add_argument("--skip-engine", action="store_true", help="only the command timings")
     args = parser.parse_args()
     keep_freed_memory()  # as the CLI does; allocator_effect() measures what it changes
+    if args.skip_engine:
+        commands(args)
+        return
 
     count, rows, cols = (2, 1024, 1024) if args.quick else (8, 4096, 1024)
     data = matrices(count, rows, cols)
@@ -314,31 +323,69 @@ def main() -> None:
     for label, mbs in reference_rows(data):
         row(label, mbs)
 
+    commands(args)
+    plain, tuned = allocator_effect(count, rows, cols)
+    print(
+        f"4-bit per-group (1 thread) in a fresh process: {plain:,.0f} MB/s with glibc's default "
+        f"allocator settings, {tuned:,.0f} MB/s keeping freed memory (qcompress.allocator)"
+    )
+    warm, cold = jit_cost()
+    print(
+        f"compiled kernels, first use in a fresh process (load + first 8-bit and 4-bit calls): "
+        f"{warm:.2f} s with numba's cache warm, {cold:.2f} s cold (first run after install)"
+    )
+
+
+def verdict(value: float, target: float) -> str:
+    return f"target <= {target:g}: {'met' if value <= target else 'NOT met'}"  # seconds or x
+
+
+def commands(args: argparse.Namespace) -> None:
+    """Start-up, end to end against cp and SHA-256, and many tiny tensors, with their targets."""
+    startup = statistics.median(timed([*QCOMPRESS, "--version"]) for _ in range(5))
+    print(f"\nqcompress --version start-up: {startup:.3f} s (median of 5)")
+    sample = ROOT / "sample_models" / "digits_mlp.npz"
+    inspect_cmd = [*QCOMPRESS, "inspect", str(sample)]
+    start_inspect = statistics.median(timed(inspect_cmd) for _ in range(5))
+    python = statistics.median(timed([sys.executable, "-c", "import numpy"]) for _ in range(5))
+    print(
+        f"qcompress inspect {sample.name}: {start_inspect:.3f} s (median of 5; "
+        f"{verdict(start_inspect, 0.25)}; python -c 'import numpy' alone: {python:.3f} s)"
+    )
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         folder = Path(tmp)
         gb = 0.125 if args.quick else args.e2e_gb
         qc, cp, sha = end_to_end(folder, gb)
         print(f"\nend to end, {gb:g} GB page-cached float32 safetensors, int8 defaults:")
-        print(f"  qcompress quantize {qc:.2f} s, cp {cp:.2f} s, ratio {qc / cp:.2f}x")
-        print(f"  SHA-256 of the same file (in the report; one core): {sha:.2f} s")
+        print(f"  qcompress quantize {qc:.2f} s, cp {cp:.2f} s, SHA-256 of the input {sha:.2f} s")
+        print(f"  x cp: {qc / cp:.2f} ({verdict(qc / cp, 4)})")
+        print(f"  x SHA-256: {qc / sha:.2f} ({verdict(qc / sha, 1.5)})")
+        for p in folder.iterdir():
+            p.unlink()
+        many(folder, 10_000 if args.quick else 100_000)
         for p in folder.iterdir():
             p.unlink()
         if not args.skip_big:
             big = 0.25 if args.quick else args.big_gb
             rss = peak_rss_mb(folder, big)
             print(f"peak RSS quantizing a {big:g} GB model of 64 MB tensors: {rss:,.0f} MB")
-    plain, tuned = allocator_effect(count, rows, cols)
-    print(
-        f"4-bit per-group (1 thread) in a fresh process: {plain:,.0f} MB/s with glibc's default "
-        f"allocator settings, {tuned:,.0f} MB/s keeping freed memory (qcompress.allocator)"
-    )
-    startup = statistics.median(timed([*QCOMPRESS, "--version"]) for _ in range(5))
-    print(f"qcompress --version start-up: {startup:.3f} s (median of 5)")
-    warm, cold = jit_cost()
-    print(
-        f"compiled kernels, first use in a fresh process (load + first 8-bit and 4-bit calls): "
-        f"{warm:.2f} s with numba's cache warm, {cold:.2f} s cold (first run after install)"
-    )
+
+
+def many(folder: Path, n: int) -> None:
+    """``inspect`` and ``quantize`` of ``n`` tiny tensors, npz and safetensors."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from many_tensors import write_many
+
+    print(f"\n{n:,} tiny tensors (target: under 3 s per command):")
+    for path in write_many(folder, n):
+        size = path.stat().st_size / 1e6
+        out = folder / f"{path.stem}.qc.safetensors"
+        t_inspect = timed([*QCOMPRESS, "inspect", str(path), "--json"])
+        t_quantize = timed([*QCOMPRESS, "quantize", str(path), "-o", str(out), "-q", "--force"])
+        print(
+            f"  {path.name} ({size:.0f} MB): inspect --json {t_inspect:.2f} s "
+            f"({verdict(t_inspect, 3)}), quantize {t_quantize:.2f} s ({verdict(t_quantize, 3)})"
+        )
 
 
 def _cpu_model() -> str:

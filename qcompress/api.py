@@ -22,11 +22,13 @@ from qcompress.artifact import (
     Artifact,
     ShardedArtifact,
     open_if_artifact,
+    open_input,
     stored_names,
 )
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
+from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.gates import Gate, check_gates_match, failed_gates
@@ -85,9 +87,18 @@ class DequantizeResult:
 def default_outputs(
     input_path: Path, output: Path | None, report: Path | None
 ) -> tuple[Path, Path]:
-    """``model.npz`` gives ``model.qc.safetensors`` and ``model.qc.json`` beside it."""
+    """``model.npz`` gives ``model.qc.safetensors`` and ``model.qc.json`` beside it.
+
+    An artifact is a safetensors file whatever it is called, so a ``-o`` ending in anything but
+    ``.safetensors`` (``out.npz``, ``out.h5``, no suffix) would give a file that lies about its
+    format: refused, as ``dequantize`` is the command that writes other formats."""
     if output is None:
         output = input_path.with_name(input_path.name.rsplit(".", 1)[0] + ".qc.safetensors")
+    elif output.suffix.lower() != ".safetensors":
+        raise UsageError(
+            f"{output}: an artifact is a safetensors file; give a path ending in .safetensors "
+            "(to write other formats, run qcompress dequantize ARTIFACT -o OUTPUT)"
+        )
     if report is None:
         report = output.with_suffix(".json")
     return output, report
@@ -251,7 +262,7 @@ def _narrow(x: np.ndarray, info: TensorInfo, path: Path, requested: str) -> np.n
     """``x`` cast to ``info.dtype``; a UsageError if a finite value would become Inf there
     (float16 tops out at 65504), so no file ever holds Inf the model did not have."""
     with np.errstate(over="ignore", invalid="ignore"):
-        y = x.astype(info.dtype)
+        y = x.astype(to_dtype(info.dtype))
     if y.dtype.kind == "f" and x.dtype.kind == "f" and y.size:
         became_inf = np.isinf(y) & np.isfinite(x)
         if became_inf.any():
@@ -278,12 +289,10 @@ def _open_artifact(path: Path) -> Artifact | ShardedArtifact:
 def inspect(path: str | Path) -> dict[str, Any]:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     path = Path(path)
-    art = open_if_artifact(path)
-    if art is not None:
-        with art:
-            return _inspect_artifact(path, art)
-    with open_weights(path) as reader:
-        return _inspect_weights(path, reader)
+    with open_input(path) as opened:
+        if isinstance(opened, WeightReader):
+            return _inspect_weights(path, opened)
+        return _inspect_artifact(path, opened)
 
 
 def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The artifact: a plain safetensors file of codes, scales and the recipe to rebuild each tensor.
 
-Layout (format version 1):
+Layout (format version 2; version 1 differs only in its checksums, see below):
 - ``NAME.qcodes``: the integer codes of a quantized tensor ``NAME`` in its row view (channel axis
   first, other axes flattened). 8-bit codes are int8 (symmetric) or uint8 (affine) of shape
   (rows, cols); narrower codes are a dense little-endian bit stream in a 1-D uint8 tensor.
@@ -13,9 +13,14 @@ Layout (format version 1):
 - ``NAME``: a tensor kept in float or passed through, unchanged, in its own dtype.
 - ``__qcompress__/stats``: float64 (n_tensors, 3), each original tensor's MSE, max abs error and
   SQNR dB, so ``inspect`` can show the error without the original.
-- ``__qcompress__/sha256``: uint8 (n_stored + 1, 32), the SHA-256 of every stored tensor's bytes in
-  payload order (``stats`` included), then of the recipe JSON. It is written last, so the header
-  can be computed before any tensor is quantized and the payload streamed behind it.
+- ``__qcompress__/xxh3_128``: uint8 (n_stored + 1, 16), the XXH3-128 digest (big-endian, as
+  ``xxhash.xxh3_128_digest`` gives it) of every stored tensor's bytes in payload order (``stats``
+  included), then of the recipe JSON. It is written last, so the header can be computed before
+  any tensor is quantized and the payload streamed behind it. The recipe's ``integrity`` names
+  the algorithm and the tensor. The checksums guard against corruption (a flipped bit, a
+  truncated copy), not against an attacker, who could recompute them: XXH3-128 does that at
+  memory speed, where SHA-256 cost more than the quantization. Version 1 artifacts carry
+  ``__qcompress__/sha256`` (n_stored + 1, 32) SHA-256 digests instead; they still open and verify.
 - ``__metadata__["qcompress"]``: the recipe, canonical JSON (sorted keys, no spaces).
 
 The artifact contains no timestamps or host names: the same input and options give the same bytes.
@@ -26,7 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +47,69 @@ from qcompress.engine.packing import packing_for
 from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantizedTensor, QuantSpec
 from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
-from qcompress.formats.base import TensorInfo
+from qcompress.formats._common import dtype_name
+from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.safetensors import SafetensorsReader, encode_header
-from qcompress.formats.sharded import ShardIndex, check_shard_name, find_index, read_index
+from qcompress.formats.sharded import (
+    ShardedReader,
+    ShardIndex,
+    check_shard_name,
+    find_index,
+    read_index,
+)
 from qcompress.policy import QUANTIZED, TensorPlan
 from qcompress.recipe import RecipeError, check_recipe, check_stored_values
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: SHA-256 checksums; 2: the algorithm the recipe names
 METADATA_KEY = "qcompress"
 STATS_TENSOR = "__qcompress__/stats"
-CHECKSUM_TENSOR = "__qcompress__/sha256"
 RECIPE_ROW = "__recipe__"
 STATS_COLUMNS = ("mse", "max_abs_error", "sqnr_db")
 RESERVED_PREFIX = "__qcompress__/"
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _xxh3_128(data: memoryview) -> bytes:
+    import xxhash  # imported on first use: only artifacts need it
+
+    return xxhash.xxh3_128_digest(data)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A per-stored-tensor checksum: the tensor holding the digests, their size, the function."""
+
+    tensor: str
+    size: int
+    fn: Callable[[memoryview], bytes]
+
+
+DIGESTS: dict[str, Digest] = {
+    "sha256": Digest("__qcompress__/sha256", 32, _sha256),
+    "xxh3-128": Digest("__qcompress__/xxh3_128", 16, _xxh3_128),
+}
+DIGEST = "xxh3-128"  # what new artifacts carry
+CHECKSUM_TENSOR = DIGESTS[DIGEST].tensor
+FILE_HASH_BATCH = 4 << 20  # small tensors reach the file's SHA-256 thread in batches this big
+FILE_HASH_BACKLOG = 64 << 20  # bytes written but not yet hashed before write() waits
+
+
+def digest_for(recipe: dict[str, Any]) -> Digest:
+    """The checksum a recipe declares; ValueError (a corrupt recipe) for any other.
+    Version 1 knew only SHA-256, so a version 1 recipe naming anything else is corrupt."""
+    integrity = recipe["integrity"]
+    algorithm = integrity.get("algorithm") if isinstance(integrity, dict) else None
+    allowed = ("sha256",) if recipe.get("format_version") == 1 else tuple(DIGESTS)
+    if algorithm not in allowed:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+    digest = DIGESTS[algorithm]
+    if integrity.get("tensor") != digest.tensor:
+        raise ValueError(f"checksum tensor {integrity.get('tensor')!r} is not {digest.tensor!r}")
+    return digest
 
 
 def row_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, int]:
@@ -180,7 +238,7 @@ def build_recipe(
         "tensors": entries,
         "stats": {"tensor": STATS_TENSOR, "columns": list(STATS_COLUMNS)},
         "integrity": {
-            "algorithm": "sha256",
+            "algorithm": DIGEST,
             "tensor": CHECKSUM_TENSOR,
             "covers": [*names, STATS_TENSOR, RECIPE_ROW],
         },
@@ -217,37 +275,61 @@ def _as_bytes(array: np.ndarray) -> np.ndarray:
 class ArtifactWriter:
     """Streams an artifact: header first, then each stored tensor as soon as it is ready.
 
-    Hashing (each stored tensor's SHA-256, and the whole file's for the report) runs in a
-    background thread in write order, so it overlaps the quantization of the next tensor.
+    Each stored tensor's XXH3-128 is computed as it is written (memory speed); the whole file's
+    SHA-256 for the report runs in a background thread in write order (hashlib releases the GIL),
+    overlapping the quantization of the next tensors. Small tensors reach that thread in batches,
+    so a model of 100k tiny tensors costs no thread hand-off per tensor, and at most
+    ``FILE_HASH_BACKLOG`` bytes wait to be hashed, so memory does not grow with the model.
     """
 
     def __init__(self, path: Path, recipe: dict[str, Any], stored: list[TensorInfo]) -> None:
         self._recipe_text = recipe_json(recipe)
         self._stored = stored
-        checksum = TensorInfo(CHECKSUM_TENSOR, (len(stored) + 1, 32), "uint8")
+        self._digest = DIGESTS[DIGEST]
+        checksum = TensorInfo(CHECKSUM_TENSOR, (len(stored) + 1, self._digest.size), "uint8")
         header = encode_header([*stored, checksum], {METADATA_KEY: self._recipe_text})
         self._file = open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
         self._file.write(header)
         self._file_hash = hashlib.sha256(header)
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash")
-        self._digests: list[Future[bytes]] = []
+        self._batch: list[memoryview] = []
+        self._batch_bytes = 0
+        self._backlog: deque[tuple[Future[None], int]] = deque()
+        self._backlog_bytes = 0
+        self._digests: list[bytes] = []
         self._next = 0
         self.sha256 = ""  # of the whole file, once finished
 
-    def _digest(self, data: np.ndarray) -> bytes:
-        self._file_hash.update(memoryview(data))
-        return hashlib.sha256(memoryview(data)).digest()
+    def _hash_file(self, chunks: list[memoryview]) -> None:
+        for chunk in chunks:
+            self._file_hash.update(chunk)
+
+    def _queue_file_hash(self, data: memoryview | None) -> None:
+        """Hand written bytes to the file's SHA-256 thread (``None``: flush the batch)."""
+        if data is not None:
+            self._batch.append(data)
+            self._batch_bytes += data.nbytes
+        if self._batch and (data is None or self._batch_bytes >= FILE_HASH_BATCH):
+            future = self._hasher.submit(self._hash_file, self._batch)
+            self._backlog.append((future, self._batch_bytes))
+            self._backlog_bytes += self._batch_bytes
+            self._batch, self._batch_bytes = [], 0
+        while self._backlog and (self._backlog_bytes > FILE_HASH_BACKLOG or data is None):
+            future, nbytes = self._backlog.popleft()
+            future.result()
+            self._backlog_bytes -= nbytes
 
     def write(self, name: str, array: np.ndarray) -> None:
         """Append the next stored tensor; it must be the one the recipe expects next."""
         info = self._stored[self._next]
-        if name != info.name or tuple(array.shape) != info.shape or str(array.dtype) != info.dtype:
+        if name != info.name or array.shape != info.shape or dtype_name(array.dtype) != info.dtype:
             raise AssertionError(
                 f"artifact writer expected {info}, got {name} {array.shape} {array.dtype}"
             )
-        data = _as_bytes(array)
-        self._file.write(memoryview(data))
-        self._digests.append(self._hasher.submit(self._digest, data))
+        data = memoryview(_as_bytes(array))
+        self._file.write(data)
+        self._digests.append(self._digest.fn(data))
+        self._queue_file_hash(data)
         self._next += 1
 
     def finish(self, stats: np.ndarray) -> None:
@@ -258,10 +340,10 @@ class ArtifactWriter:
         )
         if self._next != len(self._stored):
             raise AssertionError("artifact writer finished before every tensor was written")
-        digests = [f.result() for f in self._digests]
-        tail = b"".join([*digests, hashlib.sha256(self._recipe_text.encode()).digest()])
+        tail = b"".join([*self._digests, self._digest.fn(memoryview(self._recipe_text.encode()))])
         self._file.write(tail)
-        self._file_hash.update(tail)
+        self._queue_file_hash(memoryview(tail))
+        self._queue_file_hash(None)
         self.sha256 = self._file_hash.hexdigest()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -279,11 +361,13 @@ class ArtifactWriter:
 
 
 class Artifact:
-    """An artifact opened for reading; every tensor read through it is checked by SHA-256."""
+    """An artifact opened for reading; every tensor read through it is checked against its
+    checksum (XXH3-128, or SHA-256 in version 1 artifacts)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reader: SafetensorsReader | None = None) -> None:
+        """``reader``: the file already opened (its header parsed), which the artifact then owns."""
         self.path = Path(path)
-        self._reader = SafetensorsReader(self.path)
+        self._reader = reader or SafetensorsReader(self.path)
         try:
             self._open()
         except BaseException:
@@ -303,23 +387,30 @@ class Artifact:
             version = recipe["format_version"]
             covers = recipe["integrity"]["covers"]
             entries = recipe["tensors"]
-        except (ValueError, KeyError, TypeError) as e:
+            version_known = version in READABLE_VERSIONS and not isinstance(version, bool)
+            digest = digest_for(recipe) if version_known else None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise FormatError(f"{self.path}: corrupt qcompress recipe ({e})") from None
-        if version != FORMAT_VERSION:
+        if digest is None:
             raise FormatError(
                 f"{self.path}: artifact format version {version} is not supported by qcompress "
                 f"{__version__} (expects {FORMAT_VERSION}); upgrade qcompress"
             )
+        self._digest: Digest = digest
         self.recipe: dict[str, Any] = recipe
         self.recipe_text: str = text
         self.entries: list[dict[str, Any]] = entries
         self._row = {name: i for i, name in enumerate(covers)}
         self._infos = {i.name: i for i in self._reader.tensor_infos()}
         self._check_structure()
-        digests = self._reader.read(CHECKSUM_TENSOR)
-        self._digests = [bytes(digests[i]) for i in range(digests.shape[0])]
-        recipe_digest = hashlib.sha256(self.recipe_text.encode()).digest()
+        digests = self._reader.read(self._digest.tensor)
+        self._digests = [bytes(row) for row in digests]
+        recipe_digest = self._digest_of(self.recipe_text.encode())
         self._recipe_intact = recipe_digest == self._digests[self._row[RECIPE_ROW]]
+
+    def _digest_of(self, data: bytes | np.ndarray) -> bytes:
+        view = memoryview(data if isinstance(data, bytes) else _as_bytes(data))
+        return self._digest.fn(view)
 
     def _require_intact_recipe(self) -> None:
         """Refuse to rebuild a tensor from a recipe edited after it was written: a changed
@@ -356,7 +447,8 @@ class Artifact:
         if expected_recipe["tensors"] != self.entries:
             raise FormatError(f"{self.path}: recipe entries are inconsistent; the file was altered")
         n_stored = len(expected)
-        expected.append(TensorInfo(CHECKSUM_TENSOR, (n_stored + 1, 32), "uint8"))
+        digest = self._digest
+        expected.append(TensorInfo(digest.tensor, (n_stored + 1, digest.size), "uint8"))
         for info in expected:
             actual = self._infos.get(info.name)
             if actual is None:
@@ -382,7 +474,7 @@ class Artifact:
 
     def _checked(self, name: str) -> np.ndarray:
         array = self._reader.read(name)
-        if hashlib.sha256(memoryview(_as_bytes(array))).digest() != self._digests[self._row[name]]:
+        if self._digest_of(array) != self._digests[self._row[name]]:
             raise FormatError(
                 f"{self.path}: checksum mismatch in stored tensor {name!r}; the artifact is corrupt"
             )
@@ -477,9 +569,9 @@ class Artifact:
         bad = []
         for name, row in self._row.items():
             if name == RECIPE_ROW:
-                actual = hashlib.sha256(self.recipe_text.encode()).digest()
+                actual = self._digest_of(self.recipe_text.encode())
             else:
-                actual = hashlib.sha256(memoryview(_as_bytes(self._reader.read(name)))).digest()
+                actual = self._digest_of(self._reader.read(name))
                 self._reader.release(name)
             if actual != self._digests[row]:
                 bad.append(name)
@@ -585,14 +677,24 @@ def stored_names(entry: dict[str, Any]) -> list[str]:
     return [entry[k] for k in keys if entry.get(k)]
 
 
-def open_if_artifact(path: Path) -> Artifact | ShardedArtifact | None:
-    """``path`` opened as an artifact (a file, or a sharded one by its index or folder), or None
-    when it is a weight file that is not an artifact. Unreadable paths raise as readers do."""
+def open_input(path: Path) -> Artifact | ShardedArtifact | WeightReader:
+    """``path`` opened once, as an artifact when it is one (a file, or a sharded one by its index
+    or folder), else as a weight reader: its header is parsed once, which a file of 100k tensors
+    makes worth it. Unreadable paths raise as readers do."""
     index_path = find_index(path)
     if index_path is not None:
         index = read_index(index_path)
-        return ShardedArtifact(index) if METADATA_KEY in index.metadata else None
-    with open_weights(path) as reader:
-        if reader.format != "safetensors" or not is_artifact(reader.metadata()):
-            return None
-    return Artifact(path)
+        return ShardedArtifact(index) if METADATA_KEY in index.metadata else ShardedReader(index)
+    reader = open_weights(path)
+    if isinstance(reader, SafetensorsReader) and is_artifact(reader.metadata()):
+        return Artifact(path, reader)
+    return reader
+
+
+def open_if_artifact(path: Path) -> Artifact | ShardedArtifact | None:
+    """``path`` opened as an artifact, or None when it is a weight file that is not one."""
+    opened = open_input(path)
+    if isinstance(opened, WeightReader):
+        opened.close()
+        return None
+    return opened

@@ -186,10 +186,11 @@ def _progress(enabled: bool) -> Iterator[Any]:
 
 
 def _echo_json(document: Any) -> None:
-    """One strict JSON document; NaN/Inf become null plus a "nonfinite" map (report.json_safe)."""
-    from qcompress.report import dumps_json
+    """One strict JSON document; NaN/Inf become null plus a "nonfinite" map (report.json_safe),
+    pretty-printed in linear time (json's indent= is not)."""
+    from qcompress.report import dumps
 
-    click.echo(dumps_json(document))
+    click.echo(dumps(document), nl=False)
 
 
 def _warn(messages: Any) -> None:
@@ -322,7 +323,8 @@ def _fmt_bytes(n: int) -> str:
 @click.option(
     "--shard",
     metavar="K/N",
-    help="Sharded checkpoint: quantize only shards K, K+N, ... (run --merge once all are done).",
+    help="Sharded checkpoint: quantize only shards K, K+N, ... (run --merge once all are done); "
+    "'auto' or 'auto/N' takes K (and N) from a Slurm array or a Kubernetes indexed Job.",
 )
 @click.option(
     "--merge", is_flag=True, help="Sharded checkpoint: write the index and report from the shards."

@@ -36,6 +36,7 @@ from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import DTYPE_CODES
+from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.mixed import decide_plans
 from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
@@ -71,7 +72,7 @@ class TensorResult:
 
 def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
     """The finite extremes of a float tensor (a kept tensor may hold NaN or Inf)."""
-    if x.size == 0 or str(x.dtype) not in FLOAT_DTYPES:
+    if x.size == 0 or dtype_name(x.dtype) not in FLOAT_DTYPES:
         return None, None
     x = x.astype(np.float32, copy=False)
     finite_mask = np.isfinite(x)

@@ -11,9 +11,12 @@ writes the artifact index and the checkpoint's report. Names mirror the input:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,34 +46,154 @@ class ShardedOutputs:
 
 
 def sharded_outputs(index: ShardIndex, folder: Path | None, report: Path | None) -> ShardedOutputs:
+    """Every output's path, distinct from each other and from every input file.
+
+    A shard's outputs are named after it, which can collide: a Hugging Face checkpoint with one
+    ``model.safetensors`` and its ``model.safetensors.index.json`` would give ``model.qc.json``
+    for both the shard and the checkpoint; ``a.safetensors`` and ``a`` give the same artifact;
+    a shard called ``x.qc.safetensors`` is the artifact name of ``x.safetensors``. The checkpoint's
+    names (and ``--report``) stay as documented; a shard's report that collides becomes
+    ``STEM.qc.shard.json``, and a shard's artifact that collides ``STEM.shardI.qc.safetensors``
+    (I its 1-based position). The names depend only on the index, so ``--shard`` runs on other
+    machines and the later ``--merge`` agree on them."""
     folder = folder or index.path.parent
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: for a sharded checkpoint -o names a folder")
     name = index.path.name
     prefix = name[: -len(INDEX_SUFFIX)] if name.endswith(INDEX_SUFFIX) else index.path.stem
+    index_out = folder / f"{prefix}{ARTIFACT_SUFFIX}.index.json"
+    report_out = report or folder / f"{prefix}.qc.json"
+    inputs_here = folder.resolve() == index.path.parent.resolve()
+    taken = {index_out.name, index.path.name} if inputs_here else {index_out.name}
+    if inputs_here:
+        taken |= set(index.shards)
+    if report_out.parent.resolve() == folder.resolve():
+        taken.add(report_out.name)
     shards = {}
-    for shard in index.shards:
+    for position, shard in enumerate(index.shards, start=1):
         stem = shard[: -len(".safetensors")] if shard.endswith(".safetensors") else shard
-        shards[shard] = (folder / f"{stem}{ARTIFACT_SUFFIX}", folder / f"{stem}.qc.json")
-    return ShardedOutputs(
-        folder,
-        folder / f"{prefix}{ARTIFACT_SUFFIX}.index.json",
-        report or folder / f"{prefix}.qc.json",
-        shards,
-    )
+        artifact = f"{stem}{ARTIFACT_SUFFIX}"
+        if artifact in taken:
+            stem = f"{stem}.shard{position}"
+            while f"{stem}{ARTIFACT_SUFFIX}" in taken:  # only a hostile index gets here
+                stem += "_"
+            artifact = f"{stem}{ARTIFACT_SUFFIX}"
+        taken.add(artifact)
+        shard_report = f"{stem}.qc.json"
+        if shard_report in taken:
+            shard_report = f"{stem}.qc.shard.json"
+            while shard_report in taken:
+                shard_report = shard_report[: -len(".json")] + "_.json"
+        taken.add(shard_report)
+        shards[shard] = (folder / artifact, folder / shard_report)
+    return ShardedOutputs(folder, index_out, report_out, shards)
 
 
-def select_shards(shards: list[str], spec: str | None) -> list[str]:
-    """The shards a ``--shard K/N`` run owns: the K-th, (K+N)-th, ... (1-based)."""
+SCHEDULER_VARIABLES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
+
+
+def select_shards(
+    shards: list[str], spec: str | None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The shards a ``--shard`` run owns: the K-th, (K+N)-th, ... (1-based)."""
     if spec is None:
         return list(shards)
-    try:
-        k, n = (int(part) for part in spec.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {spec!r}: expected K/N, e.g. 1/4") from None
-    if not 1 <= k <= n:
-        raise UsageError(f"--shard {spec!r}: K must be from 1 to N")
+    k, n = parse_share(spec, os.environ if environ is None else environ)
     return [s for i, s in enumerate(shards) if i % n == k - 1]
+
+
+def parse_share(spec: str, environ: Mapping[str, str]) -> tuple[int, int]:
+    """(K, N) from ``K/N``, or from the scheduler that runs this process for ``auto`` (index and
+    count) or ``auto/N`` (index only):
+
+    - a Slurm job array (``sbatch --array=0-3``): K from ``SLURM_ARRAY_TASK_ID`` counted from
+      ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``, N from
+      ``SLURM_ARRAY_TASK_COUNT``;
+    - a Kubernetes indexed Job: K from ``JOB_COMPLETION_INDEX`` (0-based); Kubernetes does not
+      tell a pod the Job's completions, so ``auto/N`` must give N.
+
+    A CI matrix passes its own index, ``--shard ${{ matrix.k }}/N``. Every failure is a
+    UsageError naming the variable and what to pass instead."""
+    head, sep, tail = spec.partition("/")
+    if head.strip() != "auto":
+        try:
+            k, n = int(head), int(tail)
+        except ValueError:
+            raise UsageError(f"--shard {spec!r}: expected K/N (e.g. 1/4), auto or auto/N") from None
+        return _check_share(spec, k, n)
+    n_given = None
+    if sep:
+        try:
+            n_given = int(tail)
+        except ValueError:
+            raise UsageError(f"--shard {spec!r}: expected auto/N with N a whole number") from None
+        if n_given < 1:
+            raise UsageError(f"--shard {spec!r}: N must be at least 1")
+    found = [v for v in SCHEDULER_VARIABLES if environ.get(v, "").strip()]
+    if not found:
+        raise UsageError(
+            f"--shard {spec}: no scheduler index found (none of "
+            f"{', '.join(SCHEDULER_VARIABLES)} is set); pass --shard K/N"
+        )
+    if len(found) > 1:
+        raise UsageError(
+            f"--shard {spec}: both {' and '.join(found)} are set; pass --shard K/N to choose"
+        )
+    if found[0] == "SLURM_ARRAY_TASK_ID":
+        k, n = _slurm_share(spec, environ)
+        if n_given is not None and n_given != n:
+            raise UsageError(
+                f"--shard {spec}: the Slurm array has {n} tasks (SLURM_ARRAY_TASK_COUNT) "
+                f"but N is {n_given}; use --shard auto"
+            )
+        return _check_share(spec, k, n)
+    if n_given is None:
+        raise UsageError(
+            f"--shard {spec}: JOB_COMPLETION_INDEX gives the index but not the count; "
+            "pass --shard auto/N with N the Job's completions"
+        )
+    return _check_share(spec, _env_int(spec, environ, "JOB_COMPLETION_INDEX") + 1, n_given)
+
+
+def _slurm_share(spec: str, environ: Mapping[str, str]) -> tuple[int, int]:
+    task = _env_int(spec, environ, "SLURM_ARRAY_TASK_ID")
+    if not environ.get("SLURM_ARRAY_TASK_COUNT", "").strip():
+        raise UsageError(
+            f"--shard {spec}: SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not "
+            "(not a job array?); pass --shard K/N"
+        )
+    count = _env_int(spec, environ, "SLURM_ARRAY_TASK_COUNT")
+    low = (
+        _env_int(spec, environ, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in environ else 0
+    )
+    step = (
+        _env_int(spec, environ, "SLURM_ARRAY_TASK_STEP")
+        if "SLURM_ARRAY_TASK_STEP" in environ
+        else 1
+    )
+    if step < 1 or (task - low) % step:
+        raise UsageError(
+            f"--shard {spec}: SLURM_ARRAY_TASK_ID={task} is not MIN={low} plus a multiple of "
+            f"STEP={step}; use an array like --array=0-{count - 1} or pass --shard K/N"
+        )
+    return (task - low) // step + 1, count
+
+
+def _env_int(spec: str, environ: Mapping[str, str], name: str) -> int:
+    value = environ.get(name, "")
+    try:
+        number = int(value)
+    except ValueError:
+        raise UsageError(f"--shard {spec}: {name}={value!r} is not a whole number") from None
+    if number < 0:
+        raise UsageError(f"--shard {spec}: {name}={value!r} is negative")
+    return number
+
+
+def _check_share(spec: str, k: int, n: int) -> tuple[int, int]:
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {spec!r}: K must be from 1 to N (got {k}/{n})")
+    return k, n
 
 
 @dataclass(frozen=True)
@@ -99,10 +222,46 @@ def quantize_sharded(
     todo = [] if merge else select_shards(index.shards, shard)
     finals = [] if shard else [outs.index, outs.report]
     planned = [p for s in todo for p in outs.shards[s]] + finals
-    check_outputs(planned, [index.path, *(index.shard_path(s) for s in index.shards)], force)
-    for name in todo:  # every shard is there and matches the index before any work starts
-        _open_shard(index, name).close()
-    outs.folder.mkdir(exist_ok=True)
+    created = _make_folder(outs.folder)
+    try:
+        check_outputs(planned, [index.path, *(index.shard_path(s) for s in index.shards)], force)
+        for name in todo:  # every shard is there and matches the index before any work starts
+            _open_shard(index, name).close()
+        return _quantize_shards(index, outs, todo, options, force, jobs, shard, progress, started)
+    except BaseException:
+        if created:  # no partial output: a folder this run made goes again (if still empty)
+            with contextlib.suppress(OSError):
+                outs.folder.rmdir()
+        raise
+
+
+def _make_folder(folder: Path) -> bool:
+    """Create the output folder ``-o`` names (its parent must exist); True if this call made it.
+    Several ``--shard`` runs may race to create it: whoever loses uses it."""
+    if folder.is_dir():
+        return False
+    if not folder.parent.is_dir():
+        raise UsageError(f"{folder}: folder {folder.parent} does not exist; create it first")
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot create the folder: {exc.strerror or exc}") from None
+    return True
+
+
+def _quantize_shards(
+    index: ShardIndex,
+    outs: ShardedOutputs,
+    todo: list[str],
+    options: QuantizeOptions,
+    force: bool,
+    jobs: int,
+    shard: str | None,
+    progress: Progress | None,
+    started: float,
+) -> ShardedResult:
     reports = []
     for name in todo:
         artifact_path, report_path = outs.shards[name]

@@ -456,6 +456,8 @@ def _edit_header(art: bytes, edit: Callable[[dict], None]) -> bytes:
 
 
 def artifact_cases(art: bytes) -> Cases:
+    from qcompress.artifact import CHECKSUM_TENSOR  # the per-stored-tensor checksum table
+
     (n,) = struct.unpack("<Q", art[:8])
     data_start = 8 + n
     header = json.loads(art[8:data_start])
@@ -478,7 +480,7 @@ def artifact_cases(art: bytes) -> Cases:
     flip("kept-bias", tensor("dense/bias")[0] + 1, 1)
     flip("passthrough-int", tensor("steps")[0], 0)
     flip("stats", tensor("__qcompress__/stats")[0] + 5, 4)
-    flip("checksum-table", tensor("__qcompress__/sha256")[0] + 40, 2)
+    flip("checksum-table", tensor(CHECKSUM_TENSOR)[0] + 40, 2)
     flip("last-byte", len(art) - 1, 5)
 
     def reason(r: dict) -> None:
@@ -539,7 +541,7 @@ def artifact_cases(art: bytes) -> Cases:
         h["__metadata__"]["qcompress"] = "[1, 2]"
 
     def drop_checksums(h: dict) -> None:
-        del h["__qcompress__/sha256"]
+        del h[CHECKSUM_TENSOR]
 
     for label, edit in [
         ("recipe-not-json", recipe_not_json),

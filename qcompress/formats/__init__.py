@@ -3,12 +3,15 @@
 Input format is decided by content (magic bytes), never by the file name, so a safetensors
 file called ``model.npz`` still opens as safetensors. Output format is decided by suffix,
 since there are no bytes yet to look at.
+
+The h5 module (h5py and the HDF5 library: a tenth of a second or more to load) is imported only
+when an HDF5 file is read or written, so commands on npz and safetensors files start faster.
 """
 
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,6 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import one_line
 from qcompress.formats.base import Layout, TensorInfo, WeightReader
-from qcompress.formats.h5 import H5Reader, write_h5
 from qcompress.formats.npz import NpzReader, write_npz
 from qcompress.formats.safetensors import (
     CODE_DTYPES,
@@ -49,9 +51,16 @@ __all__ = [
 
 FORMATS = ("npz", "h5", "safetensors")
 
-READERS: dict[str, type[WeightReader]] = {
+
+def _h5_reader(path: Path) -> WeightReader:
+    from qcompress.formats.h5 import H5Reader
+
+    return H5Reader(path)
+
+
+READERS: dict[str, Callable[[Path], WeightReader]] = {
     "npz": NpzReader,
-    "h5": H5Reader,
+    "h5": _h5_reader,
     "safetensors": SafetensorsReader,
 }
 
@@ -172,6 +181,8 @@ def write_weights(
         if fmt == "npz":
             write_npz(path, infos, arrays)
         elif fmt == "h5":
+            from qcompress.formats.h5 import write_h5
+
             write_h5(path, infos, arrays, meta if meta.get("format") == "h5" else None)
         elif fmt == "safetensors":
             st_meta = meta.get("__metadata__") if meta.get("format") == "safetensors" else None

@@ -8,16 +8,16 @@ Kept private: the public surface is ``qcompress.formats`` and the per-format mod
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats.base import TensorInfo
+from qcompress.formats.base import TensorInfo, numpy_dtype
 
 
 def shown(path: Path | str) -> str:
@@ -110,17 +110,20 @@ def check_empty_shape(path: Path, name: str, shape: tuple[int, ...], dtype: np.d
         ) from None
 
 
+@functools.lru_cache(maxsize=1024)
 def dtype_name(dt: np.dtype) -> str:
     """The name a ``TensorInfo`` carries: ``dt.name`` ("float32", "bfloat16"), or ``dt.str``
-    ("|S10", "<U3") for fixed-length strings, whose ``name`` ("bytes80") does not parse back."""
+    ("|S10", "<U3") for fixed-length strings, whose ``name`` ("bytes80") does not parse back.
+    Cached: numpy computes ``dt.name`` in Python (~10 us), which a model of 100k tiny tensors
+    would pay per tensor and per check."""
     if dt.kind in "SU":
         return dt.str
     return dt.name
 
 
 def to_dtype(name: str) -> np.dtype:
-    """Inverse of ``dtype_name``, always in native byte order."""
-    dt = np.dtype(name)
+    """Inverse of ``dtype_name``, always in native byte order (ml_dtypes loaded only if needed)."""
+    dt = numpy_dtype(name)
     return dt.newbyteorder("=") if dt.byteorder not in "=|" else dt
 
 

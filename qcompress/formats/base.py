@@ -3,6 +3,10 @@
 Readers are lazy: listing tensors reads only the file's index, and ``read`` materialises one tensor,
 so peak memory follows the largest tensor rather than the model. Readers know nothing about
 quantization; they hand out numpy arrays (bfloat16 as ``ml_dtypes.bfloat16``).
+
+``ml_dtypes`` (which registers bfloat16 and float8 with numpy) costs about half a second to
+import, so it is imported by :func:`numpy_dtype` only when a name numpy does not know is met:
+a float32-only file never loads it.
 """
 
 from __future__ import annotations
@@ -12,10 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import ml_dtypes  # noqa: F401 - registers bfloat16, so np.dtype("bfloat16") works
 import numpy as np
 
 Layout = Literal["pytorch", "keras"]
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """``np.dtype(name)``, registering the ml_dtypes types (bfloat16, float8_*) first if numpy
+    does not know ``name`` yet; names neither knows raise numpy's TypeError as before."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes  # noqa: F401 - registers bfloat16 / float8 so np.dtype("bfloat16") works
+
+        return np.dtype(name)
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
+        return self.size * numpy_dtype(self.dtype).itemsize
 
 
 class WeightReader(ABC):

@@ -11,6 +11,8 @@ members, fixed permissions), so the same tensors give the same bytes.
 
 from __future__ import annotations
 
+import functools
+import io
 import lzma
 import struct
 import tokenize
@@ -30,6 +32,7 @@ from qcompress.formats._common import (
     dtype_name,
     one_line,
     require_regular_file,
+    to_dtype,
 )
 from qcompress.formats.base import TensorInfo, WeightReader
 
@@ -212,9 +215,25 @@ class NpzReader(WeightReader):
         self._zip.close()
 
 
+_NPY_MAX_HEADER = 10_000  # numpy's own limit on a .npy header's length
+
+
 def _read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from a ``.npy`` header. ``read_array_header_*`` parse the header dict
-    with ``ast.literal_eval`` (no code runs) and do not touch the data."""
+    """Shape and dtype from a ``.npy`` header. The header's bytes are read here and parsed by
+    :func:`_parse_npy_header`, which caches them: a model of 100k tiny tensors repeats a handful
+    of headers, and numpy's parse (``ast.literal_eval``) costs more than the rest of the read."""
+    prefix = fh.read(8)  # magic (6 bytes) and version (2)
+    size_bytes = fh.read(4 if prefix[6:7] in (b"\x02", b"\x03") else 2)
+    length = int.from_bytes(size_bytes, "little")
+    header = fh.read(min(length, _NPY_MAX_HEADER + 1))
+    return _parse_npy_header(prefix + size_bytes + header)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_npy_header(raw: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """Parse a whole ``.npy`` header with numpy's ``read_array_header_*`` (``ast.literal_eval``,
+    no code runs); what it raises (ValueError) is raised again for every member, uncached."""
+    fh = io.BytesIO(raw)
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
         shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -234,7 +253,7 @@ def write_npz(
     ``name + ".npy"``, streaming each array into its member. ``metadata`` is ignored: npz has
     nowhere to keep it. Tensors npz cannot hold portably (bfloat16, float8) are a UsageError."""
     for info in infos:
-        kind = np.dtype(info.dtype).kind
+        kind = to_dtype(info.dtype).kind
         if kind not in _NPZ_KINDS or info.dtype.startswith(("bfloat", "float8")):
             raise UsageError(
                 f"{path}: npz cannot store tensor {info.name!r} of dtype {info.dtype}; "

@@ -131,11 +131,11 @@ def _dumps(value: Any, sort_keys: bool = False) -> str:
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        dup = next(k for k in keys if keys.count(k) > 1)
-        raise _DuplicateKey(dup)
-    return dict(pairs)
+    result = dict(pairs)  # the common case first: one dict, no per-key Python loop
+    if len(result) != len(pairs):
+        keys = [k for k, _ in pairs]
+        raise _DuplicateKey(next(k for k in keys if keys.count(k) > 1))
+    return result
 
 
 class _DuplicateKey(Exception):
