@@ -413,7 +413,7 @@ class _FloatTensors:
     def is_gguf(self) -> bool:
         return self._artifact is None and self._reader.format == "gguf"
 
-    def gguf_source_names(self) -> dict[str, str]:
+    def gguf_source_names(self) -> dict[str, list[str]]:
         """For a GGUF file naming a known architecture: its tensor names -> Hugging Face names."""
         if not self.is_gguf:
             return {}
@@ -588,9 +588,9 @@ def _pair_gguf(
     other_infos = {i.name: i for i in other.infos()}
     to_ref: dict[str, str] = {}  # other name -> ref name, through the tables
     for side, names, target in ((other, other_infos, ref_infos), (ref, ref_infos, other_infos)):
-        mapping = side.gguf_source_names()
-        for gguf_name, src in mapping.items():
-            if gguf_name in names and src in target and gguf_name not in target:
+        for gguf_name, sources in side.gguf_source_names().items():
+            src = next((n for n in sources if n in target), None)
+            if gguf_name in names and src is not None and gguf_name not in target:
                 if side is other:
                     to_ref[gguf_name] = src
                 else:

@@ -129,7 +129,8 @@ class GgufReader(WeightReader):
         try:
             if qtype in _PLAIN_DTYPES:
                 return np.array(t.data).reshape(info.shape)
-            values = self._quants.dequantize(np.asarray(t.data), t.tensor_type)
+            with np.errstate(all="ignore"):  # a damaged scale decodes as inf/NaN, not a warning
+                values = self._quants.dequantize(np.asarray(t.data), t.tensor_type)
         except NotImplementedError:
             raise InputError(
                 f"{self.path}: tensor {name!r} is {qtype}, which the gguf package cannot decode"
@@ -159,11 +160,11 @@ class GgufReader(WeightReader):
         self.__dict__.pop("_reader", None)
 
 
-def source_names(arch: str | None, gguf_names: list[str], n_blocks: int) -> dict[str, str]:
-    """GGUF tensor name -> the Hugging Face name it came from, for an architecture the gguf
-    package's tables know (e.g. "llama": "blk.0.attn_q.weight" -> "model.layers.0.self_attn.
-    q_proj.weight"). Names the tables cannot map (or every name, for an unknown architecture)
-    are left out: the caller pairs those by their own name."""
+def source_names(arch: str | None, gguf_names: list[str], n_blocks: int) -> dict[str, list[str]]:
+    """GGUF tensor name -> the Hugging Face names it may have come from, for an architecture the
+    gguf package's tables know (e.g. "llama": "blk.0.attn_q.weight" ->
+    ["model.layers.0.self_attn.q_proj.weight", ...]). Names the tables cannot map (or every
+    name, for an unknown architecture) are left out: the caller pairs those by their own name."""
     if not arch:
         return {}
     try:
@@ -174,12 +175,11 @@ def source_names(arch: str | None, gguf_names: list[str], n_blocks: int) -> dict
     if arch_id is None:
         return {}
     tmap = gguf.get_tensor_name_map(arch_id, n_blocks)
-    # TensorNameMap maps source -> gguf; invert it for the names this file holds.
+    # TensorNameMap maps each source name -> gguf name; invert it for the names this file holds.
     wanted = set(gguf_names)
-    inverse: dict[str, str] = {}
+    inverse: dict[str, list[str]] = {}
     for src, (_, gguf_name) in tmap.mapping.items():
         for suffix in (".weight", ".bias"):
-            full = gguf_name + suffix
-            if full in wanted and full not in inverse:
-                inverse[full] = src + suffix
+            if gguf_name + suffix in wanted:
+                inverse.setdefault(gguf_name + suffix, []).append(src + suffix)
     return inverse
