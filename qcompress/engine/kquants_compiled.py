@@ -190,39 +190,52 @@ def symmetric_search(x, nmax, offsets, step_out):
     each refitted by least squares on its own codes."""
     n, g = x.shape
     fnmax = np.float32(nmax)
+    zero = np.float32(0.0)
     lo_q = -fnmax
     hi_q = fnmax - np.float32(1.0)
-    for b in range(n):
-        amax = np.float32(0.0)
-        vmax = np.float32(0.0)
-        for i in range(g):
-            v = x[b, i]
-            if abs(v) > amax:
-                amax = abs(v)
-                vmax = v
-        if amax == 0.0:
-            step_out[b] = np.float32(0.0)
-            continue
-        best = -1.0
-        best_s = vmax / -fnmax
+    tile = np.empty((g, LANES), np.float32)
+    vmax = np.empty(LANES, np.float32)
+    iscale = np.empty(LANES, np.float32)
+    sll = np.empty(LANES, np.float32)
+    sxl = np.empty(LANES, np.float32)
+    best = np.empty(LANES, np.float64)
+    best_s = np.empty(LANES, np.float32)
+    for b0 in range(0, n, LANES):
+        nt = load_tile(x, b0, tile)
+        for lane in range(LANES):
+            amax = zero
+            vmax[lane] = zero
+            for i in range(g):  # the first value of largest magnitude, as llama.cpp takes it
+                v = tile[i, lane]
+                if abs(v) > amax:
+                    amax = abs(v)
+                    vmax[lane] = v
+            best[lane] = -1.0
+            best_s[lane] = vmax[lane] / -fnmax
         for c in range(offsets.size):
-            iscale = -(fnmax + offsets[c]) / vmax
-            sll = 0.0
-            sxl = 0.0
+            for lane in range(LANES):
+                iscale[lane] = zero
+                if vmax[lane] != 0.0:
+                    iscale[lane] = -(fnmax + offsets[c]) / vmax[lane]
+                sll[lane] = zero
+                sxl[lane] = zero
             for i in range(g):
-                v = x[b, i]
-                q = np.rint(v * iscale)
-                q = min(max(q, lo_q), hi_q)
-                ql = np.float64(q)
-                sll += ql * ql
-                sxl += ql * np.float64(v)
-            if sll <= 0.0:
-                continue
-            score = sxl * sxl / sll  # the squared error is sum(x^2) - score
-            if score > best:
-                best = score
-                best_s = np.float32(sxl / sll)
-        step_out[b] = best_s
+                for lane in range(LANES):
+                    v = tile[i, lane]
+                    q = min(max(np.rint(v * iscale[lane]), lo_q), hi_q)
+                    sll[lane] += q * q  # an exact integer in float32
+                    sxl[lane] += q * v
+            for lane in range(LANES):
+                if sll[lane] <= 0.0:
+                    continue
+                a_ll = np.float64(sll[lane])
+                a_xl = np.float64(sxl[lane])
+                score = a_xl * a_xl / a_ll  # the squared error is sum(x^2) - score
+                if score > best[lane]:
+                    best[lane] = score
+                    best_s[lane] = np.float32(a_xl / a_ll)
+        for lane in range(nt):
+            step_out[b0 + lane] = best_s[lane] if vmax[lane] != 0.0 else zero
 
 
 @exact
