@@ -466,3 +466,24 @@ def test_flipped_bytes_in_gguf_header_are_refused_or_read(model: Path, tmp_path:
             assert "bad.gguf" in str(exc) and "\n" not in str(exc)
             refused += 1
     assert refused > 0
+
+
+def test_scalar_and_empty_tensors_export_and_read_back(tmp_path: Path) -> None:
+    src = tmp_path / "odd.safetensors"
+    save_file(
+        {
+            "s": np.array(3.0, np.float32),
+            "e": np.zeros((0, 256), np.float32),
+            "w": np.ones((4, 256), np.float32),
+        },
+        src,
+    )
+    out = tmp_path / "odd.gguf"
+    res = export_json(src, "--to", "gguf", "-o", out)
+    by = {t["name"]: t for t in res["tensors"]}
+    assert by["s"]["stored_shape"] == [1] and "0-d" in by["s"]["reason"]
+    assert by["e"]["gguf_type"] == "F32"
+    assert by["w"]["max_abs_error"] <= 1 / 15 / 2  # within half a step of the grid
+    doc = json.loads(run("compare", src, out, "--json").stdout)
+    assert [t["name"] for t in doc["tensors"]] == ["e", "w"]
+    assert doc["unpaired"]["a_only"][0]["name"] == "s"  # GGUF has no 0-d tensors: listed

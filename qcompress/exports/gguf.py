@@ -125,7 +125,7 @@ def plan_tensor(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS)
         return TensorPlan(info.name, shape, info.dtype, gguf_type, reason, stored, **kw)
 
     if info.dtype in _INT_TYPES:
-        return plan(_INT_TYPES[info.dtype], "integer tensor, stored as is")
+        return plan(_INT_TYPES[info.dtype], "integer tensor, stored as is", shape or (1,))
     if info.dtype not in _FLOAT_DTYPES:
         raise UsageError(
             f"tensor {info.name!r}: dtype {info.dtype} has no GGUF type "
@@ -134,7 +134,9 @@ def plan_tensor(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS)
     keep = "F16" if info.dtype == "float16" else "F32"
     if wanted in ("F16", "F32"):
         return plan(wanted, f"--type {wanted}")
-    if len(shape) <= 1:
+    if len(shape) == 0:
+        return plan(keep, "0-d tensor: kept in float, stored as shape [1] (GGUF has no 0-d)", (1,))
+    if len(shape) == 1:
         return plan(keep, "1-D tensor (bias, norm): kept in float")
     if info.size < min_elements:
         return plan(keep, f"fewer than {min_elements} values: kept in float")
@@ -188,7 +190,7 @@ def _float_source(
 
 
 def _as_float32(name: str, path: Path, x: np.ndarray) -> np.ndarray:
-    x32 = np.ascontiguousarray(x, dtype=np.float32)
+    x32 = np.asarray(x, dtype=np.float32)  # (ascontiguousarray would make a 0-d array 1-d)
     if not np.isfinite(x32).all():
         bad = int(np.size(x32) - np.isfinite(x32).sum())
         raise InputError(
@@ -200,7 +202,7 @@ def _as_float32(name: str, path: Path, x: np.ndarray) -> np.ndarray:
 def encode_tensor(p: TensorPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bytes to store, decoded float32 values in the tensor's shape) for one planned tensor."""
     if p.gguf_type in _INT_TYPES.values():
-        return np.ascontiguousarray(x), x
+        return np.ascontiguousarray(x).reshape(p.stored_shape), x
     if p.gguf_type in ("F32", "F16"):
         stored = np.ascontiguousarray(x, dtype=np.float32 if p.gguf_type == "F32" else np.float16)
         return stored.reshape(p.stored_shape), stored.astype(np.float32).reshape(p.shape)
@@ -315,7 +317,7 @@ def _write(
     writer = gguf.GGUFWriter(path, arch)
     try:
         for p in plans:
-            if p.stored_shape != p.shape:
+            if p.stored_shape != p.shape and p.shape:  # (0-d tensors: no shape to record)
                 writer.add_array(ORIG_SHAPE_KEY + p.name, [int(d) for d in p.shape])
         for p in plans:
             qtype = gguf.GGMLQuantizationType[p.gguf_type]
