@@ -110,7 +110,14 @@ def decode(data: np.ndarray, name: str) -> np.ndarray:
 def _kernels() -> dict[str, Any]:
     from qcompress.engine import kquants_compiled as k
 
-    names = ("affine_search", "affine_pick", "symmetric_search", "affine_codes", "symmetric_codes")
+    names = (
+        "affine_search",
+        "affine_pick",
+        "symmetric_search",
+        "affine_codes",
+        "symmetric_codes",
+        "pack_nibbles",
+    )
     try:
         import numba  # noqa: F401
     except ImportError:  # pragma: no cover - numba is a base dependency
@@ -136,7 +143,10 @@ def _inverse(d: np.ndarray) -> np.ndarray:
 
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
     """(n, 2, k) codes -> (n, k) bytes: first half in the low nibbles, second in the high."""
-    return (q[:, 0] & np.uint8(0x0F)) | (q[:, 1] << np.uint8(4))
+    q = np.ascontiguousarray(q)
+    out = np.empty((q.shape[0], q.shape[2]), np.uint8)
+    _kernels()["pack_nibbles"](q, out)
+    return out
 
 
 # --- 32-value types: one float16 scale (and min) per block -----------------------------------

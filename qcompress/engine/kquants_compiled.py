@@ -273,3 +273,13 @@ def symmetric_codes(x, step, nmax, out):
         for i in range(g):
             q = np.rint(x[b, i] / s)
             out[b, i] = np.uint8(min(max(q, lo_q), hi_q) + fnmax)
+
+
+@exact
+def pack_nibbles(codes, out):
+    """(m, 2, k) codes -> (m, k) bytes: the first half's low 4 bits in the low nibbles, the
+    second half's in the high ones (one pass; numpy needs three)."""
+    m, _, k = codes.shape
+    for r in range(m):
+        for j in range(k):
+            out[r, j] = (codes[r, 0, j] & np.uint8(0x0F)) | (codes[r, 1, j] << np.uint8(4))
