@@ -30,6 +30,8 @@ from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
+from qcompress.formats.gguf import GgufReader, source_names
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.gates import Gate, check_gates_match, failed_gates
 from qcompress.pipeline import Progress, default_jobs, quantize_single
@@ -47,6 +49,7 @@ __all__ = [
     "QuantizeResult",
     "compare",
     "dequantize_file",
+    "export",
     "inspect",
     "load_plan",
     "quantize_file",
@@ -186,6 +189,8 @@ def dequantize_file(
     artifact_path, output = Path(artifact_path), Path(output)
     sharded_output = output.name.endswith(INDEX_SUFFIX)
     fmt = "safetensors" if sharded_output else format_for_output(output)
+    if not sharded_output and find_index(artifact_path) is None and _is_gguf(artifact_path):
+        return _decode_gguf(artifact_path, output, fmt, dtype, force, progress)
     with _open_artifact(artifact_path) as art:
         if sharded_output:
             if not isinstance(art, ShardedArtifact):
@@ -216,6 +221,41 @@ def dequantize_file(
     return DequantizeResult(
         output, fmt, len(art.entries), sum(p.stat().st_size for p in outputs), tuple(sorted(notes))
     )
+
+
+def _is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+    except OSError:
+        return False  # the artifact opener reports it
+
+
+def _decode_gguf(
+    path: Path, output: Path, fmt: str, dtype: str, force: bool, progress: Progress | None
+) -> DequantizeResult:
+    """A GGUF file's tensors decoded (``gguf.quants.dequantize``) into a float weight file."""
+    check_outputs([output], [path], force)
+    with open_weights(path) as reader:
+        infos, notes = [], set()
+        for i in reader.tensor_infos():
+            out_dtype, note = _output_dtype(i.dtype, dtype, fmt)
+            infos.append(TensorInfo(i.name, i.shape, out_dtype))
+            if note:
+                notes.add(note)
+        if progress:
+            progress.start(len(infos), sum(i.nbytes for i in infos))
+
+        def arrays() -> Iterator[np.ndarray]:
+            for info in infos:
+                x = reader.read(info.name)
+                yield x if str(x.dtype) == info.dtype else x.astype(info.dtype)
+                if progress:
+                    progress.advance(info.name, info.nbytes)
+
+        with atomic_outputs([output]) as (tmp,):
+            write_weights(tmp, fmt, infos, arrays())
+    return DequantizeResult(output, fmt, len(infos), output.stat().st_size, tuple(sorted(notes)))
 
 
 def _float_shard_name(artifact_shard: Path) -> str:
@@ -303,6 +343,7 @@ def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:
             "dtype": i.dtype,
             "parameters": i.size,
             "bytes": i.nbytes,
+            **({"gguf_type": reader.gguf_type(i.name)} if isinstance(reader, GgufReader) else {}),
         }
         for i in reader.tensor_infos()
     ]
@@ -394,6 +435,23 @@ class _FloatTensors:
             self._reader = open_weights(path)
         else:
             self._entries = {e["name"]: e for e in self._artifact.entries}
+
+    @property
+    def is_gguf(self) -> bool:
+        return self._artifact is None and self._reader.format == "gguf"
+
+    def gguf_source_names(self) -> dict[str, list[str]]:
+        """For a GGUF file naming a known architecture: its tensor names -> Hugging Face names."""
+        if not self.is_gguf:
+            return {}
+        names = [i.name for i in self._reader.tensor_infos()]
+        blocks = [
+            int(n.split(".")[1])
+            for n in names
+            if n.startswith("blk.") and n.count(".") > 1 and n.split(".")[1].isdigit()
+        ]
+        arch = self._reader.metadata().get("architecture")
+        return source_names(arch, names, max(blocks, default=-1) + 1)
 
     def infos(self) -> list[TensorInfo]:
         if self._artifact is None:
@@ -520,18 +578,24 @@ def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) ->
     """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
     a, b = Path(a), Path(b)
     gates = gates or []
+    unpaired = None
     with _FloatTensors(a) as ref, _FloatTensors(b) as other:
-        _check_same_tensors(ref, b, [(i.name, i) for i in other.infos()])
-        check_gates_match(gates, (i.name for i in ref.infos()), a)
+        if ref.is_gguf or other.is_gguf:
+            pairs, unpaired = _pair_gguf(ref, other)
+        else:
+            _check_same_tensors(ref, b, [(i.name, i) for i in other.infos()])
+            pairs = [(i, i.name) for i in ref.infos()]
+        check_gates_match(gates, (i.name for i, _ in pairs), a)
         tensors = []
-        for info in ref.infos():
-            errors = _errors(ref.read(info.name), other.read(info.name))
+        for info, other_name in pairs:
+            errors = _errors(ref.read(info.name), other.read(other_name))
             failed = failed_gates(info.name, errors, gates)
-            tensors.append(
-                {"name": info.name, "shape": list(info.shape), **errors, "failed": failed}
-            )
+            entry = {"name": info.name, "shape": list(info.shape), **errors, "failed": failed}
+            if other_name != info.name:
+                entry["b_name"] = other_name
+            tensors.append(entry)
     failures = [t["name"] for t in tensors if t["failed"]]
-    return {
+    result = {
         "a": str(a),
         "b": str(b),
         "passed": not failures,
@@ -539,3 +603,97 @@ def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) ->
         "failures": failures,
         "tensors": tensors,
     }
+    if unpaired is not None:
+        result["unpaired"] = unpaired
+    return result
+
+
+def _pair_gguf(
+    ref: _FloatTensors, other: _FloatTensors
+) -> tuple[list[tuple[TensorInfo, str]], dict[str, list[dict[str, Any]]]]:
+    """Pair tensors when one side is GGUF: by name, else through the gguf package's tensor-name
+    tables for the architecture the GGUF file names. Tensors that cannot be paired (or whose
+    shapes differ) are listed, not an error: llama.cpp files often add or merge tensors."""
+    ref_infos = {i.name: i for i in ref.infos()}
+    other_infos = {i.name: i for i in other.infos()}
+    to_ref: dict[str, str] = {}  # other name -> ref name, through the tables
+    for side, names, target in ((other, other_infos, ref_infos), (ref, ref_infos, other_infos)):
+        for gguf_name, sources in side.gguf_source_names().items():
+            src = next((n for n in sources if n in target), None)
+            if gguf_name in names and src is not None and gguf_name not in target:
+                if side is other:
+                    to_ref[gguf_name] = src
+                else:
+                    to_ref[src] = gguf_name
+    pairs: list[tuple[TensorInfo, str]] = []
+    used: set[str] = set()
+    a_only: list[dict[str, Any]] = []
+    by_ref = {r: o for o, r in to_ref.items()}
+    for name, info in ref_infos.items():
+        other_name = name if name in other_infos else by_ref.get(name)
+        if other_name is None:
+            a_only.append({"name": name, "reason": "no tensor of this name in B"})
+            continue
+        if other_infos[other_name].shape != info.shape:
+            a_only.append(
+                {
+                    "name": name,
+                    "reason": f"B's {other_name!r} has shape {list(other_infos[other_name].shape)}"
+                    f", not {list(info.shape)}",
+                }
+            )
+            used.add(other_name)
+            continue
+        pairs.append((info, other_name))
+        used.add(other_name)
+    b_only = [
+        {"name": n, "reason": "no tensor of this name in A"} for n in other_infos if n not in used
+    ]
+    return pairs, {"a_only": a_only, "b_only": b_only}
+
+
+def export(
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    to: str,
+    type_: str | None = None,
+    bits: int | None = None,
+    arch: str | None = None,
+    target_bpw: float | None = None,
+    no_fallback: bool = False,
+    group_size: int | None = None,
+    symmetric: bool | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export a weight file or an artifact for another runtime: ``to="gguf"`` writes one GGUF
+    file (K-quants computed by qcompress), ``to="compressed-tensors"`` a checkpoint folder.
+    Options that the chosen format does not take are a UsageError, not silently ignored."""
+    from qcompress.exports import export as run_export
+
+    if to == "gguf":
+        unused = {"--group-size": group_size, "--scheme": symmetric}
+        bad = [k for k, v in unused.items() if v is not None]
+        if bad:
+            raise UsageError(f"{', '.join(bad)}: not used by --to gguf (the GGUF type fixes them)")
+        options: dict[str, Any] = {
+            "type_": type_,
+            "bits": bits,
+            "target_bpw": target_bpw,
+            "no_fallback": no_fallback,
+            "force": force,
+        }
+        if arch is not None:
+            options["arch"] = arch
+        return run_export(input_path, output, to="gguf", **options)
+    if to == "compressed-tensors":
+        unused = {"--type": type_, "--arch": arch, "--target-bpw": target_bpw}
+        bad = [k for k, v in unused.items() if v is not None] + (
+            ["--no-fallback"] if no_fallback else []
+        )
+        if bad:
+            raise UsageError(f"{', '.join(bad)}: only used by --to gguf")
+        given = {"bits": bits, "group_size": group_size, "symmetric": symmetric}
+        options = {k: v for k, v in given.items() if v is not None}
+        return run_export(input_path, output, to=to, force=force, **options)
+    return run_export(input_path, output, to=to)

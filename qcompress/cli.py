@@ -824,5 +824,94 @@ def compare(
     if as_json:
         _echo_json(result)
     _render_gate_result(result, f"{b} against {a}", gates, every_tensor=not as_json)
+    for side, label in (("a_only", str(a)), ("b_only", str(b))):
+        for t in result.get("unpaired", {}).get(side, []):
+            click.echo(f"unpaired in {label}: {t['name']}: {t['reason']}", err=True)
     if not result["passed"]:
         ctx.exit(1)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["gguf", "compressed-tensors"]),
+    required=True,
+    help="Target format: one GGUF file, or a compressed-tensors checkpoint folder.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), required=True, help="Output file or folder."
+)
+@click.option(
+    "--type",
+    "type_",
+    metavar="T",
+    help="GGUF type: Q4_K (default), Q5_K, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, F32, auto.",
+)
+@click.option("--bits", type=int, help="Bits per weight (GGUF: 4/5/6/8 -> Q4_K/Q5_K/Q6_K/Q8_0).")
+@click.option("--arch", metavar="A", help="GGUF general.architecture [default: qcompress].")
+@click.option(
+    "--target-bpw", type=float, metavar="X", help="With --type auto: bits per weight to allocate."
+)
+@click.option("--group-size", type=int, metavar="G", help="compressed-tensors: group size.")
+@click.option(
+    "--scheme",
+    type=click.Choice(["symmetric", "affine"]),
+    help="compressed-tensors: symmetric or asymmetric (affine) weights.",
+)
+@click.option("--no-fallback", is_flag=True, help="Exit 2 if any tensor would fall back.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def export(
+    input_path: Path,
+    to: str,
+    output: Path,
+    type_: str | None,
+    bits: int | None,
+    arch: str | None,
+    target_bpw: float | None,
+    group_size: int | None,
+    scheme: str | None,
+    no_fallback: bool,
+    as_json: bool,
+    force: bool,
+) -> None:
+    """Export INPUT (weight file or artifact) for llama.cpp/ComfyUI (GGUF) or transformers."""
+    from qcompress import api
+
+    result = api.export(
+        input_path,
+        output,
+        to=to,
+        type_=type_,
+        bits=bits,
+        arch=arch,
+        target_bpw=target_bpw,
+        no_fallback=no_fallback,
+        group_size=group_size,
+        symmetric=None if scheme is None else scheme == "symmetric",
+        force=force,
+    )
+    if as_json:
+        _echo_json(result)
+        return
+    console = _stderr_console()
+    if isinstance(result, dict) and result.get("format") == "gguf":
+        for f in result["fallbacks"]:
+            console.print(
+                f"fallback: {f['name']}: {f['wanted']} -> {f['used']} "
+                f"(+{f['extra_bits_per_weight']:.2f} bits per weight): {f['reason']}",
+                highlight=False,
+            )
+        t = result["totals"]
+        bpw = t["quantized_bits_per_weight"]
+        console.print(
+            f"wrote {result['output']} (GGUF {result['type']}, {t['tensors']} tensors, "
+            f"{_fmt_bytes(t['bytes'])}"
+            + (f", {bpw:.3f} bits per quantized weight" if bpw is not None else "")
+            + f", {t['fallbacks']} fallback(s)); verified with gguf's decoder",
+            highlight=False,
+        )
+    else:
+        console.print(f"wrote {output}", highlight=False)

@@ -20,6 +20,8 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import one_line
 from qcompress.formats.base import Layout, TensorInfo, WeightReader
+from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
+from qcompress.formats.gguf import GgufReader
 from qcompress.formats.npz import NpzReader, write_npz
 from qcompress.formats.safetensors import (
     CODE_DTYPES,
@@ -62,6 +64,7 @@ READERS: dict[str, Callable[[Path], WeightReader]] = {
     "npz": NpzReader,
     "h5": _h5_reader,
     "safetensors": SafetensorsReader,
+    "gguf": GgufReader,  # read only: GGUF is written by ``qcompress export``
 }
 
 # Output suffix -> format. ".keras" is deliberately absent: Keras 3 ".keras" files are zip
@@ -98,8 +101,9 @@ def _check_input_file(path: Path) -> int:
 
 def detect_format(path: Path) -> str:
     """The format of ``path`` from its first bytes: "npz" (zip), "h5" (HDF5 signature at 0 or
-    at a user-block offset 512, 1024, 2048, ...) or "safetensors" (a plausible 8-byte header
-    length followed by "{"). InputError if the file cannot be read, FormatError otherwise."""
+    at a user-block offset 512, 1024, 2048, ...), "gguf" ("GGUF") or "safetensors" (a plausible
+    8-byte header length followed by "{"). InputError if the file cannot be read, FormatError
+    otherwise."""
     path = Path(path)
     size = _check_input_file(path)
     try:
@@ -109,6 +113,8 @@ def detect_format(path: Path) -> str:
                 return "h5"
             if head[:4] in _ZIP_MAGICS:
                 return "npz"
+            if head.startswith(GGUF_MAGIC):
+                return "gguf"
             if len(head) >= 9 and head[8:9] == b"{":
                 header_len = int.from_bytes(head[:8], "little")
                 if header_len <= MAX_HEADER_BYTES:
@@ -128,7 +134,9 @@ def detect_format(path: Path) -> str:
         kind = "HDF5" if _HDF5_MAGIC.startswith(head) else "npz" if _is_zip_prefix(head) else ""
         what = f"the start of an {kind} file" if kind else "too short to be a weight file"
         raise FormatError(f"{path}: only {size} {plural}, {what} (truncated?)")
-    raise FormatError(f"{path}: not a weight file (expected .npz, HDF5 or safetensors content)")
+    raise FormatError(
+        f"{path}: not a weight file (expected .npz, HDF5, safetensors or GGUF content)"
+    )
 
 
 def _is_zip_prefix(head: bytes) -> bool:
