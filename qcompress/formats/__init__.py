@@ -17,6 +17,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import one_line
 from qcompress.formats.base import Layout, TensorInfo, WeightReader
+from qcompress.formats.compressed_tensors import CompressedTensorsReader, is_compressed_tensors_dir
 from qcompress.formats.h5 import H5Reader, write_h5
 from qcompress.formats.npz import NpzReader, write_npz
 from qcompress.formats.safetensors import (
@@ -132,6 +133,8 @@ def open_weights(path: Path) -> WeightReader:
     A sharded checkpoint (its ``*.safetensors.index.json``, or the folder holding it) opens as
     one reader over all its shards."""
     path = Path(path)
+    if is_compressed_tensors_dir(path):
+        return CompressedTensorsReader(path)
     index = find_index(path)
     if index is not None:
         return ShardedReader(read_index(index))
