@@ -28,6 +28,7 @@ from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.gates import Gate, failed_gates
 from qcompress.pipeline import Progress, default_jobs, quantize_single
@@ -175,6 +176,8 @@ def dequantize_file(
     artifact_path, output = Path(artifact_path), Path(output)
     sharded_output = output.name.endswith(INDEX_SUFFIX)
     fmt = "safetensors" if sharded_output else format_for_output(output)
+    if is_compressed_tensors_dir(artifact_path):
+        return _dequantize_weights(artifact_path, output, fmt, dtype, force)
     with _open_artifact(artifact_path) as art:
         if sharded_output:
             if not isinstance(art, ShardedArtifact):
@@ -205,6 +208,27 @@ def dequantize_file(
     return DequantizeResult(
         output, fmt, len(art.entries), sum(p.stat().st_size for p in outputs), tuple(sorted(notes))
     )
+
+
+def _dequantize_weights(
+    path: Path, output: Path, fmt: str, dtype: str, force: bool
+) -> DequantizeResult:
+    """A float file from a weight folder that decodes on read (a compressed-tensors checkpoint)."""
+    check_outputs([output], [path], force)
+    with open_weights(path) as reader, atomic_outputs([output]) as (tmp,):
+        infos, notes = [], set()
+        for i in reader.tensor_infos():
+            out_dtype, note = _output_dtype(i.dtype, dtype, fmt)
+            infos.append(TensorInfo(i.name, i.shape, out_dtype))
+            notes |= {note} if note else set()
+
+        def arrays() -> Iterator[np.ndarray]:
+            for info in infos:
+                yield reader.read(info.name).astype(info.dtype, copy=False)
+                reader.release(info.name)
+
+        write_weights(tmp, fmt, infos, arrays())
+    return DequantizeResult(output, fmt, len(infos), output.stat().st_size, tuple(sorted(notes)))
 
 
 def _float_shard_name(artifact_shard: Path) -> str:

@@ -40,6 +40,7 @@ from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantizedTensor, QuantSpe
 from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
+from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.safetensors import DTYPE_CODES, SafetensorsReader, encode_header
 from qcompress.formats.sharded import ShardIndex, find_index, read_index
 from qcompress.policy import QUANTIZED, TensorPlan
@@ -559,6 +560,8 @@ def stored_names(entry: dict[str, Any]) -> list[str]:
 def open_if_artifact(path: Path) -> Artifact | ShardedArtifact | None:
     """``path`` opened as an artifact (a file, or a sharded one by its index or folder), or None
     when it is a weight file that is not an artifact. Unreadable paths raise as readers do."""
+    if is_compressed_tensors_dir(path):
+        return None
     index_path = find_index(path)
     if index_path is not None:
         index = read_index(index_path)
