@@ -30,6 +30,7 @@ from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
 from qcompress.formats.gguf import GgufReader, source_names
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
@@ -189,8 +190,11 @@ def dequantize_file(
     artifact_path, output = Path(artifact_path), Path(output)
     sharded_output = output.name.endswith(INDEX_SUFFIX)
     fmt = "safetensors" if sharded_output else format_for_output(output)
-    if not sharded_output and find_index(artifact_path) is None and _is_gguf(artifact_path):
-        return _decode_gguf(artifact_path, output, fmt, dtype, force, progress)
+    if not sharded_output and (
+        is_compressed_tensors_dir(artifact_path)
+        or (find_index(artifact_path) is None and _is_gguf(artifact_path))
+    ):
+        return _dequantize_weights(artifact_path, output, fmt, dtype, force, progress)
     with _open_artifact(artifact_path) as art:
         if sharded_output:
             if not isinstance(art, ShardedArtifact):
@@ -231,10 +235,10 @@ def _is_gguf(path: Path) -> bool:
         return False  # the artifact opener reports it
 
 
-def _decode_gguf(
+def _dequantize_weights(
     path: Path, output: Path, fmt: str, dtype: str, force: bool, progress: Progress | None
 ) -> DequantizeResult:
-    """A GGUF file's tensors decoded (``gguf.quants.dequantize``) into a float weight file."""
+    """A float file from weights that decode on read (GGUF, a compressed-tensors checkpoint)."""
     check_outputs([output], [path], force)
     with open_weights(path) as reader:
         infos, notes = [], set()
@@ -249,7 +253,8 @@ def _decode_gguf(
         def arrays() -> Iterator[np.ndarray]:
             for info in infos:
                 x = reader.read(info.name)
-                yield x if str(x.dtype) == info.dtype else x.astype(info.dtype)
+                yield x if str(x.dtype) == info.dtype else _narrow(x, info, path, dtype)
+                reader.release(info.name)
                 if progress:
                     progress.advance(info.name, info.nbytes)
 

@@ -49,6 +49,7 @@ from qcompress.errors import FormatError, InputError
 from qcompress.formats import open_weights
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.safetensors import SafetensorsReader, encode_header
 from qcompress.formats.sharded import (
     ShardedReader,
@@ -681,6 +682,8 @@ def open_input(path: Path) -> Artifact | ShardedArtifact | WeightReader:
     """``path`` opened once, as an artifact when it is one (a file, or a sharded one by its index
     or folder), else as a weight reader: its header is parsed once, which a file of 100k tensors
     makes worth it. Unreadable paths raise as readers do."""
+    if is_compressed_tensors_dir(path):
+        return open_weights(path)
     index_path = find_index(path)
     if index_path is not None:
         index = read_index(index_path)

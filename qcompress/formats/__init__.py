@@ -20,6 +20,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import one_line
 from qcompress.formats.base import Layout, TensorInfo, WeightReader
+from qcompress.formats.compressed_tensors import CompressedTensorsReader, is_compressed_tensors_dir
 from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
 from qcompress.formats.gguf import GgufReader
 from qcompress.formats.npz import NpzReader, write_npz
@@ -149,6 +150,8 @@ def open_weights(path: Path) -> WeightReader:
     A sharded checkpoint (its ``*.safetensors.index.json``, or the folder holding it) opens as
     one reader over all its shards."""
     path = Path(path)
+    if is_compressed_tensors_dir(path):
+        return CompressedTensorsReader(path)
     index = find_index(path)
     if index is not None:
         return ShardedReader(read_index(index))
