@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SAMPLE := sample_models/digits_mlp.npz
 DEMO := out/demo
 
-.PHONY: install demo test test-browser lint bench samples clean fuzz docs
+.PHONY: install demo test test-extra lint bench samples clean fuzz docs
 
 $(BIN)/qcompress: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,12 @@ demo: install
 test: install
 	$(BIN)/pytest
 
-# The HTML report in headless Chromium (/usr/bin/chromium; the tests skip without it).
-test-browser: install
-	$(BIN)/pytest -m browser
+# The heavy groups `make test` leaves out: the HTML report in headless Chromium (/usr/bin/chromium;
+# skipped without it) and round trips through transformers and compressed-tensors (the frameworks
+# extra; torch is pinned to 2.13.0, a CPU build).
+test-extra: install
+	$(BIN)/pip install --quiet -e '.[dev,frameworks]'
+	$(BIN)/pytest -m 'browser or frameworks'
 
 # README pictures in docs/: the bits-per-weight vs SQNR frontier and the sample's HTML report.
 docs: install
