@@ -208,7 +208,10 @@ def dumps(document: Any) -> str:
     Not ``json.dumps(indent=2)``: with an indent, Python's json falls back to its pure-Python
     encoder, which took longer than quantizing a model of 100k tiny tensors; each line here is
     one call to the C encoder, so the cost stays linear with a small constant."""
-    return _pretty(json_safe(document), 0) + "\n"
+    try:  # almost every document is all finite: encode it as it is (json_safe walks every node)
+        return _pretty(document, 0) + "\n"
+    except ValueError:  # a NaN/Inf somewhere: map them all, then encode
+        return _pretty(json_safe(document), 0) + "\n"
 
 
 def _pretty(value: Any, level: int) -> str:
