@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from weights_factory import raw_safetensors
 
 from qcompress import atomic
 from qcompress.cli import cli
@@ -31,7 +32,6 @@ from qcompress.formats.base import TensorInfo
 from qcompress.formats.h5 import probe_timeout
 from qcompress.formats.safetensors import SafetensorsReader
 from qcompress.plan import parse_plan
-from tests.weights_factory import raw_safetensors
 
 REPO = Path(__file__).resolve().parent.parent
 posix_only = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
