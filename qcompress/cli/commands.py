@@ -11,7 +11,6 @@ import click
 from qcompress.cli import render
 from qcompress.cli.options import (
     LazyChoice,
-    build_gates,
     gate_options,
     output_options,
     quantize_options,
@@ -66,16 +65,10 @@ def _path(**kwargs: Any) -> click.Path:
 def quantize(
     ctx: click.Context,
     input_path: Path,
-    output: Path | None,
-    report_path: Path | None,
     html_path: Path | None,
     as_json: bool,
     quiet: bool,
-    force: bool,
-    jobs: int | None,
-    shard: str | None,
-    merge: bool,
-    **settings: Any,
+    **params: Any,
 ) -> None:
     """Quantize INPUT into an artifact and a JSON report.
 
@@ -84,21 +77,12 @@ def quantize(
     """
     api = _api()
     api.keep_freed_memory()
-    options = quantize_settings(ctx, settings)
+    options = quantize_settings(ctx, params)
+    params["report"] = params.pop("report_path")  # left: api.quantize_file's run options
     if html_path is not None:
-        _check_html_output(html_path, input_path, output, report_path, force, shard)
+        _check_html_output(html_path, input_path, params)
     with progress(not (quiet or as_json)) as bar:
-        result = api.quantize_file(
-            input_path,
-            options,
-            output=output,
-            report=report_path,
-            force=force,
-            jobs=jobs,
-            shard=shard,
-            merge=merge,
-            progress=bar,
-        )
+        result = api.quantize_file(input_path, options, progress=bar, **params)
     if html_path is not None:
         from qcompress.html import write_html
 
@@ -116,26 +100,19 @@ def quantize(
         render.quantize_summary(result)
 
 
-def _check_html_output(
-    html_path: Path,
-    input_path: Path,
-    output: Path | None,
-    report_path: Path | None,
-    force: bool,
-    shard: str | None,
-) -> None:
+def _check_html_output(html_path: Path, input_path: Path, run: dict[str, Any]) -> None:
     """Refuse --html before quantizing, as the other outputs are: not over an input or another
     output, not over an existing file without --force, and only where there is a whole report."""
     from qcompress.errors import UsageError
 
     api = _api()
-    if shard is not None:
+    if run["shard"] is not None:
         raise UsageError(
             f"{html_path}: --html needs the whole report; pass it with --merge, or run "
             "qcompress report REPORT.json --html OUT.html"
         )
-    artifact, report = api.default_outputs(input_path, output, report_path)
-    api.check_outputs([html_path], [input_path, artifact, report], force)
+    artifact, report = api.default_outputs(input_path, run["output"], run["report"])
+    api.check_outputs([html_path], [input_path, artifact, report], run["force"])
 
 
 @click.command()
@@ -270,13 +247,10 @@ def verify(
     ctx: click.Context,
     artifact: Path,
     against: Path | None,
-    min_sqnr: float | None,
-    max_abs_error: float | None,
-    gate_specs: tuple[str, ...],
+    gates: list[Any],
     as_json: bool,
 ) -> None:
     """Check ARTIFACT: structure, checksums and (with gates) each tensor's error; 1 on failure."""
-    gates = build_gates(min_sqnr, max_abs_error, gate_specs)
     result = _api().verify(artifact, against=against, gates=gates)
     if as_json:
         render.echo_json(result)
@@ -295,13 +269,10 @@ def compare(
     ctx: click.Context,
     a: Path,
     b: Path,
-    min_sqnr: float | None,
-    max_abs_error: float | None,
-    gate_specs: tuple[str, ...],
+    gates: list[Any],
     as_json: bool,
 ) -> None:
     """Per-tensor error of B against A (any formats, artifacts dequantized); exit 1 on failure."""
-    gates = build_gates(min_sqnr, max_abs_error, gate_specs)
     result = _api().compare(a, b, gates=gates)
     if as_json:
         render.echo_json(result)
@@ -343,33 +314,11 @@ def compare(
 @click.option("--no-fallback", is_flag=True, help="Exit 2 if any tensor would fall back.")
 @output_options("Print the result as JSON on stdout.", force_help="Overwrite an existing output.")
 def export(
-    input_path: Path,
-    to: str,
-    output: Path,
-    type_: str | None,
-    bits: int | None,
-    arch: str | None,
-    target_bpw: float | None,
-    group_size: int | None,
-    scheme: str | None,
-    no_fallback: bool,
-    as_json: bool,
-    force: bool,
+    input_path: Path, output: Path, scheme: str | None, as_json: bool, **params: Any
 ) -> None:
     """Export INPUT (weight file or artifact) for llama.cpp/ComfyUI (GGUF) or transformers."""
-    result = _api().export(
-        input_path,
-        output,
-        to=to,
-        type_=type_,
-        bits=bits,
-        arch=arch,
-        target_bpw=target_bpw,
-        no_fallback=no_fallback,
-        group_size=group_size,
-        symmetric=None if scheme is None else scheme == "symmetric",
-        force=force,
-    )
+    symmetric = None if scheme is None else scheme == "symmetric"
+    result = _api().export(input_path, output, symmetric=symmetric, **params)
     if as_json:
         render.echo_json(result)
     else:

@@ -8,6 +8,7 @@ for ``qcompress --help`` imports nothing heavy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def output_options(
     return _stack(*decorators)
 
 
-gate_options = _stack(
+_gate_stack = _stack(
     click.option(
         "--min-sqnr", type=float, metavar="DB", help="Fail if any tensor's SQNR is below DB."
     ),
@@ -92,14 +93,24 @@ gate_options = _stack(
         "(repeatable).",
     ),
 )
-"""--min-sqnr, --max-abs-error and --gate, shared by verify and compare."""
 
 
-def build_gates(
-    min_sqnr: float | None, max_abs_error: float | None, gate_specs: Sequence[str]
-) -> Any:
-    """The gates ``gate_options`` parsed, as the api checks them."""
-    return _api().build_gates(min_sqnr, max_abs_error, tuple(gate_specs))
+def gate_options(command: F) -> F:
+    """--min-sqnr, --max-abs-error and --gate, shared by verify and compare; the command gets
+    them as one ``gates`` list, as the api checks them."""
+
+    @functools.wraps(command)
+    def with_gates(
+        *args: Any,
+        min_sqnr: float | None,
+        max_abs_error: float | None,
+        gate_specs: tuple[str, ...],
+        **kwargs: Any,
+    ) -> Any:
+        gates = _api().build_gates(min_sqnr, max_abs_error, gate_specs)
+        return command(*args, gates=gates, **kwargs)
+
+    return _gate_stack(with_gates)
 
 
 QUANTIZE_SETTINGS = (

@@ -215,7 +215,7 @@ def _plain_table(
         ]
         return "  ".join(parts).rstrip()
 
-    lines = [title, line(columns), line(["-" * w for w in widths])]
+    lines = [*_fold(title, width), line(columns), line(["-" * w for w in widths])]
     blank = [""] * (len(columns) - 1)
     for row in rows:
         name = row[0]

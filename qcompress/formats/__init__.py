@@ -172,6 +172,6 @@ def write_weights(
     if fmt_record is None or fmt_record.write is None:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     try:
-        fmt_record.write(path, infos, arrays, dict(metadata or {}))
+        fmt_record.write_file(path, infos, arrays, metadata or {})
     except OSError as exc:  # missing folder, no permission, disk full
         raise UsageError(f"{path}: cannot write: {one_line(exc.strerror or exc)}") from exc

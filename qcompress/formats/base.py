@@ -110,7 +110,9 @@ LAYOUT_AXES: dict[str, Callable[[TensorInfo], int]] = {
 }
 """The output-channel axis by each framework's convention, for tensors no file says more about."""
 
-Writer = Callable[[Path, Sequence[TensorInfo], Iterable[np.ndarray], Mapping[str, Any]], None]
+Writer = Callable[[Path, Sequence[TensorInfo], Iterable[np.ndarray], "dict[str, Any] | None"], None]
+"""Writes tensors streaming; the last argument is ``metadata()`` of a reader of the same format
+(None from any other source), which is what it may carry over."""
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,7 @@ class Format:
     any other test of the first 16 bytes; ``deep_sniff``: a test that may seek further, run only
     after every format's quick tests failed). Folder formats (``claims``) are recognised by the
     path itself, before any file is opened. Writable formats name their output ``suffixes``
-    and a ``write`` that receives the source reader's full ``metadata()`` (it picks out what
-    is its own)."""
+    and a ``write`` (see ``Writer``)."""
 
     name: str
     label: str  # how messages name it: "expected .npz, HDF5, safetensors or GGUF content"
@@ -143,6 +144,19 @@ class Format:
         """The output-channel axis of ``info`` when the file says nothing more about it."""
         rule = self.axis_rule or LAYOUT_AXES[self.layout]
         return rule(info)
+
+    def write_file(
+        self,
+        path: Path,
+        infos: Sequence[TensorInfo],
+        arrays: Iterable[np.ndarray],
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """Write with ``write``, passing on ``metadata`` only if it came from this format."""
+        if self.write is None:
+            raise ValueError(f"format {self.name!r} is read only")
+        own = dict(metadata) if metadata.get("format") == self.name else None
+        self.write(path, infos, arrays, own)
 
     def matches(self, head: bytes) -> bool:
         """Whether the first bytes of a file are this format's (quick tests only)."""

@@ -18,7 +18,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -280,15 +280,6 @@ def write_npz(
                 np.lib.format.write_array(out, array, allow_pickle=False)
 
 
-def _write(
-    path: Path,
-    infos: Sequence[TensorInfo],
-    arrays: Iterable[np.ndarray],
-    metadata: Mapping[str, Any],
-) -> None:
-    write_npz(path, infos, arrays)  # npz has no metadata to carry over
-
-
 FORMAT = Format(
     name="npz",
     label=".npz",
@@ -297,5 +288,5 @@ FORMAT = Format(
     magics=(b"PK\x03\x04", b"PK\x05\x06"),  # a local file header; the end record of an empty zip
     short_kind="npz",
     suffixes=(".npz",),
-    write=_write,
+    write=lambda path, infos, arrays, _: write_npz(path, infos, arrays),  # no metadata kept
 )

@@ -366,14 +366,8 @@ def _sniff(head: bytes) -> bool:
     )
 
 
-def _write(
-    path: Path,
-    infos: Sequence[TensorInfo],
-    arrays: Iterable[np.ndarray],
-    metadata: Mapping[str, Any],
-) -> None:
-    own = metadata.get("__metadata__") if metadata.get("format") == "safetensors" else None
-    write_safetensors(path, infos, arrays, own)
+def _write(path: Path, infos: Sequence[TensorInfo], arrays: Iterable[np.ndarray], own: Any) -> None:
+    write_safetensors(path, infos, arrays, own.get("__metadata__") if own else None)
 
 
 FORMAT = Format(

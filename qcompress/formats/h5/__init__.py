@@ -14,14 +14,11 @@ and reading npz or safetensors files never loads them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from qcompress.formats.base import Format, TensorInfo, WeightReader
+from qcompress.formats.base import Format, WeightReader
 
 if TYPE_CHECKING:
     from qcompress.formats.h5.attrs import decode_attr, encode_attr
@@ -66,15 +63,10 @@ def _open(path: Path) -> WeightReader:
     return H5Reader(path)
 
 
-def _write(
-    path: Path,
-    infos: Sequence[TensorInfo],
-    arrays: Iterable[np.ndarray],
-    metadata: Mapping[str, Any],
-) -> None:
+def _write(path: Path, *args: Any) -> None:
     from qcompress.formats.h5.writer import write_h5
 
-    write_h5(path, infos, arrays, dict(metadata) if metadata.get("format") == "h5" else None)
+    write_h5(path, *args)
 
 
 def _user_block_magic(fh: Any, size: int) -> bool:
