@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from qcompress import engine
+from qcompress.allocator import keep_freed_memory as keep_freed_memory
 from qcompress.artifact import (
     METADATA_KEY,
     STATS_COLUMNS,
@@ -25,7 +26,14 @@ from qcompress.artifact import (
     open_input,
     stored_names,
 )
+from qcompress.atomic import Terminated as Terminated
 from qcompress.atomic import atomic_outputs, check_outputs
+from qcompress.engine.spec import BITS as BITS
+from qcompress.engine.spec import GRANULARITIES as GRANULARITIES
+from qcompress.engine.spec import RANGE_METHODS as RANGE_METHODS
+from qcompress.engine.spec import SCALE_BITS as SCALE_BITS
+from qcompress.engine.spec import SCALE_DTYPES as SCALE_DTYPES
+from qcompress.engine.spec import SCHEMES as SCHEMES
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
@@ -34,9 +42,14 @@ from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
 from qcompress.formats.gguf import GgufReader, source_names
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
+from qcompress.gates import METRICS as METRICS
 from qcompress.gates import Gate, check_gates_match, failed_gates
+from qcompress.gates import build_gates as build_gates
+from qcompress.gates import shown as shown
 from qcompress.pipeline import Progress, default_jobs, quantize_single
 from qcompress.plan import load_plan
+from qcompress.policy import DEFAULT_BITS as DEFAULT_BITS
+from qcompress.policy import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
 from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions
 from qcompress.report import (
     error_fields,

@@ -1,6 +1,6 @@
 """The data behind ``inspect --histogram`` and ``inspect --errors``, callable from Python.
 
-The CLI only draws (:mod:`qcompress.textplot`); the numbers come from here so a notebook can plot
+The CLI only draws (:mod:`qcompress.cli.plots`); the numbers come from here so a notebook can plot
 the same thing: a tensor's value histogram with the clipping range its grid covers and, for an
 artifact, the quantization levels it decodes to; and every quantized tensor's SQNR, worst first.
 One tensor is read at a time, so memory follows the tensor, not the model.

@@ -2,7 +2,7 @@
 
 Under ``--target-bpw`` or ``--min-sqnr`` the policy leaves some tensors undecided, each with
 candidate specs. This module measures them and lets
-:mod:`qcompress.engine.allocate` choose. Memory stays bounded by one tensor: a first pass reads
+``engine.bit_allocation`` choose. Memory stays bounded by one tensor: a first pass reads
 each undecided tensor once and quantizes it at every candidate (``jobs`` candidates at a time,
 in threads), keeping only the error and the stored size (a few numbers); the caller's usual
 streaming pass then re-reads and re-quantizes each tensor with the chosen spec and writes the
@@ -24,7 +24,7 @@ from typing import Any
 
 from qcompress import engine
 from qcompress.artifact import STATS_TENSOR, build_recipe
-from qcompress.engine.allocate import (
+from qcompress.engine.bit_allocation import (
     Allocation,
     BudgetError,
     ErrorCurve,

@@ -416,7 +416,7 @@ def test_combine_error_stats_equals_concatenation() -> None:
     assert combine_error_stats([]) == ErrorStats(0.0, 0.0, math.inf, 0.0, 0)
 
 
-# The compiled path (engine/fast.py, engine/compiled.py): large tensors take it, so it must give
+# The compiled path (engine/jit.py, engine/numba_kernels.py): large tensors take it, so it must give
 # what the numpy path gives. Here MIN_ELEMENTS is lowered so that small tensors take it too.
 
 COMPILED_SPECS = [
@@ -434,10 +434,10 @@ COMPILED_SPECS = [
 
 
 def _compiled(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:
-    from qcompress.engine import fast
+    from qcompress.engine import jit
 
-    monkeypatch.setattr(fast, "MIN_ELEMENTS", 0)
-    monkeypatch.setenv(fast.DISABLE_ENV, "0" if on else "1")
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setenv(jit.DISABLE_ENV, "0" if on else "1")
 
 
 def _weights(seed: int, shape: tuple[int, int]) -> np.ndarray:
@@ -558,7 +558,7 @@ def _swept(x: np.ndarray, spec: QuantSpec) -> float:
     """SQNR of ``x`` (groups of 32 dividing its rows) under the grids the shrink sweep of ranges
     picks (what affine groups above 3 bits used before refine), with the same super-scales."""
     from qcompress.engine import level2
-    from qcompress.engine.kernels import decode, encode
+    from qcompress.engine.elementwise import decode, encode
     from qcompress.engine.ranges import choose_range, group_minmax
 
     lo, hi = group_minmax(x, spec)
@@ -592,3 +592,35 @@ def test_refinement_is_as_good_as_the_shrink_sweep(bits: int) -> None:
         base = error_stats(x, dequantize(quantize(x, minmax))).sqnr_db
         assert refined >= _swept(x, spec) - 0.15
         assert refined >= base + 0.1
+
+
+def test_engine_modules_import_no_cycle() -> None:
+    """The compiled kernels and the module choosing them import shared numbers from
+    ``constants`` rather than each other: no engine module reaches itself through its imports
+    (imports inside functions included)."""
+    import ast
+    from pathlib import Path
+
+    import qcompress.engine
+
+    folder = Path(qcompress.engine.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "qcompress.engine":
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                "qcompress.engine."
+            ):
+                deps.add(node.module.rsplit(".", 1)[1])
+        graph[path.stem] = deps & {p.stem for p in folder.glob("*.py")}
+    assert graph["numba_kernels"] >= {"constants"} and "jit" not in graph["numba_kernels"]
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for dep in graph.get(start, ()):
+            if dep == goal or (dep not in seen and reaches(dep, goal, seen | {dep})):
+                return True
+        return False
+
+    assert [m for m in graph if m != "__init__" and reaches(m, m, {m})] == []

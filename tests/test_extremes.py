@@ -42,10 +42,10 @@ SPECS = [
 
 
 def _path(monkeypatch: pytest.MonkeyPatch, compiled: bool) -> None:
-    from qcompress.engine import fast
+    from qcompress.engine import jit
 
-    monkeypatch.setattr(fast, "MIN_ELEMENTS", 0)
-    monkeypatch.setenv(fast.DISABLE_ENV, "0" if compiled else "1")
+    monkeypatch.setattr(jit, "MIN_ELEMENTS", 0)
+    monkeypatch.setenv(jit.DISABLE_ENV, "0" if compiled else "1")
 
 
 def _check(x: np.ndarray, spec: QuantSpec) -> None:

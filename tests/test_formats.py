@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -435,3 +437,79 @@ def test_unwritable_output_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "no" / "such" / "folder" / "w.safetensors"
     with pytest.raises(UsageError, match="cannot write"):
         write_tensors(path, "safetensors", {"w": np.ones(2, np.float32)})
+
+
+# --- the format registry -----------------------------------------------------------------
+
+
+def test_registry_drives_detection_suffixes_and_writers() -> None:
+    from qcompress.formats import OUTPUT_SUFFIXES, READERS, REGISTRY
+
+    names = [f.name for f in REGISTRY]
+    assert len(names) == len(set(names))
+    assert FORMATS == ("npz", "h5", "safetensors")  # the writable ones, in registry order
+    assert OUTPUT_SUFFIXES == {
+        ".npz": "npz",
+        ".h5": "h5",
+        ".hdf5": "h5",
+        ".safetensors": "safetensors",
+    }
+    assert set(READERS) == {"npz", "h5", "safetensors", "gguf"}  # file formats, by content
+    folder = {f.name for f in REGISTRY if f.claims is not None}
+    assert folder == {"compressed-tensors", "safetensors-sharded"}
+    assert all(f.write is None for f in REGISTRY if f.name in folder | {"gguf"})  # read only
+
+
+def test_importing_formats_does_not_load_h5py() -> None:
+    code = (
+        "import sys; import qcompress.formats as f; import qcompress.formats.h5; "
+        "assert f.FORMATS; assert 'h5py' not in sys.modules, 'h5py loaded'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_content_message_lists_every_file_format(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"x" * 64)
+    with pytest.raises(FormatError) as err:
+        detect_format(path)
+    assert str(err.value) == (
+        f"{path}: not a weight file (expected .npz, HDF5, safetensors or GGUF content)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [(b"\x89HD", "HDF5"), (b"PK\x03", "npz"), (b"\x00\x01", None), (b"GG", None)],
+)
+def test_a_file_cut_inside_a_magic_names_the_format(tmp_path: Path, head: bytes, kind: str) -> None:
+    path = tmp_path / "w"
+    path.write_bytes(head)
+    with pytest.raises(FormatError) as err:
+        detect_format(path)
+    what = f"the start of an {kind} file" if kind else "too short to be a weight file"
+    assert str(err.value) == f"{path}: only {len(head)} bytes, {what} (truncated?)"
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "layout", "axis"),
+    [
+        ("w", (8, 4, 3, 3), "pytorch", 0),
+        ("dense/kernel:0", (4, 8), "keras", 1),
+        ("conv/kernel:0", (3, 3, 4, 8), "keras", 3),
+        ("dw/depthwise_kernel:0", (3, 3, 4, 1), "keras", 2),
+        ("dw/depthwise_kernel:0", (4, 1), "keras", 1),  # not 4-D: an ordinary kernel
+    ],
+)
+def test_default_axis_follows_the_layout_convention(
+    name: str, shape: tuple[int, ...], layout: str, axis: int
+) -> None:
+    from qcompress.formats import default_axis
+    from qcompress.formats.registry import BY_NAME
+    from qcompress.policy import default_axis as policy_axis
+
+    info = TensorInfo(name, shape, "float32")
+    assert default_axis(info, layout) == axis == policy_axis(info, layout)
+    for fmt in BY_NAME.values():
+        if fmt.layout == layout:
+            assert fmt.default_axis(info) == axis

@@ -7,7 +7,7 @@ runs the hypothesis test at the bottom with ``QCOMPRESS_FUZZ_EXAMPLES`` examples
 where hypothesis also shrinks any failure to a minimal mutation.
 
 HDF5 cases go through the same code as users: the HDF5 structure is parsed in a probe child
-first (``qcompress/formats/h5.py``), so a mutation that crashes or hangs the HDF5 C library
+first (``qcompress/formats/h5/probe.py``), so a mutation that crashes or hangs the HDF5 C library
 becomes a FormatError. The probe timeout is lowered here so a hang costs a second, not thirty.
 """
 

@@ -223,10 +223,10 @@ def test_no_color_leaves_no_escape_codes_even_on_a_forced_terminal(
 
 
 def test_rich_console_forced_terminal_honours_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qcompress import cli as cli_module
+    from qcompress.cli import render
 
     monkeypatch.setenv("NO_COLOR", "1")
-    console = cli_module._console(stderr=False)
+    console = render.console(stderr=False)
     with console.capture() as captured:
         console.print("[bold italic red]x[/]")
     assert captured.get() == "x\n"
@@ -322,8 +322,8 @@ def test_sharded_keep_warning_only_for_a_glob_no_shard_matches(tmp_path: Path) -
 
 def test_inspect_renders_a_table_of_no_tensors(capsys: pytest.CaptureFixture[str]) -> None:
     """The width check measures the rows; with none (an empty file) it must still render."""
-    from qcompress import cli as cli_module
+    from qcompress.cli import render
 
     result = {"kind": "weights", "path": "e.npz", "format": "npz", "layout": "pytorch"}
-    cli_module._render_inspect({**result, "tensors": [], "parameters": 0, "file_bytes": 0})
+    render.inspect_table({**result, "tensors": [], "parameters": 0, "file_bytes": 0})
     assert "0 tensors shown" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from safetensors.numpy import load_file, save_file
 from samples import run
 
 from qcompress.engine import kquants
-from qcompress.engine import kquants_compiled as compiled
+from qcompress.engine import numba_kquants as compiled
 from qcompress.errors import QCompressError
 from qcompress.formats import open_weights
 

@@ -23,8 +23,9 @@ import pytest
 from click.testing import CliRunner
 
 from qcompress.cli import cli
-from qcompress.engine import fast
-from qcompress.engine.kernels import SUM_LANES, combine_lanes, lane_sums
+from qcompress.engine import jit
+from qcompress.engine.constants import SUM_LANES
+from qcompress.engine.elementwise import combine_lanes, lane_sums
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_models" / "digits_mlp.npz"
 SETTINGS: dict[str, tuple[str, ...]] = {
@@ -48,7 +49,7 @@ GOLDEN: dict[str, str] = {
 
 
 def make_generated(path: Path) -> Path:
-    """Seeded tensors just big enough for the compiled path (``fast.MIN_ELEMENTS`` = 2^18): a
+    """Seeded tensors just big enough for the compiled path (``jit.MIN_ELEMENTS`` = 2^18): a
     Gaussian 520x512, a heavy-tailed 600x700 (ragged last groups of 32) and a bias."""
     from safetensors.numpy import save_file
 
@@ -67,7 +68,7 @@ def make_generated(path: Path) -> Path:
 def artifact_hash(model: Path, out: Path, setting: str, jobs: int, numba: bool) -> str:
     """Quantize ``model`` with ``setting`` in-process and return the artifact's SHA-256."""
     mp = pytest.MonkeyPatch()
-    mp.setenv(fast.DISABLE_ENV, "0" if numba else "1")
+    mp.setenv(jit.DISABLE_ENV, "0" if numba else "1")
     try:
         args = ["quantize", str(model), "-o", str(out), "--force", "-q", "--jobs", str(jobs)]
         result = CliRunner().invoke(cli, [*args, *SETTINGS[setting]], catch_exceptions=False)
@@ -101,7 +102,7 @@ def test_sample_model_artifact_bytes_are_pinned(
 def test_generated_artifact_bytes_are_pinned_on_both_paths_and_any_jobs(
     models: dict[str, Path], tmp_path: Path, setting: str
 ) -> None:
-    if fast._kernels() is None:
+    if jit._kernels() is None:
         pytest.skip("numba is not installed")
     out = tmp_path / "g.qc.safetensors"
     runs = {
@@ -135,20 +136,20 @@ def test_compiled_kernels_contract_no_multiply_add(tmp_path: Path) -> None:
     """Every kernel is compiled without fast-math, so LLVM may not fuse a multiply and an add
     (an FMA rounds once where numpy rounds twice). Checked on the machine code of every kernel,
     compiled cold in a subprocess (numba shows no machine code for cached kernels)."""
-    if fast._kernels() is None:
+    if jit._kernels() is None:
         pytest.skip("numba is not installed")
     import os
     import subprocess
 
     script = (
         "import re, numpy as np\n"
-        "from qcompress.engine import fast, QuantSpec, quantize_with_error\n"
-        "fast.MIN_ELEMENTS = 0\n"
+        "from qcompress.engine import jit, QuantSpec, quantize_with_error\n"
+        "jit.MIN_ELEMENTS = 0\n"
         "x = np.random.default_rng(1).standard_normal((64, 96), dtype=np.float32)\n"
         "for s in (QuantSpec(8), QuantSpec(4, 'affine', 'group', 0, 32, 'mse', 'float32', 6),\n"
         "          QuantSpec(2, 'symmetric', 'group', 0, 32, 'mse', 'float32', 6)):\n"
         "    quantize_with_error(x, s)\n"
-        "from qcompress.engine import compiled\n"
+        "from qcompress.engine import numba_kernels as compiled\n"
         "n = 0\n"
         "for name, k in vars(compiled).items():\n"
         "    if hasattr(k, 'inspect_asm') and k.signatures:\n"
@@ -159,7 +160,7 @@ def test_compiled_kernels_contract_no_multiply_add(tmp_path: Path) -> None:
         "print(n)\n"
     )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold")}
-    env.pop(fast.DISABLE_ENV, None)
+    env.pop(jit.DISABLE_ENV, None)
     done = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
     )

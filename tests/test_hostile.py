@@ -5,7 +5,7 @@ leaves no file behind. The few cases that are odd but valid may succeed; they ar
 
 ``scripts/hostile_check.py`` runs the same corpus in subprocesses with timeouts; here CliRunner
 keeps it fast, which is safe because HDF5 inputs are parsed in a probe child first (see
-``qcompress/formats/h5.py``): a hang there costs the probe timeout, set low below.
+``qcompress/formats/h5/probe.py``): a hang there costs the probe timeout, set low below.
 """
 
 from __future__ import annotations

@@ -281,7 +281,7 @@ def test_numba_cache_falls_back_to_a_private_temp_dir(tmp_path: Path) -> None:
         assert done.stderr == ""
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
-    assert list((tmp_path / "tmp").glob("qcompress-numba-*/*/compiled.encode_stats-*.nbi"))
+    assert list((tmp_path / "tmp").glob("qcompress-numba-*/*/numba_kernels.encode_stats-*.nbi"))
 
 
 def test_numba_compiles_without_a_cache_when_nothing_is_writable(tmp_path: Path) -> None:
@@ -294,12 +294,12 @@ def test_numba_compiles_without_a_cache_when_nothing_is_writable(tmp_path: Path)
         "import numpy as np\n"
         "import qcompress\n"
         f"assert qcompress.__file__.startswith({str(site)!r})\n"
-        "from qcompress.engine import fast, quantize_with_error, QuantSpec\n"
-        "fast._writable = lambda path: False\n"
+        "from qcompress.engine import jit, numba_cache, quantize_with_error, QuantSpec\n"
+        "numba_cache._writable = lambda path: False\n"
         "x = np.random.default_rng(0).standard_normal((520, 512)).astype(np.float32)\n"
-        "assert fast.use_fast(x.size)\n"
+        "assert jit.use_fast(x.size)\n"
         "quantize_with_error(x, QuantSpec(8))\n"
-        "from qcompress.engine import compiled\n"
+        "from qcompress.engine import numba_kernels as compiled\n"
         "assert compiled.CACHE is False\n"
         "print(type(compiled.encode_stats._cache).__name__)\n"
     )

@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from samples import SAMPLES, run
 
 from qcompress.cli import cli
+from qcompress.cli.plots import error_lines, histogram_lines
 from qcompress.errors import UsageError
 from qcompress.histogram import tensor_histogram
 from qcompress.layer_kind import KINDS, layer_kind
-from qcompress.textplot import error_lines, histogram_lines
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from qcompress.engine import fast, level2, ranges, refine
-from qcompress.engine.kernels import decode, encode
+from qcompress.engine import jit, level2, ranges, refine
+from qcompress.engine.elementwise import decode, encode
 from qcompress.engine.metrics import from_sums, row_error_stats
 from qcompress.engine.params import Grid, code_dtype, code_range, grid_for_range, validate_spec
 from qcompress.engine.ranges import choose_range, group_minmax
@@ -49,7 +49,7 @@ def quantize_with_error(
     """``quantize`` plus the error of its reconstruction, ``error_stats(x, dequantize(q))``.
 
     The sums are taken row by row of the row view, each in the fixed order of
-    ``kernels.SUM_LANES``: on the compiled path (large float32/16 tensors, see ``fast.use_fast``)
+    ``constants.SUM_LANES``: on the compiled path (large float32/16 tensors, see ``jit.use_fast``)
     while each tile's codes are still in cache, so no dequantized copy of the tensor is made; on
     the numpy path by ``metrics.row_error_stats``. Both give the same bits. ``threads`` > 1
     splits a large tensor's rows over that many threads; rows are summed independently and
@@ -72,11 +72,11 @@ def _quantize(
     n_rows, cols = rows.shape
     glen = group_len(cols, spec)
     # float64 input is measured against its own values by error_stats, so it stays on numpy.
-    compiled = cols > 0 and np.asarray(x).dtype != np.float64 and fast.use_fast(rows.size)
+    compiled = cols > 0 and np.asarray(x).dtype != np.float64 and jit.use_fast(rows.size)
     if compiled and spec.granularity == "group" and glen <= FAST_MINMAX_MAX_GROUP:
         lo = np.empty((n_rows, n_groups(cols, spec)), np.float32)
         hi = np.empty_like(lo)
-        finite = fast.kernels()["group_minmax"](rows, glen, lo, hi) == 0
+        finite = jit.kernels()["group_minmax"](rows, glen, lo, hi) == 0
     else:
         lo, hi = group_minmax(rows, spec)
         finite = bool(np.isfinite(lo).all() and np.isfinite(hi).all())
@@ -226,7 +226,7 @@ def _encode_compiled(
         sse, sig, mab = np.empty(n), np.empty(n), np.empty(n, np.int64)
     else:
         sse, sig, mab = sums[0, rs], sums[1, rs], sums[2, rs].view(np.int64)
-    fast.kernels()["encode_stats"](rows, glen, inv, zp, s32, qlo, qhi, codes, sse, sig, mab)
+    jit.kernels()["encode_stats"](rows, glen, inv, zp, s32, qlo, qhi, codes, sse, sig, mab)
 
 
 def _search_l2(
@@ -248,7 +248,7 @@ def _search_l2(
     affine = spec.scheme == "affine"
     s32 = np.empty(lo.shape, np.float32)
     z32 = np.empty(lo.shape, np.float32)
-    fast.kernels()["mse_search_l2"](
+    jit.kernels()["mse_search_l2"](
         rows,
         glen,
         np.ascontiguousarray(lo),
@@ -287,7 +287,7 @@ def _refine_l2(
     qlo, qhi = code_range(spec.bits, spec.scheme)
     s32 = np.empty(lo.shape, np.float32)
     z32 = np.empty(lo.shape, np.float32)
-    fast.kernels()["refine_l2"](
+    jit.kernels()["refine_l2"](
         rows,
         glen,
         np.ascontiguousarray(lo),

@@ -2,7 +2,7 @@
 
 The ``gguf`` package can write K-quant bytes but cannot compute them; llama.cpp's encoders are
 C, slow and single-threaded. Here the encoders are numpy plus small compiled searches
-(``kquants_compiled``): rows are reshaped to ``(n_blocks, block)`` and every block is encoded at
+(``numba_kquants``): rows are reshaped to ``(n_blocks, block)`` and every block is encoded at
 once. Layouts follow ggml-quants.c / gguf-py ``quants.py`` exactly, so llama.cpp,
 ComfyUI-GGUF and ``gguf.quants.dequantize`` decode them.
 
@@ -108,7 +108,7 @@ def decode(data: np.ndarray, name: str) -> np.ndarray:
 
 @cache
 def _kernels() -> dict[str, Any]:
-    from qcompress.engine import kquants_compiled as k
+    from qcompress.engine import numba_kquants as k
 
     names = (
         "affine_search",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from qcompress.engine.constants import F32_MAX, TINY_STEP
 from qcompress.engine.params import Grid, code_range
 from qcompress.engine.spec import SUPER_BLOCK, Level2, QuantSpec
 
@@ -27,10 +28,6 @@ SLACK = 1 + 2.0**-20
 """Super-scales (and negative super-mins) are widened by this factor, so that the float32
 rounding of decoded steps and zero-points cannot leave the block's widest group a few ulps
 short of its range when its code is already the largest (costs ~1e-5 dB)."""
-
-TINY_STEP = 2.0**-20
-"""A group whose range is a single value m != 0 still gets a step of |m| * 2^-20, so that
-zp = -m / s is finite and code 0 decodes to m within float32 rounding (below s / 2)."""
 
 
 class Supers:
@@ -75,7 +72,7 @@ def _step_super(need_max: np.ndarray) -> np.ndarray:
 
 def _round_away(v: np.ndarray, up: bool) -> np.ndarray:
     """float32 of v, moved one ulp outwards where rounding went the wrong way (float32 range)."""
-    big = float(np.finfo(np.float32).max)
+    big = F32_MAX
     v = np.clip(v, -big, big)
     f = v.astype(np.float32)
     wrong = f.astype(np.float64) < v if up else f.astype(np.float64) > v
@@ -93,7 +90,7 @@ def choose_supers(
     the largest / K), so that every group's minimum rounds down onto it; the super-scale is the
     block's largest needed step / K, rounded up, so that no scale code exceeds K = 2^bits - 1.
     ``compiled``: compute the needed steps with the compiled kernel (the same operations; only
-    when ``fast.use_fast`` said so).
+    when ``jit.use_fast`` said so).
     """
     assert spec.scale_bits is not None
     k = 2**spec.scale_bits - 1
@@ -111,11 +108,11 @@ def choose_supers(
     super_min = _finite_times(super_min.astype(np.float32), k)
     smin = _per_group(super_min, shape)
     if compiled:
-        from qcompress.engine import fast
+        from qcompress.engine import jit
 
         need = np.empty(shape)
         qmax = float(code_range(spec.bits, "affine")[1])
-        fast.kernels()["min_need"](lo, hi, smin, float(k), qmax, need)
+        jit.kernels()["min_need"](lo, hi, smin, float(k), qmax, need)
     else:
         _, m = _min_codes(lo.astype(np.float64), smin, k)
         need = _needed_step(lo, hi, m, spec.bits)
@@ -130,7 +127,7 @@ def _finite_times(v: np.ndarray, k: int) -> np.ndarray:
     super-scale or super-min would otherwise decode to Inf. Such a block's extreme values may
     then lie a few ulps outside its grid and are clipped to it (the error says by how much).
     """
-    lim = np.float32(float(np.finfo(np.float32).max) / k)
+    lim = np.float32(F32_MAX / k)
     with np.errstate(over="ignore"):
         while not np.isfinite(lim * np.float32(k)):
             lim = np.nextafter(lim, np.float32(0))
@@ -220,7 +217,7 @@ def decode_params(
     zp = np.zeros_like(scale)
     with np.errstate(over="ignore"):
         np.divide(-m, scale, out=zp, where=scale > 0)
-    big = np.float32(np.finfo(np.float32).max)
+    big = np.float32(F32_MAX)
     return scale, np.clip(zp, -big, big)
 
 
@@ -228,7 +225,7 @@ def _grid(scale: np.ndarray, zp: np.ndarray | None, spec: QuantSpec) -> Grid:
     qlo, qhi = code_range(spec.bits, spec.scheme)
     s = scale.astype(np.float64)
     z = 0.0 if zp is None else zp.astype(np.float64)
-    big = float(np.finfo(np.float32).max)
+    big = F32_MAX
     lo = np.clip((qlo - z) * s, -big, big).astype(np.float32)
     hi = np.clip((qhi - z) * s, -big, big).astype(np.float32)
     return Grid(scale, zp, lo, hi)

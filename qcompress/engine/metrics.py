@@ -2,7 +2,7 @@
 
 Sums are accumulated in float64 over chunks, so no whole-tensor float64 temporary is made and
 squares of large float32 values cannot overflow. Each row's sums are added in the engine's fixed
-order (``kernels.SUM_LANES``, the order of the compiled ``encode_stats``), rows are combined with
+order (``constants.SUM_LANES``, the order of the compiled ``encode_stats``), rows are combined with
 ``math.fsum`` (correctly rounded, so in no particular order) and dB values come from ``decibels``:
 the same numbers on any CPU, with or without the compiled kernels.
 """
@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from qcompress.engine.kernels import SUM_LANES, combine_lanes, lane_sums
+from qcompress.engine.constants import SUM_LANES
+from qcompress.engine.elementwise import combine_lanes, lane_sums
 from qcompress.engine.spec import ErrorStats
 
 CHUNK_ELEMENTS = 1 << 16

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from qcompress.engine.constants import F32_MAX
 from qcompress.engine.spec import (
     BITS,
     GRANULARITIES,
@@ -20,8 +21,6 @@ from qcompress.engine.spec import (
     SCHEMES,
     QuantSpec,
 )
-
-F32_MAX = float(np.finfo(np.float32).max)
 
 
 def validate_spec(spec: QuantSpec) -> None:

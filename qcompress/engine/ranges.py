@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from qcompress.engine.kernels import squared_error
+from qcompress.engine.elementwise import squared_error
 from qcompress.engine.params import Grid, code_range, grid_for_range
 from qcompress.engine.rows import (
     TILE_ELEMENTS,

@@ -15,10 +15,10 @@ divisions. On benchmarks/quality.py's sets, against the sweep: -0.07 to +0.02 dB
 those keep the sweep, whose deep clips low bits need (``applies``).
 
 Exactness: every sum (squared error, and the fit's sums of q, q², q·x and x) is a float32 sum in
-element order, per group, here and in the compiled kernel (``compiled.refine_l2``), and the fit
-is the same float64 operations in both; so both paths choose the same grids bit for bit, on any
-CPU. Grids are decoded by ``level2.decode_params`` and codes are kernels.encode's: the search scores
-the grids that will be stored (their error measured in steps, see ``_score``).
+element order, per group, here and in the compiled kernel (``numba_kernels.refine_l2``), and the
+fit is the same float64 operations in both; so both paths choose the same grids bit for bit, on
+any CPU. Grids are decoded by ``level2.decode_params`` and codes are elementwise.encode's: the
+search scores the grids that will be stored (their error measured in steps, see ``_score``).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _score(
 ) -> tuple[np.ndarray, ...]:
     """float32 (squared error, sum q, sum q², sum q·x) per group for the grid of codes (sc, mc).
 
-    The codes q are kernels.encode's. The error is measured in steps, as scale² · Σ (q - u)²
+    The codes q are elementwise.encode's. The error is measured in steps, as scale² · Σ (q - u)²
     with u = x / scale + zero-point the unrounded code: the decoded error up to float32
     rounding (far below ``ranges.MSE_MIN_GAIN``), for two operations per element fewer."""
     scale, zp = level2.decode_params(sc, mc, st, sm)

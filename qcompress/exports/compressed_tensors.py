@@ -32,7 +32,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from qcompress.engine.kernels import encode
+from qcompress.engine.elementwise import encode
 from qcompress.engine.metrics import error_stats
 from qcompress.engine.params import Grid, code_range, grid_for_range
 from qcompress.engine.ranges import choose_range, group_minmax

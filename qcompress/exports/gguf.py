@@ -38,7 +38,7 @@ from qcompress import engine
 from qcompress.artifact import open_if_artifact
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine import kquants
-from qcompress.engine.allocate import BudgetError, ErrorCurve, allocate_bits
+from qcompress.engine.bit_allocation import BudgetError, ErrorCurve, allocate_bits
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo

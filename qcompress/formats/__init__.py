@@ -4,7 +4,9 @@ Input format is decided by content (magic bytes), never by the file name, so a s
 file called ``model.npz`` still opens as safetensors. Output format is decided by suffix,
 since there are no bytes yet to look at.
 
-The h5 module (h5py and the HDF5 library: a tenth of a second or more to load) is imported only
+Every format is one record in ``qcompress.formats.registry.REGISTRY`` (``base.Format``: its
+magic test, output suffixes, reader, writer and default axis); everything here drives off it.
+The h5 package (h5py and the HDF5 library: a tenth of a second or more to load) is imported only
 when an HDF5 file is read or written, so commands on npz and safetensors files start faster.
 """
 
@@ -19,21 +21,14 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import one_line
-from qcompress.formats.base import Layout, TensorInfo, WeightReader
-from qcompress.formats.compressed_tensors import CompressedTensorsReader, is_compressed_tensors_dir
-from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
-from qcompress.formats.gguf import GgufReader
-from qcompress.formats.npz import NpzReader, write_npz
+from qcompress.formats.base import LAYOUT_AXES, Format, Layout, TensorInfo, WeightReader
+from qcompress.formats.registry import BY_NAME, REGISTRY
 from qcompress.formats.safetensors import (
     CODE_DTYPES,
     DTYPE_CODES,
-    MAX_HEADER_BYTES,
-    SafetensorsReader,
     encode_header,
     tensor_nbytes,
-    write_safetensors,
 )
-from qcompress.formats.sharded import ShardedReader, find_index, read_index
 
 __all__ = [
     "CODE_DTYPES",
@@ -41,9 +36,12 @@ __all__ = [
     "FORMATS",
     "OUTPUT_SUFFIXES",
     "READERS",
+    "REGISTRY",
+    "Format",
     "Layout",
     "TensorInfo",
     "WeightReader",
+    "default_axis",
     "detect_format",
     "encode_header",
     "format_for_output",
@@ -52,33 +50,27 @@ __all__ = [
     "write_weights",
 ]
 
-FORMATS = ("npz", "h5", "safetensors")
+_FILE_FORMATS = tuple(f for f in REGISTRY if f.claims is None)
+FORMATS = tuple(f.name for f in REGISTRY if f.write is not None)
+"""The formats qcompress writes (and so the ones an artifact's source may be rebuilt in)."""
 
+READERS: dict[str, Callable[[Path], WeightReader]] = {f.name: f.open for f in _FILE_FORMATS}
 
-def _h5_reader(path: Path) -> WeightReader:
-    from qcompress.formats.h5 import H5Reader
+OUTPUT_SUFFIXES: dict[str, str] = {s: f.name for f in REGISTRY for s in f.suffixes}
 
-    return H5Reader(path)
-
-
-READERS: dict[str, Callable[[Path], WeightReader]] = {
-    "npz": NpzReader,
-    "h5": _h5_reader,
-    "safetensors": SafetensorsReader,
-    "gguf": GgufReader,  # read only: GGUF is written by ``qcompress export``
-}
-
-# Output suffix -> format. ".keras" is deliberately absent: Keras 3 ".keras" files are zip
+# Suffixes refused with advice rather than "cannot tell": Keras 3 ".keras" files are zip
 # archives (config + model.weights.h5), not HDF5.
-OUTPUT_SUFFIXES: dict[str, str] = {
-    ".npz": "npz",
-    ".h5": "h5",
-    ".hdf5": "h5",
-    ".safetensors": "safetensors",
+_REFUSED_SUFFIXES = {
+    ".keras": "are Keras 3 zip archives, which qcompress does not write; "
+    "use .h5 (Keras loads it with load_weights)",
 }
 
-_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; the end record of an empty zip
+
+def default_axis(info: TensorInfo, layout: Layout) -> int:
+    """The output-channel axis of ``info`` by the convention of ``layout`` (PyTorch-style
+    ``[out, in, ...]``: axis 0; Keras-style ``[..., in, out]``: the last axis, depthwise
+    kernels axis 2), for tensors the file says nothing more about."""
+    return LAYOUT_AXES[layout](info)
 
 
 def _check_input_file(path: Path) -> int:
@@ -110,38 +102,24 @@ def detect_format(path: Path) -> str:
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
-            if head.startswith(_HDF5_MAGIC):
-                return "h5"
-            if head[:4] in _ZIP_MAGICS:
-                return "npz"
-            if head.startswith(GGUF_MAGIC):
-                return "gguf"
-            if len(head) >= 9 and head[8:9] == b"{":
-                header_len = int.from_bytes(head[:8], "little")
-                if header_len <= MAX_HEADER_BYTES:
-                    return "safetensors"
-            offset = 512
-            while offset + len(_HDF5_MAGIC) <= size:
-                fh.seek(offset)
-                if fh.read(len(_HDF5_MAGIC)) == _HDF5_MAGIC:
-                    return "h5"
-                offset *= 2
+            for fmt in _FILE_FORMATS:
+                if fmt.matches(head):
+                    return fmt.name
+            for fmt in _FILE_FORMATS:
+                if fmt.deep_sniff is not None and fmt.deep_sniff(fh, size):
+                    return fmt.name
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if size < 9:
         plural = "byte" if size == 1 else "bytes"
-        kind = "HDF5" if _HDF5_MAGIC.startswith(head) else "npz" if _is_zip_prefix(head) else ""
-        what = f"the start of an {kind} file" if kind else "too short to be a weight file"
+        kinds = [f.short_kind for f in _FILE_FORMATS if f.short_kind and f.could_start(head)]
+        what = f"the start of an {kinds[0]} file" if kinds else "too short to be a weight file"
         raise FormatError(f"{path}: only {size} {plural}, {what} (truncated?)")
-    raise FormatError(
-        f"{path}: not a weight file (expected .npz, HDF5, safetensors or GGUF content)"
-    )
-
-
-def _is_zip_prefix(head: bytes) -> bool:
-    return any(m.startswith(head) for m in _ZIP_MAGICS)
+    labels = [f.label for f in _FILE_FORMATS]
+    expected = ", ".join(labels[:-1]) + " or " + labels[-1]
+    raise FormatError(f"{path}: not a weight file (expected {expected} content)")
 
 
 def open_weights(path: Path) -> WeightReader:
@@ -150,11 +128,9 @@ def open_weights(path: Path) -> WeightReader:
     A sharded checkpoint (its ``*.safetensors.index.json``, or the folder holding it) opens as
     one reader over all its shards."""
     path = Path(path)
-    if is_compressed_tensors_dir(path):
-        return CompressedTensorsReader(path)
-    index = find_index(path)
-    if index is not None:
-        return ShardedReader(read_index(index))
+    for fmt in REGISTRY:
+        if fmt.claims is not None and fmt.claims(path):
+            return fmt.open(path)
     return READERS[detect_format(path)](path)
 
 
@@ -164,15 +140,20 @@ def format_for_output(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in OUTPUT_SUFFIXES:
         return OUTPUT_SUFFIXES[suffix]
-    if suffix == ".keras":
-        raise UsageError(
-            f"{path}: .keras files are Keras 3 zip archives, which qcompress does not write; "
-            "use .h5 (Keras loads it with load_weights)"
-        )
+    if suffix in _REFUSED_SUFFIXES:
+        raise UsageError(f"{path}: {suffix} files {_REFUSED_SUFFIXES[suffix]}")
     shown = f"from the suffix {suffix!r}" if suffix else "without a suffix"
-    raise UsageError(
-        f"{path}: cannot tell the output format {shown}; use .npz, .h5 (or .hdf5) or .safetensors"
-    )
+    raise UsageError(f"{path}: cannot tell the output format {shown}; use {_suffix_list()}")
+
+
+def _suffix_list() -> str:
+    """ ".npz, .h5 (or .hdf5) or .safetensors": every writable format's suffixes."""
+    shown = [
+        f.suffixes[0] + "".join(f" (or {s})" for s in f.suffixes[1:])
+        for f in REGISTRY
+        if f.suffixes
+    ]
+    return ", ".join(shown[:-1]) + " or " + shown[-1]
 
 
 def write_weights(
@@ -187,18 +168,10 @@ def write_weights(
     same format is used (h5 groups and attributes, safetensors ``__metadata__``). The file
     appears only once it is complete. A dtype or name the format cannot hold, or a file that
     cannot be written, is a UsageError; an array that does not match its info is a ValueError."""
-    meta = dict(metadata or {})
+    fmt_record = BY_NAME.get(fmt)
+    if fmt_record is None or fmt_record.write is None:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     try:
-        if fmt == "npz":
-            write_npz(path, infos, arrays)
-        elif fmt == "h5":
-            from qcompress.formats.h5 import write_h5
-
-            write_h5(path, infos, arrays, meta if meta.get("format") == "h5" else None)
-        elif fmt == "safetensors":
-            st_meta = meta.get("__metadata__") if meta.get("format") == "safetensors" else None
-            write_safetensors(path, infos, arrays, st_meta)
-        else:
-            raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
+        fmt_record.write_file(path, infos, arrays, metadata or {})
     except OSError as exc:  # missing folder, no permission, disk full
         raise UsageError(f"{path}: cannot write: {one_line(exc.strerror or exc)}") from exc

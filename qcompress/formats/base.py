@@ -12,9 +12,10 @@ a float32-only file never loads it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, BinaryIO, ClassVar, Literal
 
 import numpy as np
 
@@ -86,3 +87,83 @@ class WeightReader(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pytorch_axis(info: TensorInfo) -> int:
+    """PyTorch-style ``[out, in, ...]``: output channels on axis 0."""
+    return 0
+
+
+def keras_axis(info: TensorInfo) -> int:
+    """Keras-style ``[..., in, out]``: output channels last, except a depthwise kernel
+    ``[kh, kw, channels, multiplier]``, whose outputs are its channels (axis 2)."""
+    ndim = len(info.shape)
+    leaf = info.name.rsplit("/", 1)[-1]
+    if ndim == 4 and leaf.startswith("depthwise_kernel"):
+        return 2
+    return ndim - 1
+
+
+LAYOUT_AXES: dict[str, Callable[[TensorInfo], int]] = {
+    "pytorch": pytorch_axis,
+    "keras": keras_axis,
+}
+"""The output-channel axis by each framework's convention, for tensors no file says more about."""
+
+Writer = Callable[[Path, Sequence[TensorInfo], Iterable[np.ndarray], "dict[str, Any] | None"], None]
+"""Writes tensors streaming; the last argument is ``metadata()`` of a reader of the same format
+(None from any other source), which is what it may carry over."""
+
+
+@dataclass(frozen=True)
+class Format:
+    """Everything qcompress knows about one format, in one record, so that adding a format is
+    one new module (its reader, writer and this record) plus one line in the registry
+    (``qcompress.formats.registry.REGISTRY``).
+
+    Content formats are recognised by their first bytes (``magics``: fixed prefixes; ``sniff``:
+    any other test of the first 16 bytes; ``deep_sniff``: a test that may seek further, run only
+    after every format's quick tests failed). Folder formats (``claims``) are recognised by the
+    path itself, before any file is opened. Writable formats name their output ``suffixes``
+    and a ``write`` (see ``Writer``)."""
+
+    name: str
+    label: str  # how messages name it: "expected .npz, HDF5, safetensors or GGUF content"
+    open: Callable[[Path], WeightReader]
+    layout: Layout
+    magics: tuple[bytes, ...] = ()
+    sniff: Callable[[bytes], bool] | None = None
+    deep_sniff: Callable[[BinaryIO, int], bool] | None = None
+    claims: Callable[[Path], bool] | None = None
+    short_kind: str | None = None  # "an HDF5 file": named when a file stops inside the magic
+    suffixes: tuple[str, ...] = ()  # output suffixes, the first one the preferred
+    write: Writer | None = None
+    axis_rule: Callable[[TensorInfo], int] | None = None  # None: the layout's convention
+
+    def default_axis(self, info: TensorInfo) -> int:
+        """The output-channel axis of ``info`` when the file says nothing more about it."""
+        rule = self.axis_rule or LAYOUT_AXES[self.layout]
+        return rule(info)
+
+    def write_file(
+        self,
+        path: Path,
+        infos: Sequence[TensorInfo],
+        arrays: Iterable[np.ndarray],
+        metadata: Mapping[str, Any],
+    ) -> None:
+        """Write with ``write``, passing on ``metadata`` only if it came from this format."""
+        if self.write is None:
+            raise ValueError(f"format {self.name!r} is read only")
+        own = dict(metadata) if metadata.get("format") == self.name else None
+        self.write(path, infos, arrays, own)
+
+    def matches(self, head: bytes) -> bool:
+        """Whether the first bytes of a file are this format's (quick tests only)."""
+        if any(head.startswith(m) for m in self.magics):
+            return True
+        return self.sniff is not None and self.sniff(head)
+
+    def could_start(self, head: bytes) -> bool:
+        """Whether a file this short could be the start of one of this format's magics."""
+        return any(m.startswith(head) for m in self.magics)

@@ -34,7 +34,7 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import one_line
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader
 
 QUANT_METHOD = "compressed-tensors"
 PACKED_FORMAT = "pack-quantized"
@@ -331,3 +331,13 @@ def _open_inner(folder: Path) -> WeightReader:
             f"{len(files)} and {len(indexes)}"
         )
     return SafetensorsReader(files[0])
+
+
+# Read only (``qcompress export --to compressed-tensors`` writes it): a folder, not a file.
+FORMAT = Format(
+    name="compressed-tensors",
+    label="compressed-tensors",
+    open=CompressedTensorsReader,
+    layout="pytorch",
+    claims=is_compressed_tensors_dir,
+)

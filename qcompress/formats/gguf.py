@@ -24,7 +24,7 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import one_line
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader
 
 MAGIC = b"GGUF"
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."
@@ -183,3 +183,7 @@ def source_names(arch: str | None, gguf_names: list[str], n_blocks: int) -> dict
             if gguf_name + suffix in wanted:
                 inverse.setdefault(gguf_name + suffix, []).append(src + suffix)
     return inverse
+
+
+# Read only: GGUF is written by ``qcompress export``.
+FORMAT = Format(name="gguf", label="GGUF", open=GgufReader, layout="pytorch", magics=(MAGIC,))

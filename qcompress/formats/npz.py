@@ -34,7 +34,7 @@ from qcompress.formats._common import (
     require_regular_file,
     to_dtype,
 )
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader
 
 # dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
 # fixed-length bytes/str. Objects need pickle; ml_dtypes types (bfloat16) are saved as opaque
@@ -278,3 +278,15 @@ def write_npz(
             member.create_system = 3  # unix, whatever the host, for identical bytes
             with zf.open(member, "w", force_zip64=array.nbytes >= _ZIP64_LIMIT) as out:
                 np.lib.format.write_array(out, array, allow_pickle=False)
+
+
+FORMAT = Format(
+    name="npz",
+    label=".npz",
+    open=NpzReader,
+    layout="pytorch",
+    magics=(b"PK\x03\x04", b"PK\x05\x06"),  # a local file header; the end record of an empty zip
+    short_kind="npz",
+    suffixes=(".npz",),
+    write=lambda path, infos, arrays, _: write_npz(path, infos, arrays),  # no metadata kept
+)

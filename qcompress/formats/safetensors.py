@@ -34,7 +34,7 @@ from qcompress.formats._common import (
     require_regular_file,
     to_dtype,
 )
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader
 
 # numpy dtype name -> safetensors dtype code. The single source of truth for what can be stored.
 DTYPE_CODES: dict[str, str] = {
@@ -355,3 +355,27 @@ _NUMPY_MULTIBYTE = frozenset(
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _sniff(head: bytes) -> bool:
+    """A plausible 8-byte little-endian header length followed by "{"."""
+    return (
+        len(head) >= 9
+        and head[8:9] == b"{"
+        and int.from_bytes(head[:8], "little") <= MAX_HEADER_BYTES
+    )
+
+
+def _write(path: Path, infos: Sequence[TensorInfo], arrays: Iterable[np.ndarray], own: Any) -> None:
+    write_safetensors(path, infos, arrays, own.get("__metadata__") if own else None)
+
+
+FORMAT = Format(
+    name="safetensors",
+    label="safetensors",
+    open=SafetensorsReader,
+    layout="pytorch",
+    sniff=_sniff,
+    suffixes=(".safetensors",),
+    write=_write,
+)

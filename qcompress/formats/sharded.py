@@ -18,7 +18,7 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import one_line, require_regular_file
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader
 from qcompress.formats.safetensors import SafetensorsReader
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -186,3 +186,25 @@ def check_shard(index: ShardIndex, shard: str, names: Iterable[str]) -> None:
             f"{index.shard_path(shard)}: holds tensor {extra[0]!r} that {index.path.name} does "
             "not map to it"
         )
+
+
+def _open(path: Path) -> WeightReader:
+    index = find_index(path)
+    if index is None:
+        raise InputError(f"{path}: not a sharded checkpoint index")
+    return ShardedReader(read_index(index))
+
+
+def _claims(path: Path) -> bool:
+    return find_index(path) is not None
+
+
+# A sharded safetensors checkpoint: its index file, or the folder holding it. Written by the
+# quantize workflow (``--shard``), not through ``write_weights``.
+FORMAT = Format(
+    name="safetensors-sharded",
+    label="sharded safetensors",
+    open=_open,
+    layout="pytorch",
+    claims=_claims,
+)

@@ -4,13 +4,15 @@ Sharing it is what makes the search honest: a candidate range is scored with exa
 operations that will later produce the stored codes and the dequantized values.
 
 Every float sum the engine stores or decides on is added in one fixed order (``lane_sums``), the
-same here and in the compiled kernels (``compiled``), so results do not depend on the CPU's SIMD
-width, on numpy's or the compiler's choice of summation order, or on threads.
+same here and in the compiled kernels (``numba_kernels``), so results do not depend on the CPU's
+SIMD width, on numpy's or the compiler's choice of summation order, or on threads.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from qcompress.engine.constants import SUM_LANES
 
 
 def encode(
@@ -40,15 +42,6 @@ def decode(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, out: np.
         return
     np.subtract(codes, zp[..., None], out=out, dtype=np.float32)
     out *= scale[..., None]
-
-
-SUM_LANES = 16
-"""The fixed summation order: term j of a sum goes to partial sum j % SUM_LANES, each partial
-sum adds its terms in index order starting from +0.0, and the partial sums are then added
-0, 1, ..., SUM_LANES - 1. The partial sums are independent, so the compiled kernels vectorize
-this order exactly (no reassociation: 16 lanes fill two AVX2 or one AVX-512 vector of float32,
-and hide the add latency for float64), and numpy repeats it by reducing a (n / 16, 16) view
-along its first axis, which it does row by row."""
 
 
 def lane_sums(terms: np.ndarray, carry: np.ndarray | None = None) -> np.ndarray:
@@ -86,7 +79,7 @@ def squared_error(x: np.ndarray, grid32: tuple, qlo: int, qhi: int, buf: np.ndar
 
     Summed in float32 (relative error ~1e-6 for a few thousand terms); callers compare candidates
     with a margin larger than that, see ``ranges.MSE_MIN_GAIN``. The order is ``SUM_LANES``',
-    as in ``compiled.lane_scores``, so both paths choose the same range on any CPU.
+    as in ``numba_kernels.lane_scores``, so both paths choose the same range on any CPU.
 
     ``buf`` is a float32 scratch array of x's shape.
     """

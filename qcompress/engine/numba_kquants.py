@@ -14,7 +14,13 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-exact = nb.njit(nogil=True, cache=True, error_model="numpy")
+from qcompress.engine.numba_cache import cache_enabled
+
+CACHE = cache_enabled()
+"""Whether numba caches the kernels on disk (see ``numba_cache.cache_enabled``): a read-only
+install with a read-only HOME compiles them once per process instead of failing."""
+
+exact = nb.njit(nogil=True, cache=CACHE, error_model="numpy")
 
 
 LANES = 16

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompress.engine.allocate import (
+from qcompress.engine.bit_allocation import (
     BudgetError,
     ErrorCurve,
     allocate_bits,

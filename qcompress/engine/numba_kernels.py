@@ -1,11 +1,11 @@
-"""The numba kernels behind ``fast``; importing this module imports numba.
+"""The numba kernels behind ``jit``; importing this module imports numba.
 
-See ``fast`` for why they exist and what is exact. Kept apart so that numba's on-disk cache
-works: it caches top-level functions only (``fast`` decides where the cache lives, or that there
-is none, before this module is imported). Every kernel that computes a stored number or a
+See ``jit`` for why they exist and what is exact. Kept apart so that numba's on-disk cache
+works: it caches top-level functions only (``numba_cache`` decides where the cache lives, or
+that there is none, before this module is imported). Every kernel that computes a stored number or a
 choice is ``exact``: compiled without fast-math, so no sum is reordered and no multiply-add is
 fused (numba contracts nothing without fastmath "contract"; tests/test_golden.py checks the
-machine code). Sums that must vectorize use ``kernels.SUM_LANES`` independent partial sums.
+machine code). Sums that must vectorize use ``constants.SUM_LANES`` independent partial sums.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from qcompress.engine.fast import F32_MAX, TILE, TINY_STEP, cache_enabled
-from qcompress.engine.kernels import SUM_LANES
+from qcompress.engine.constants import F32_MAX, SUM_LANES, TILE, TINY_STEP
+from qcompress.engine.numba_cache import cache_enabled
 
 CACHE = cache_enabled()
-"""Whether numba caches the kernels on disk (see ``fast.cache_enabled``)."""
+"""Whether numba caches the kernels on disk (see ``numba_cache.cache_enabled``)."""
 
 exact = nb.njit(nogil=True, cache=CACHE, error_model="numpy")
 
@@ -28,7 +28,7 @@ exact = nb.njit(nogil=True, cache=CACHE, error_model="numpy")
 
 @exact
 def lane_sums(x, xh, d, off, acc_e, acc_s):
-    """d = xh - x in float64, and the SUM_LANES partial sums of d^2 and x^2 (``kernels``' order)
+    """d = xh - x in float64, and the SUM_LANES partial sums of d^2 and x^2 (``elementwise``' order)
     continued in ``acc_e`` and ``acc_s``: element i is term off + i of its row. The partial sums
     are independent, so the body loop vectorizes without reordering any of them."""
     n = x.size
@@ -82,7 +82,7 @@ def abs_max_bits(di):
 
 @exact
 def encode_stats(rows, glen, inv, zp, scale, qlo, qhi, codes, sse_out, sig_out, mab_out):
-    """Codes of every element and, per row, sum d^2, sum x^2 (in ``kernels.SUM_LANES`` order,
+    """Codes of every element and, per row, sum d^2, sum x^2 (in ``constants.SUM_LANES`` order,
     as metrics.row_sums) and max |d| (as the int64 bits of the float64) with
     d = decode(code) - x in float64."""
     n, cols = rows.shape
@@ -257,9 +257,9 @@ def lane_grids(c_lo, c_hi, st, sm, k, qmax, affine, known, mc_in, s_out, z_out, 
 
 @exact
 def lane_scores(xt, inside, masked, s, z, fq_lo, fq_hi, il, acc, err):
-    """kernels.squared_error of each lane's group (column ``lane`` of ``xt``, (glen, lanes);
+    """elementwise.squared_error of each lane's group (column ``lane`` of ``xt``, (glen, lanes);
     ``masked``: only where ``inside`` is not 0) under its grid: float32 errors summed in
-    ``kernels.SUM_LANES`` order, element j into ``acc[j % SUM_LANES, lane]``, then the partial
+    ``constants.SUM_LANES`` order, element j into ``acc[j % SUM_LANES, lane]``, then the partial
     sums in lane order (into ``acc[0]``). The loops over lanes are elementwise, so they
     vectorize without reordering any sum. ``il`` is scratch for 1/scale."""
     width = xt.shape[1]

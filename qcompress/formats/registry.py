@@ -1,0 +1,22 @@
+"""The formats qcompress knows, in one tuple: adding a format is its module (reader, writer,
+``FORMAT`` record) plus one line here.
+
+Order matters only among folder formats (``claims``, tried first, in this order); the content
+tests of the file formats never match the same bytes.
+"""
+
+from __future__ import annotations
+
+from qcompress.formats import compressed_tensors, gguf, h5, npz, safetensors, sharded
+from qcompress.formats.base import Format
+
+REGISTRY: tuple[Format, ...] = (
+    npz.FORMAT,
+    h5.FORMAT,
+    safetensors.FORMAT,
+    gguf.FORMAT,
+    compressed_tensors.FORMAT,
+    sharded.FORMAT,
+)
+
+BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in REGISTRY}
