@@ -360,8 +360,8 @@ def quantize(
     *.safetensors.index.json or the folder holding it; then -o names the output folder).
     """
     from qcompress import api
-    from qcompress.allocator import keep_freed_memory
     from qcompress.errors import UsageError
+    from qcompress.malloc import keep_freed_memory
 
     keep_freed_memory()
     budget = target_bpw is not None or min_sqnr is not None
@@ -499,7 +499,7 @@ def dequantize(
 ) -> None:
     """Rebuild a float weight file from ARTIFACT, in the format OUTPUT's suffix names."""
     from qcompress import api
-    from qcompress.allocator import keep_freed_memory
+    from qcompress.malloc import keep_freed_memory
 
     keep_freed_memory()
     with _progress(not (quiet or as_json)) as progress:
@@ -708,7 +708,7 @@ def _gate_options(command: Any) -> Any:
 def _fmt_metric(t: dict[str, Any], metric: str, gates: list[Any]) -> str:
     """A tensor's value of ``metric`` with the digits that show why it fails its gates (22.47, not
     22.5, against >= 22.5); "-" when unknown (a corrupt tensor), "exact" for an exact SQNR."""
-    from qcompress.gates import METRICS, shown
+    from qcompress.checks.gates import METRICS, shown
 
     field, at_least = METRICS[metric]
     value = t[field]
@@ -789,7 +789,7 @@ def verify(
 ) -> None:
     """Check ARTIFACT: structure, checksums and (with gates) each tensor's error; 1 on failure."""
     from qcompress import api
-    from qcompress.gates import build_gates
+    from qcompress.checks.gates import build_gates
 
     gates = build_gates(min_sqnr, max_abs_error, gate_specs)
     result = api.verify(artifact, against=against, gates=gates)
@@ -817,7 +817,7 @@ def compare(
 ) -> None:
     """Per-tensor error of B against A (any formats, artifacts dequantized); exit 1 on failure."""
     from qcompress import api
-    from qcompress.gates import build_gates
+    from qcompress.checks.gates import build_gates
 
     gates = build_gates(min_sqnr, max_abs_error, gate_specs)
     result = api.compare(a, b, gates=gates)

@@ -22,17 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from qcompress import __version__, engine
-from qcompress.artifact import FORMAT_VERSION, METADATA_KEY
+from qcompress.artifact.recipe import ARTIFACT_SUFFIX, FORMAT_VERSION, METADATA_KEY
 from qcompress.atomic import atomic_outputs, check_outputs
+from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats
 from qcompress.errors import InputError, UsageError
 from qcompress.formats.safetensors import SafetensorsReader
 from qcompress.formats.sharded import INDEX_SUFFIX, ShardIndex, check_shard, write_index
-from qcompress.pipeline import Progress, quantize_single
-from qcompress.policy import QuantizeOptions
+from qcompress.quantize.pipeline import Progress, already_an_artifact, quantize_single
 from qcompress.report import build_report, dumps, sha256_file
-
-ARTIFACT_SUFFIX = ".qc.safetensors"
 
 
 @dataclass(frozen=True)
@@ -216,6 +214,8 @@ def quantize_sharded(
     progress: Progress | None,
 ) -> ShardedResult:
     started = time.perf_counter()
+    if METADATA_KEY in index.metadata:
+        raise already_an_artifact(index.path, "model.safetensors.index.json")
     outs = sharded_outputs(index, output, report)
     if merge and shard:
         raise UsageError("--merge and --shard do not go together: merge after all shards are done")
