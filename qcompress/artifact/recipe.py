@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -103,25 +103,6 @@ def current_digest() -> Digest:
     return DIGESTS[DIGEST]
 
 
-_QUANTIZED_FIELDS = (
-    "bits",
-    "scheme",
-    "granularity",
-    "axis",
-    "group_size",
-    "range",
-    "scale_dtype",
-    "rows",
-    "cols",
-    "n_groups",
-    "packing",
-    "codes",
-    "scale",
-    "zero_point",
-)
-_LEVEL2_FIELDS = ("scale_bits", "super_block", "super")
-
-
 @dataclass(frozen=True)
 class Stored:
     """How a quantized tensor is stored: its engine parameters, its row view, and the names of
@@ -159,6 +140,10 @@ class Stored:
             scale_dtype=self.scale_dtype,
             scale_bits=self.scale_bits,
         )
+
+
+_LEVEL2_FIELDS = ("scale_bits", "super_block", "super")  # in the JSON only with a second level
+_QUANTIZED_FIELDS = tuple(f.name for f in fields(Stored) if f.name not in _LEVEL2_FIELDS)
 
 
 @dataclass(frozen=True)

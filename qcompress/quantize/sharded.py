@@ -121,10 +121,7 @@ def parse_share(spec: str, environ: Mapping[str, str]) -> tuple[int, int]:
         return _check_share(spec, k, n)
     n_given = None
     if sep:
-        try:
-            n_given = int(tail)
-        except ValueError:
-            raise UsageError(f"--shard {spec!r}: expected auto/N with N a whole number") from None
+        n_given = _int(tail, f"--shard {spec!r}: expected auto/N with N a whole number")
         if n_given < 1:
             raise UsageError(f"--shard {spec!r}: N must be at least 1")
     found = [v for v in SCHEDULER_VARIABLES if environ.get(v, "").strip()]
@@ -177,12 +174,17 @@ def _slurm_share(spec: str, environ: Mapping[str, str]) -> tuple[int, int]:
     return (task - low) // step + 1, count
 
 
+def _int(text: str, problem: str) -> int:
+    """``text`` as an integer, or a UsageError saying ``problem``."""
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(problem) from None
+
+
 def _env_int(spec: str, environ: Mapping[str, str], name: str) -> int:
     value = environ.get(name, "")
-    try:
-        number = int(value)
-    except ValueError:
-        raise UsageError(f"--shard {spec}: {name}={value!r} is not a whole number") from None
+    number = _int(value, f"--shard {spec}: {name}={value!r} is not a whole number")
     if number < 0:
         raise UsageError(f"--shard {spec}: {name}={value!r} is negative")
     return number
