@@ -10,7 +10,7 @@ per stored bit, against the quantizer most people would otherwise use, on fixed 
 
 Bits per weight are 8 x bytes stored / weights. For qcompress they are the bytes of the stored
 tensors the artifact recipe lays out for the tensor (codes + scales + zero-points + second-level
-codes and super-scales), from ``qcompress.artifact.build_recipe``; one setting is also run
+codes and super-scales), from ``qcompress.artifact.layout.build_recipe``; one setting is also run
 through ``api.quantize_file`` on a generated file to check that both agree. For GGUF they are
 the bytes of ``gguf.quants.quantize``'s output. Every quantized (non-float) type the installed
 ``gguf`` can quantize in numpy is measured; types raising NotImplementedError are skipped.
@@ -35,11 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from qcompress import api
-from qcompress.artifact import CHECKSUM_TENSOR, STATS_TENSOR, build_recipe
+from qcompress.artifact.layout import build_recipe
+from qcompress.artifact.recipe import CHECKSUM_TENSOR, QUANTIZED, STATS_TENSOR
+from qcompress.config import QuantizeOptions
 from qcompress.engine import QuantSpec, dequantize, quantize
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
-from qcompress.policy import QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
+from qcompress.quantize.policy import TensorDecision, decide_tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_models" / "digits_mlp.safetensors"
@@ -62,7 +64,7 @@ def _s(bits: int, scheme: str, gran: str, g: int, rng: str, sd: str, sb: int | N
 def default_spec(bits: int) -> QuantSpec:
     """The spec ``qcompress quantize --bits N`` picks for a [out, in] safetensors weight."""
     info = TensorInfo("w", (SIZE, SIZE), "float32")
-    plan = plan_tensor(info, "pytorch", QuantizeOptions(bits=bits))
+    plan = decide_tensor(info, "pytorch", QuantizeOptions(bits=bits))
     assert plan.spec is not None
     return plan.spec
 
@@ -104,7 +106,7 @@ def settings() -> list[Setting]:
 def stored_bytes(shape: tuple[int, ...], spec: QuantSpec) -> int:
     """Bytes the artifact stores for one tensor quantized with ``spec`` (its recipe's layout)."""
     info = TensorInfo("w", shape, "float32")
-    _, stored = build_recipe([TensorPlan(info, QUANTIZED, "bench", spec)], {})
+    _, stored = build_recipe([TensorDecision(info, QUANTIZED, "bench", spec)], {})
     return sum(i.nbytes for i in stored if i.name not in (STATS_TENSOR, CHECKSUM_TENSOR))
 
 
@@ -115,7 +117,7 @@ def weight_sets() -> dict[str, list[np.ndarray]]:
         names = [
             i.name
             for i in reader.tensor_infos()
-            if plan_tensor(i, reader.layout, opts).action == QUANTIZED
+            if decide_tensor(i, reader.layout, opts).action == QUANTIZED
         ]
         sample = [np.asarray(reader.read(n), np.float32) for n in names]
     gauss = np.random.default_rng(0).standard_normal((SIZE, SIZE), dtype=np.float32)

@@ -7,7 +7,7 @@ a shared, noisy machine:
 - engine throughput (MB/s of float32 input) for int8 per-channel, 4-bit per-group with the
   default range search, and dequantize, on one thread and on all cores (tensors in parallel, as
   ``--jobs`` does), against ``np.copyto`` of the same bytes, with the allocator set as the CLI
-  sets it (``qcompress.allocator``; one more 4-bit run in fresh processes shows what that does);
+  sets it (``qcompress.malloc``; one more 4-bit run in fresh processes shows what that does);
 - ``torch.quantize_per_channel`` and gguf's numpy Q8_0 / Q4_0 on the same matrices, when those
   packages are installed (``pip install -e .[bench]`` and ``pip install torch==2.13.0``);
 - end-to-end ``qcompress quantize`` of a page-cached 1 GB safetensors file against ``cp`` of it
@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from qcompress import engine
-from qcompress.allocator import keep_freed_memory
 from qcompress.engine.spec import QuantSpec
-from qcompress.pipeline import default_jobs
+from qcompress.malloc import keep_freed_memory
+from qcompress.quantize.pipeline import default_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 # The console script beside this interpreter (the venv's), so the CLI timed is this checkout's.
@@ -69,10 +69,11 @@ INT8 = QuantSpec(bits=8, scheme="symmetric", granularity="channel", axis=0)
 
 def default_spec(bits: int, shape: tuple[int, ...]) -> QuantSpec:
     """The spec ``qcompress quantize --bits N`` picks for an [out, in] safetensors weight."""
+    from qcompress.config import QuantizeOptions
     from qcompress.formats.base import TensorInfo
-    from qcompress.policy import QuantizeOptions, plan_tensor
+    from qcompress.quantize.policy import decide_tensor
 
-    plan = plan_tensor(TensorInfo("w", shape, "float32"), "pytorch", QuantizeOptions(bits=bits))
+    plan = decide_tensor(TensorInfo("w", shape, "float32"), "pytorch", QuantizeOptions(bits=bits))
     assert plan.spec is not None
     return plan.spec
 
@@ -122,12 +123,12 @@ def jit_cost() -> tuple[float, float]:
 
 def allocator_effect(count: int, rows: int, cols: int) -> tuple[float, float]:
     """4-bit MB/s on one thread in a fresh process, with glibc's default allocator settings and
-    with ``qcompress.allocator.keep_freed_memory`` (which the CLI calls, and this run too)."""
+    with ``qcompress.malloc.keep_freed_memory`` (which the CLI calls, and this run too)."""
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from speed import matrices, q4_group, throughput\n"
-        "from qcompress.allocator import keep_freed_memory\n"
+        "from qcompress.malloc import keep_freed_memory\n"
         "if sys.argv[1] == 'tuned':\n"
         "    keep_freed_memory()\n"
         f"data = matrices({count}, {rows}, {cols})\n"
@@ -327,7 +328,7 @@ def main() -> None:
     plain, tuned = allocator_effect(count, rows, cols)
     print(
         f"4-bit per-group (1 thread) in a fresh process: {plain:,.0f} MB/s with glibc's default "
-        f"allocator settings, {tuned:,.0f} MB/s keeping freed memory (qcompress.allocator)"
+        f"allocator settings, {tuned:,.0f} MB/s keeping freed memory (qcompress.malloc)"
     )
     warm, cold = jit_cost()
     print(

@@ -10,52 +10,41 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qcompress import engine
-from qcompress.allocator import keep_freed_memory as keep_freed_memory
-from qcompress.artifact import (
-    METADATA_KEY,
-    STATS_COLUMNS,
-    STATS_TENSOR,
-    Artifact,
-    ShardedArtifact,
-    open_if_artifact,
-    open_input,
-    stored_names,
-)
+from qcompress.artifact.inputs import open_artifact
+from qcompress.artifact.reader import Artifact
+from qcompress.artifact.recipe import ARTIFACT_SUFFIX, FLOAT_DTYPES, TensorRecipe
+from qcompress.artifact.sharded import ShardedArtifact
 from qcompress.atomic import Terminated as Terminated
 from qcompress.atomic import atomic_outputs, check_outputs
+from qcompress.checks.gates import METRICS as METRICS
+from qcompress.checks.gates import build_gates as build_gates
+from qcompress.checks.gates import shown as shown
+from qcompress.config import DEFAULT_BITS as DEFAULT_BITS
+from qcompress.config import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
+from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import BITS as BITS
 from qcompress.engine.spec import GRANULARITIES as GRANULARITIES
 from qcompress.engine.spec import RANGE_METHODS as RANGE_METHODS
 from qcompress.engine.spec import SCALE_BITS as SCALE_BITS
 from qcompress.engine.spec import SCALE_DTYPES as SCALE_DTYPES
 from qcompress.engine.spec import SCHEMES as SCHEMES
-from qcompress.errors import InputError, UsageError
+from qcompress.errors import UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import TensorInfo
 from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
-from qcompress.formats.gguf import GgufReader, source_names
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
-from qcompress.gates import METRICS as METRICS
-from qcompress.gates import Gate, check_gates_match, failed_gates
-from qcompress.gates import build_gates as build_gates
-from qcompress.gates import shown as shown
-from qcompress.pipeline import Progress, default_jobs, quantize_single
-from qcompress.plan import load_plan
-from qcompress.policy import DEFAULT_BITS as DEFAULT_BITS
-from qcompress.policy import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
-from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions
-from qcompress.report import (
-    error_fields,
-    sqnr_or_none,
-)
-from qcompress.sharding import ARTIFACT_SUFFIX, quantize_sharded
+from qcompress.malloc import keep_freed_memory as keep_freed_memory
+
+if TYPE_CHECKING:  # the workflow modules load in the functions that run them: start-up stays small
+    from qcompress.checks.gates import Gate
+    from qcompress.quantize.pipeline import Progress
+    from qcompress.quantize.plan_file import Plan
 
 __all__ = [
     "DequantizeResult",
@@ -139,19 +128,16 @@ def quantize_file(
     ("K/N") quantizes only every N-th shard starting at the K-th, and ``merge`` only joins the
     shards' reports into the index and the checkpoint's report.
     """
+    from qcompress.quantize.pipeline import default_jobs, quantize_single
+    from qcompress.quantize.sharded import quantize_sharded
+
     options = options or QuantizeOptions()
     input_path = Path(input_path)
     jobs = jobs or default_jobs()
     index_path = find_index(input_path)
     if index_path is not None:
-        index = read_index(index_path)
-        if METADATA_KEY in index.metadata:
-            raise UsageError(
-                f"{index_path}: is already a qcompress artifact; dequantize it first "
-                "(qcompress dequantize ARTIFACT -o model.safetensors.index.json)"
-            )
         done = quantize_sharded(
-            index,
+            read_index(index_path),
             options,
             output=Path(output) if output else None,
             report=Path(report) if report else None,
@@ -208,32 +194,30 @@ def dequantize_file(
         or (find_index(artifact_path) is None and _is_gguf(artifact_path))
     ):
         return _dequantize_weights(artifact_path, output, fmt, dtype, force, progress)
-    with _open_artifact(artifact_path) as art:
+    with open_artifact(artifact_path) as art:
         if sharded_output:
             if not isinstance(art, ShardedArtifact):
                 raise UsageError(f"{output}: a sharded output needs a sharded artifact")
             parts = [
-                (shard.entries, output.parent / _float_shard_name(shard.path), shard.recipe)
+                (shard.entries, output.parent / _float_shard_name(shard.path), shard.source)
                 for shard in art.shards
             ]
         else:
-            parts = [(art.entries, output, art.recipe)]
+            parts = [(art.entries, output, art.source)]
         outputs = [path for _, path, _ in parts] + ([output] if sharded_output else [])
         check_outputs(outputs, [artifact_path], force)
         if progress:
             progress.start(
                 len(art.entries),
-                sum(
-                    TensorInfo(e["name"], tuple(e["shape"]), e["dtype"]).nbytes for e in art.entries
-                ),
+                sum(e.info.nbytes for e in art.entries),
             )
         notes: set[str] = set()
         with atomic_outputs(outputs, force) as temps:
-            for (entries, _, recipe), tmp in zip(parts, temps, strict=False):
-                notes |= _write_float(art, entries, tmp, fmt, dtype, recipe, progress)
+            for (entries, _, source), tmp in zip(parts, temps, strict=False):
+                notes |= _write_float(art, entries, tmp, fmt, dtype, source, progress)
             if sharded_output:
                 assert isinstance(art, ShardedArtifact)
-                weight_map = {e["name"]: path.name for entries, path, _ in parts for e in entries}
+                weight_map = {e.name: path.name for entries, path, _ in parts for e in entries}
                 write_index(temps[-1], art.source_index.get("metadata") or {}, weight_map)
     return DequantizeResult(
         output, fmt, len(art.entries), sum(p.stat().st_size for p in outputs), tuple(sorted(notes))
@@ -285,34 +269,30 @@ def _float_shard_name(artifact_shard: Path) -> str:
 
 def _write_float(
     art: Artifact | ShardedArtifact,
-    entries: list[dict[str, Any]],
+    entries: list[TensorRecipe],
     path: Path,
     fmt: str,
     dtype: str,
-    recipe: dict[str, Any],
+    source: dict[str, Any],
     progress: Progress | None,
 ) -> set[str]:
     """Dequantize ``entries`` into one float file; the notes on dtypes that had to change."""
     infos, notes = [], set()
     for e in entries:
-        out_dtype, note = _output_dtype(e["dtype"], dtype, fmt)
-        infos.append(TensorInfo(e["name"], tuple(e["shape"]), out_dtype))
+        out_dtype, note = _output_dtype(e.dtype, dtype, fmt)
+        infos.append(TensorInfo(e.name, e.shape, out_dtype))
         if note:
             notes.add(note)
 
     def arrays() -> Iterator[np.ndarray]:
         for e, info in zip(entries, infos, strict=True):
-            x = (
-                engine.dequantize(art.quantized(e))
-                if e["action"] == QUANTIZED
-                else (art.stored_tensor(e))
-            )
+            x = art.tensor(e)
             yield x if str(x.dtype) == info.dtype else _narrow(x, info, path, dtype)
             art.release(e)
             if progress:
-                progress.advance(e["name"], info.nbytes)
+                progress.advance(e.name, info.nbytes)
 
-    write_weights(path, fmt, infos, arrays(), recipe["source"]["metadata"])
+    write_weights(path, fmt, infos, arrays(), source["metadata"])
     return notes
 
 
@@ -334,170 +314,11 @@ def _narrow(x: np.ndarray, info: TensorInfo, path: Path, requested: str) -> np.n
     return y
 
 
-def _open_artifact(path: Path) -> Artifact | ShardedArtifact:
-    """Open ``path`` as an artifact, with the input checks every reader gets."""
-    art = open_if_artifact(path)
-    if art is None:
-        raise InputError(
-            f"{path}: not a qcompress artifact (make one with: qcompress quantize MODEL)"
-        )
-    return art
-
-
 def inspect(path: str | Path) -> dict[str, Any]:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
-    path = Path(path)
-    with open_input(path) as opened:
-        if isinstance(opened, WeightReader):
-            return _inspect_weights(path, opened)
-        return _inspect_artifact(path, opened)
+    from qcompress.inspect import inspect as run
 
-
-def _inspect_weights(path: Path, reader: WeightReader) -> dict[str, Any]:
-    tensors = [
-        {
-            "name": i.name,
-            "shape": list(i.shape),
-            "dtype": i.dtype,
-            "parameters": i.size,
-            "bytes": i.nbytes,
-            **({"gguf_type": reader.gguf_type(i.name)} if isinstance(reader, GgufReader) else {}),
-        }
-        for i in reader.tensor_infos()
-    ]
-    return {
-        "path": str(path),
-        "kind": "weights",
-        "format": reader.format,
-        "layout": reader.layout,
-        "file_bytes": path.stat().st_size,
-        "parameters": sum(t["parameters"] for t in tensors),
-        "tensors": tensors,
-    }
-
-
-def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, Any]:
-    stats = art.stats()
-    tensors = []
-    for e, row in zip(art.entries, stats, strict=True):
-        info = TensorInfo(e["name"], tuple(e["shape"]), e["dtype"])
-        tensors.append(
-            {
-                "name": e["name"],
-                "shape": e["shape"],
-                "dtype": e["dtype"],
-                "parameters": info.size,
-                "bytes": info.nbytes,
-                "action": e["action"],
-                "bits": e.get("bits"),
-                "scheme": e.get("scheme"),
-                "granularity": e.get("granularity"),
-                "axis": e.get("axis"),
-                "group_size": e.get("group_size"),
-                "stored_bytes": art.stored_bytes(e),
-                "mse": float(row[0]),
-                "max_abs_error": float(row[1]),
-                "sqnr_db": sqnr_or_none(float(row[2])),
-            }
-        )
-    quantized = [t for t in tensors if t["action"] == QUANTIZED]
-    q_params = sum(t["parameters"] for t in quantized)
-    return {
-        "path": str(path),
-        "kind": "artifact",
-        "format": "safetensors",
-        "source_format": art.recipe["source"]["format"],
-        "file_bytes": _total_bytes(art),
-        "parameters": sum(t["parameters"] for t in tensors),
-        "bits_per_weight": (
-            8 * sum(t["stored_bytes"] for t in quantized) / q_params if q_params else None
-        ),
-        "by_width": _by_width(quantized),
-        "tensors": tensors,
-    }
-
-
-def _by_width(quantized: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per code width: how many tensors and weights use it, and their bits per weight (scales
-    included), so a mixed-precision artifact shows where its bits went."""
-    out = []
-    for bits in sorted({t["bits"] for t in quantized}):
-        group = [t for t in quantized if t["bits"] == bits]
-        params = sum(t["parameters"] for t in group)
-        stored = sum(t["stored_bytes"] for t in group)
-        out.append(
-            {
-                "bits": bits,
-                "tensors": len(group),
-                "parameters": params,
-                "stored_bytes": stored,
-                "bits_per_weight": 8 * stored / params if params else None,
-            }
-        )
-    return out
-
-
-def _total_bytes(art: Artifact | ShardedArtifact) -> int:
-    shards = art.shards if isinstance(art, ShardedArtifact) else [art]
-    return sum(shard.path.stat().st_size for shard in shards)
-
-
-class _FloatTensors:
-    """Any weight file or artifact as named tensors; artifacts are dequantized on read."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._artifact = open_if_artifact(path)
-        self._entries: dict[str, dict[str, Any]] = {}
-        if self._artifact is None:
-            self._reader = open_weights(path)
-        else:
-            self._entries = {e["name"]: e for e in self._artifact.entries}
-
-    @property
-    def is_gguf(self) -> bool:
-        return self._artifact is None and self._reader.format == "gguf"
-
-    def gguf_source_names(self) -> dict[str, list[str]]:
-        """For a GGUF file naming a known architecture: its tensor names -> Hugging Face names."""
-        if not self.is_gguf:
-            return {}
-        names = [i.name for i in self._reader.tensor_infos()]
-        blocks = [
-            int(n.split(".")[1])
-            for n in names
-            if n.startswith("blk.") and n.count(".") > 1 and n.split(".")[1].isdigit()
-        ]
-        arch = self._reader.metadata().get("architecture")
-        return source_names(arch, names, max(blocks, default=-1) + 1)
-
-    def infos(self) -> list[TensorInfo]:
-        if self._artifact is None:
-            return self._reader.tensor_infos()
-        return [TensorInfo(n, tuple(e["shape"]), e["dtype"]) for n, e in self._entries.items()]
-
-    def read(self, name: str) -> np.ndarray:
-        if self._artifact is None:
-            return self._reader.read(name)
-        entry = self._entries[name]
-        if entry["action"] == QUANTIZED:
-            return engine.dequantize(self._artifact.quantized(entry))
-        return self._artifact.stored_tensor(entry)
-
-    def close(self) -> None:
-        (self._artifact or self._reader).close()
-
-    def __enter__(self) -> _FloatTensors:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _errors(reference: np.ndarray, other: np.ndarray) -> dict[str, float | None]:
-    if str(reference.dtype) not in FLOAT_DTYPES or str(other.dtype) not in FLOAT_DTYPES:
-        reference, other = reference.astype(np.float64), other.astype(np.float64)
-    return error_fields(engine.error_stats(reference, other))
+    return run(path)
 
 
 def verify(
@@ -508,166 +329,23 @@ def verify(
     Without ``against`` the errors are those recorded at quantization; with it they are recomputed
     from the original file. ``result["passed"]`` is False when a checksum or a gate failed.
     """
-    artifact_path = Path(artifact_path)
-    gates = gates or []
-    with _open_artifact(artifact_path) as art:
-        check_gates_match(gates, (e["name"] for e in art.entries), artifact_path)
-        bad = set(art.verify())
-        art.check_values(skip=bad)  # decodable, not only intact: what dequantize will need
-        stats = None if STATS_TENSOR in bad else art.stats()
-        original = _FloatTensors(Path(against)) if against is not None else None
-        try:
-            if original is not None:
-                _check_same_tensors(original, artifact_path, [(e["name"], e) for e in art.entries])
-            tensors = []
-            for i, e in enumerate(art.entries):
-                corrupt = sorted(bad & set(stored_names(e)))
-                if corrupt:
-                    errors: dict[str, float | None] = dict.fromkeys(STATS_COLUMNS)
-                elif original is not None:
-                    rebuilt = (
-                        engine.dequantize(art.quantized(e))
-                        if e["action"] == QUANTIZED
-                        else art.stored_tensor(e)
-                    )
-                    errors = _errors(original.read(e["name"]), rebuilt)
-                elif stats is not None:
-                    errors = dict(zip(STATS_COLUMNS, map(float, stats[i]), strict=True))
-                    errors["sqnr_db"] = sqnr_or_none(float(stats[i][2]))
-                else:
-                    errors = dict.fromkeys(STATS_COLUMNS)
-                failed = [f"checksum of {n}" for n in corrupt]
-                if errors["mse"] is not None:
-                    failed += failed_gates(e["name"], errors, gates)
-                tensors.append(
-                    {
-                        "name": e["name"],
-                        "action": e["action"],
-                        "bits": e.get("bits"),
-                        **errors,
-                        "failed": failed,
-                    }
-                )
-        finally:
-            if original is not None:
-                original.close()
-    failures = [t["name"] for t in tensors if t["failed"]]
-    other_bad = sorted(bad - {n for e in art.entries for n in stored_names(e)})
-    return {
-        "artifact": str(artifact_path),
-        "against": None if against is None else str(against),
-        "passed": not failures and not other_bad,
-        "checksums": {"checked": len(art.entries), "failed": sorted(bad)},
-        "gates": [g.describe() for g in gates],
-        "failures": failures + [f"checksum of {n}" for n in other_bad],
-        "tensors": tensors,
-    }
+    from qcompress.checks.verify import verify as run
 
-
-def _check_same_tensors(
-    reference: _FloatTensors, other_path: Path, others: list[tuple[str, Any]]
-) -> dict[str, TensorInfo]:
-    """The reference's infos by name, after checking both sides hold the same names and shapes."""
-    ref = {i.name: i for i in reference.infos()}
-    names = [n for n, _ in others]
-    missing = [n for n in ref if n not in set(names)]
-    extra = [n for n in names if n not in ref]
-    if missing:
-        raise InputError(
-            f"{other_path}: lacks {len(missing)} tensor(s) that {reference.path} has: "
-            + ", ".join(repr(n) for n in missing[:3])
-        )
-    if extra:
-        raise InputError(
-            f"{other_path}: has {len(extra)} tensor(s) that {reference.path} lacks: "
-            + ", ".join(repr(n) for n in extra[:3])
-        )
-    for name, other in others:
-        shape = tuple(other["shape"]) if isinstance(other, dict) else other.shape
-        if tuple(shape) != ref[name].shape:
-            raise InputError(
-                f"{other_path}: tensor {name!r} has shape {list(shape)} but "
-                f"{reference.path} has {list(ref[name].shape)}"
-            )
-    return ref
+    return run(artifact_path, against=against, gates=gates)
 
 
 def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> dict[str, Any]:
     """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
-    a, b = Path(a), Path(b)
-    gates = gates or []
-    unpaired = None
-    with _FloatTensors(a) as ref, _FloatTensors(b) as other:
-        if ref.is_gguf or other.is_gguf:
-            pairs, unpaired = _pair_gguf(ref, other)
-        else:
-            _check_same_tensors(ref, b, [(i.name, i) for i in other.infos()])
-            pairs = [(i, i.name) for i in ref.infos()]
-        check_gates_match(gates, (i.name for i, _ in pairs), a)
-        tensors = []
-        for info, other_name in pairs:
-            errors = _errors(ref.read(info.name), other.read(other_name))
-            failed = failed_gates(info.name, errors, gates)
-            entry = {"name": info.name, "shape": list(info.shape), **errors, "failed": failed}
-            if other_name != info.name:
-                entry["b_name"] = other_name
-            tensors.append(entry)
-    failures = [t["name"] for t in tensors if t["failed"]]
-    result = {
-        "a": str(a),
-        "b": str(b),
-        "passed": not failures,
-        "gates": [g.describe() for g in gates],
-        "failures": failures,
-        "tensors": tensors,
-    }
-    if unpaired is not None:
-        result["unpaired"] = unpaired
-    return result
+    from qcompress.checks.compare import compare as run
+
+    return run(a, b, gates=gates)
 
 
-def _pair_gguf(
-    ref: _FloatTensors, other: _FloatTensors
-) -> tuple[list[tuple[TensorInfo, str]], dict[str, list[dict[str, Any]]]]:
-    """Pair tensors when one side is GGUF: by name, else through the gguf package's tensor-name
-    tables for the architecture the GGUF file names. Tensors that cannot be paired (or whose
-    shapes differ) are listed, not an error: llama.cpp files often add or merge tensors."""
-    ref_infos = {i.name: i for i in ref.infos()}
-    other_infos = {i.name: i for i in other.infos()}
-    to_ref: dict[str, str] = {}  # other name -> ref name, through the tables
-    for side, names, target in ((other, other_infos, ref_infos), (ref, ref_infos, other_infos)):
-        for gguf_name, sources in side.gguf_source_names().items():
-            src = next((n for n in sources if n in target), None)
-            if gguf_name in names and src is not None and gguf_name not in target:
-                if side is other:
-                    to_ref[gguf_name] = src
-                else:
-                    to_ref[src] = gguf_name
-    pairs: list[tuple[TensorInfo, str]] = []
-    used: set[str] = set()
-    a_only: list[dict[str, Any]] = []
-    by_ref = {r: o for o, r in to_ref.items()}
-    for name, info in ref_infos.items():
-        other_name = name if name in other_infos else by_ref.get(name)
-        if other_name is None:
-            a_only.append({"name": name, "reason": "no tensor of this name in B"})
-            continue
-        if other_infos[other_name].shape != info.shape:
-            a_only.append(
-                {
-                    "name": name,
-                    "reason": f"B's {other_name!r} has shape {list(other_infos[other_name].shape)}"
-                    f", not {list(info.shape)}",
-                }
-            )
-            used.add(other_name)
-            continue
-        pairs.append((info, other_name))
-        used.add(other_name)
-    b_only = [
-        {"name": n, "reason": "no tensor of this name in A"} for n in other_infos if n not in used
-    ]
-    return pairs, {"a_only": a_only, "b_only": b_only}
+def load_plan(path: str | Path) -> Plan:
+    """PLAN.toml parsed and checked (:mod:`qcompress.quantize.plan_file`)."""
+    from qcompress.quantize.plan_file import load_plan as run
+
+    return run(path)
 
 
 def export(

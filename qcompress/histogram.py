@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact import open_if_artifact
+from qcompress.artifact.inputs import open_if_artifact
+from qcompress.artifact.recipe import QUANTIZED, TensorRecipe
+from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import NonFiniteError
 from qcompress.errors import UsageError
 from qcompress.formats import open_weights
-from qcompress.policy import QUANTIZED, QuantizeOptions, plan_tensor
+from qcompress.quantize.policy import decide_tensor
 
 DEFAULT_BINS = 60
 MAX_LEVELS = 256  # more distinct decoded values than this (per-channel/group grids): no overlay
@@ -69,17 +71,24 @@ def tensor_histogram(path: str | Path, name: str, *, bins: int = DEFAULT_BINS) -
     art = open_if_artifact(path)
     if art is not None:
         with art:
-            entry = next((e for e in art.entries if e["name"] == name), None)
-            if entry is None:
+            found = next((e for e in art.entries if e.name == name), None)
+            if found is None:
                 raise UsageError(f"{path}: has no tensor named {name!r}")
-            values, clip, levels = _artifact_tensor(art, entry)
-            return _build(path, "artifact", entry, values, clip, "artifact", levels, bins)
+            values, clip, levels = _artifact_tensor(art, found)
+            described = {
+                "name": found.name,
+                "dtype": found.dtype,
+                "shape": list(found.shape),
+                "action": found.action,
+                "bits": None if found.quantized is None else found.quantized.bits,
+            }
+            return _build(path, "artifact", described, values, clip, "artifact", levels, bins)
     with open_weights(path) as reader:
         info = next((i for i in reader.tensor_infos() if i.name == name), None)
         if info is None:
             raise UsageError(f"{path}: has no tensor named {name!r}")
         values = reader.read(name)
-        plan = plan_tensor(info, reader.layout, QuantizeOptions())
+        plan = decide_tensor(info, reader.layout, QuantizeOptions())
         clip = None
         if plan.action == QUANTIZED and plan.spec is not None:
             try:
@@ -98,7 +107,7 @@ def tensor_histogram(path: str | Path, name: str, *, bins: int = DEFAULT_BINS) -
 
 
 def _artifact_tensor(
-    art: Any, entry: dict[str, Any]
+    art: Any, entry: TensorRecipe
 ) -> tuple[np.ndarray, tuple[float, float] | None, np.ndarray | None]:
     """Decoded values, the range the grids cover and the levels of one entry.
 
@@ -106,7 +115,7 @@ def _artifact_tensor(
     the scales and zero-points: each grid spans (lowest code - zero) x scale to (highest code -
     zero) x scale. A single grid (per tensor) gives every level it has; many grids give the
     distinct values the tensor decodes to."""
-    if entry["action"] != QUANTIZED:
+    if entry.quantized is None:
         return art.stored_tensor(entry), None, None
     q = art.quantized(entry)
     values = engine.dequantize(q)

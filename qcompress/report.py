@@ -12,15 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qcompress import __version__
 from qcompress.engine.spec import ErrorStats, QuantizedTensor
+
+if TYPE_CHECKING:
+    from qcompress.artifact.recipe import TensorRecipe
 
 LIST_LIMIT = 64  # parameter lists longer than this are summarised in the report
 
@@ -59,25 +63,7 @@ def json_safe(document: Any) -> Any:
     prints or writes (report, ``inspect``, ``verify``, ``compare``), so no output crashes on them
     and a consumer can tell a NaN from an exact (null) SQNR."""
     if isinstance(document, dict):
-        out: dict[str, Any] = {}
-        marks: dict[str, str] = {}
-        for key, value in document.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                out[key], marks[key] = None, _marker(value)
-            elif isinstance(value, list):
-                items = []
-                for i, item in enumerate(value):
-                    if isinstance(item, float) and not math.isfinite(item):
-                        items.append(None)
-                        marks[f"{key}/{i}"] = _marker(item)
-                    else:
-                        items.append(json_safe(item))
-                out[key] = items
-            else:
-                out[key] = json_safe(value)
-        if marks:
-            out[NONFINITE_KEY] = marks
-        return out
+        return {k: json_safe(v) for k, v in _marked(document).items()}
     if isinstance(document, list):
         return [json_safe(v) for v in document]
     if isinstance(document, float) and not math.isfinite(document):
@@ -106,55 +92,117 @@ def error_fields(stats: ErrorStats) -> dict[str, Any]:
     }
 
 
-def tensor_entry(
-    recipe_entry: dict[str, Any],
+@dataclass(frozen=True)
+class Measured:
+    """What quantizing one tensor measured, for its report line: the original's finite extremes,
+    the clip range and parameters (summarised), and the error."""
+
+    original_min: float | None
+    original_max: float | None
+    stats: ErrorStats
+    clip_min: float | None = None
+    clip_max: float | None = None
+    scale: list[float] | dict[str, Any] | None = None
+    zero_point: list[float] | dict[str, Any] | None = None
+
+
+def measured(
+    recipe_entry: TensorRecipe,
     x_min: float | None,
     x_max: float | None,
     q: QuantizedTensor | None,
     stats: ErrorStats,
+) -> Measured:
+    """The report's numbers for one tensor (in the worker thread: summaries cost numpy work)."""
+    stored = recipe_entry.quantized
+    if q is None or stored is None:
+        return Measured(x_min, x_max, stats)
+    return Measured(
+        x_min,
+        x_max,
+        stats,
+        float(np.min(q.clip_min)) if q.clip_min.size else None,
+        float(np.max(q.clip_max)) if q.clip_max.size else None,
+        _values(q.scale, stored.scale),
+        None
+        if q.zero_point is None or stored.zero_point is None
+        else _values(q.zero_point, stored.zero_point),
+    )
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    """One tensor's line in the report, built once, after the tensor is written, when how it was
+    decided and the bytes it stores are known. Field order is the JSON's key order."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    action: str
+    reason: str
+    bits: int | None
+    scheme: str | None
+    granularity: str | None
+    axis: int | None
+    group_size: int | None
+    range: str | None
+    scale_bits: int | None
+    original_min: float | None
+    original_max: float | None
+    clip_min: float | None
+    clip_max: float | None
+    scale: list[float] | dict[str, Any] | None
+    zero_point: list[float] | dict[str, Any] | None
+    mse: float
+    max_abs_error: float
+    sqnr_db: float | None
+    original_bytes: int
+    stored_bytes: int
+    decided_by: str
+    candidates: list[dict[str, Any]] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
+
+
+def tensor_report(
+    recipe_entry: TensorRecipe,
+    m: Measured,
+    *,
     original_bytes: int,
     stored_bytes: int,
-) -> dict[str, Any]:
-    """One tensor's line in the report."""
-    e = recipe_entry
-    entry: dict[str, Any] = {
-        "name": e["name"],
-        "shape": e["shape"],
-        "dtype": e["dtype"],
-        "action": e["action"],
-        "reason": e["reason"],
-        "bits": None,
-        "scheme": None,
-        "granularity": None,
-        "axis": None,
-        "group_size": None,
-        "range": None,
-        "scale_bits": None,
-        "original_min": x_min,
-        "original_max": x_max,
-        "clip_min": None,
-        "clip_max": None,
-        "scale": None,
-        "zero_point": None,
-        **error_fields(stats),
-        "original_bytes": original_bytes,
-        "stored_bytes": stored_bytes,
-    }
-    if q is not None:
-        entry.update(
-            bits=e["bits"],
-            scheme=e["scheme"],
-            granularity=e["granularity"],
-            axis=e["axis"],
-            group_size=e["group_size"],
-            range=e["range"],
-            scale_bits=e.get("scale_bits"),
-            clip_min=float(np.min(q.clip_min)) if q.clip_min.size else None,
-            clip_max=float(np.max(q.clip_max)) if q.clip_max.size else None,
-            scale=_values(q.scale, e["scale"]),
-            zero_point=None if q.zero_point is None else _values(q.zero_point, e["zero_point"]),
-        )
-    return entry
+    decided_by: str,
+    candidates: list[dict[str, Any]] | None,
+) -> TensorReport:
+    """One tensor's report line from its recipe entry and what quantizing it measured."""
+    e, s = recipe_entry, recipe_entry.quantized
+    return TensorReport(
+        name=e.name,
+        shape=list(e.shape),
+        dtype=e.dtype,
+        action=e.action,
+        reason=e.reason,
+        bits=None if s is None else s.bits,
+        scheme=None if s is None else s.scheme,
+        granularity=None if s is None else s.granularity,
+        axis=None if s is None else s.axis,
+        group_size=None if s is None else s.group_size,
+        range=None if s is None else s.range,
+        scale_bits=None if s is None else s.scale_bits,
+        original_min=m.original_min,
+        original_max=m.original_max,
+        clip_min=m.clip_min,
+        clip_max=m.clip_max,
+        scale=m.scale,
+        zero_point=m.zero_point,
+        mse=float(m.stats.mse),
+        max_abs_error=float(m.stats.max_abs_error),
+        sqnr_db=sqnr_or_none(m.stats.sqnr_db),
+        original_bytes=original_bytes,
+        stored_bytes=stored_bytes,
+        decided_by=decided_by,
+        candidates=candidates,
+    )
 
 
 def totals(entries: list[dict[str, Any]], overall: ErrorStats, artifact_bytes: int) -> dict:
@@ -184,10 +232,12 @@ def build_report(
     input_info: dict[str, Any],
     artifact_info: dict[str, Any],
     options: dict[str, Any],
-    entries: list[dict[str, Any]],
+    entries: list[TensorReport] | list[dict[str, Any]],
     overall: ErrorStats,
     elapsed: float,
 ) -> dict[str, Any]:
+    """The whole report; ``entries`` typed (a fresh run) or already JSON (a sharded merge)."""
+    entries = [e.as_dict() if isinstance(e, TensorReport) else e for e in entries]
     return {
         "tool": "qcompress",
         "version": __version__,
@@ -208,21 +258,51 @@ def dumps(document: Any) -> str:
     Not ``json.dumps(indent=2)``: with an indent, Python's json falls back to its pure-Python
     encoder, which took longer than quantizing a model of 100k tiny tensors; each line here is
     one call to the C encoder, so the cost stays linear with a small constant."""
-    try:  # almost every document is all finite: encode it as it is (json_safe walks every node)
-        return _pretty(document, 0) + "\n"
-    except ValueError:  # a NaN/Inf somewhere: map them all, then encode
-        return _pretty(json_safe(document), 0) + "\n"
+    return _pretty(document, 0) + "\n"
 
 
 def _pretty(value: Any, level: int) -> str:
+    """``json_safe`` and layout in one walk: an object at the top two levels marks its own
+    non-finite fields (all :func:`json_safe` ever does to it); anything deeper is one C-encoder
+    call, and walked by :func:`json_safe` only when that call finds a NaN or Inf."""
     pad, end = "  " * (level + 1), "  " * level
     if level < 2 and isinstance(value, dict) and value:
+        value = _marked(value)
         items = [f"{pad}{json.dumps(str(k))}: {_pretty(v, level + 1)}" for k, v in value.items()]
         return "{\n" + ",\n".join(items) + "\n" + end + "}"
     if level < 2 and isinstance(value, list) and value:
         items = [pad + _pretty(v, 2) for v in value]
         return "[\n" + ",\n".join(items) + "\n" + end + "]"
-    return json.dumps(value, allow_nan=False)
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:  # a NaN or Inf somewhere inside
+        return json.dumps(json_safe(value), allow_nan=False)
+
+
+def _marked(document: dict[str, Any]) -> dict[str, Any]:
+    """One object as :func:`json_safe` leaves it at its own level: its non-finite fields (and
+    list items) null and recorded under ``"nonfinite"``; nested values untouched."""
+    marks: dict[str, str] = {}
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            out[key], marks[key] = None, _marker(value)
+        elif isinstance(value, list) and any(
+            isinstance(item, float) and not math.isfinite(item) for item in value
+        ):
+            items = []
+            for i, item in enumerate(value):
+                if isinstance(item, float) and not math.isfinite(item):
+                    items.append(None)
+                    marks[f"{key}/{i}"] = _marker(item)
+                else:
+                    items.append(item)
+            out[key] = items
+        else:
+            out[key] = value
+    if marks:
+        out[NONFINITE_KEY] = marks
+    return out
 
 
 @cache

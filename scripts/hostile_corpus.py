@@ -456,7 +456,7 @@ def _edit_header(art: bytes, edit: Callable[[dict], None]) -> bytes:
 
 
 def artifact_cases(art: bytes) -> Cases:
-    from qcompress.artifact import CHECKSUM_TENSOR  # the per-stored-tensor checksum table
+    from qcompress.artifact.recipe import CHECKSUM_TENSOR  # the per-stored-tensor checksum table
 
     (n,) = struct.unpack("<Q", art[:8])
     data_start = 8 + n

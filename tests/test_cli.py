@@ -397,9 +397,9 @@ def test_failure_mid_write_leaves_nothing(
     artifact = tmp_path / "m.qc.safetensors"
     assert run("quantize", sample, "-o", artifact, "-q").exit_code == 0
     before = sorted(p.name for p in tmp_path.iterdir())
-    from qcompress import api
+    from qcompress import engine
 
-    real, calls = api.engine.dequantize, []
+    real, calls = engine.dequantize, []
 
     def failing(q: object) -> np.ndarray:
         calls.append(q)
@@ -407,7 +407,7 @@ def test_failure_mid_write_leaves_nothing(
             raise KeyboardInterrupt  # as if Ctrl-C arrived halfway through the output
         return real(q)
 
-    monkeypatch.setattr(api.engine, "dequantize", failing)
+    monkeypatch.setattr(engine, "dequantize", failing)
     result = run("dequantize", artifact, "-o", tmp_path / f"o.{out_format}")
     assert result.exit_code == 130 and "no output was written" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 from test_recipe_validation import forge, save
 
 from qcompress import api
+from qcompress.checks.gates import Gate, shown
 from qcompress.cli import cli
-from qcompress.gates import Gate, shown
 from qcompress.report import json_safe, schema
 
 

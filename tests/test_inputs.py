@@ -16,7 +16,7 @@ from samples import SAMPLES, run
 
 from qcompress.errors import UsageError
 from qcompress.formats.sharded import ShardIndex
-from qcompress.sharding import parse_share, sharded_outputs
+from qcompress.quantize.sharded import parse_share, sharded_outputs
 
 NPZ = SAMPLES / "digits_mlp.npz"
 
@@ -296,7 +296,7 @@ def test_artifact_checksums_are_xxh3_128(tmp_path: Path) -> None:
     import xxhash
     from safetensors import safe_open
 
-    from qcompress import artifact
+    from qcompress.artifact import recipe as artifact
 
     out = tmp_path / "a.qc.safetensors"
     assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
@@ -321,7 +321,7 @@ def test_artifact_checksums_are_xxh3_128(tmp_path: Path) -> None:
 
 def make_old_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A format 1 artifact (SHA-256 checksums), as qcompress wrote them before xxh3-128."""
-    from qcompress import artifact
+    from qcompress.artifact import recipe as artifact
 
     with monkeypatch.context() as m:
         m.setattr(artifact, "FORMAT_VERSION", 1)
@@ -358,7 +358,7 @@ def test_flipped_bit_caught_by_xxh3(tmp_path: Path) -> None:
 def test_unknown_checksum_algorithm_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qcompress import artifact
+    from qcompress.artifact import recipe as artifact
 
     fake = artifact.Digest("__qcompress__/md5", 16, artifact._xxh3_128)
     with monkeypatch.context() as m:
@@ -377,7 +377,7 @@ def test_unknown_checksum_algorithm_refused(
 def test_v1_recipe_claiming_xxh3_is_corrupt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qcompress import artifact
+    from qcompress.artifact import recipe as artifact
 
     with monkeypatch.context() as m:
         m.setattr(artifact, "FORMAT_VERSION", 1)
@@ -393,7 +393,7 @@ def test_file_hash_in_batches_matches(tmp_path: Path, monkeypatch: pytest.Monkey
     still that of the whole file, in order."""
     import hashlib
 
-    from qcompress import artifact
+    from qcompress.artifact import writer as artifact
 
     monkeypatch.setattr(artifact, "FILE_HASH_BATCH", 100)
     monkeypatch.setattr(artifact, "FILE_HASH_BACKLOG", 300)
@@ -429,7 +429,8 @@ def test_no_per_tensor_rescan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     from many_tensors import write_many
 
-    from qcompress import api, artifact, report
+    from qcompress import api, report
+    from qcompress.artifact import layout as artifact
     from qcompress.formats import npz, safetensors
 
     counts = []

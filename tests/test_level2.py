@@ -24,13 +24,14 @@ from hypothesis.extra import numpy as hnp
 from safetensors.numpy import save_file
 
 from qcompress import api
-from qcompress.artifact import Artifact, level2_blocks
+from qcompress.artifact.layout import level2_blocks
+from qcompress.artifact.reader import Artifact
 from qcompress.cli import cli
+from qcompress.config import QuantizeOptions
 from qcompress.engine import QuantSpec, code_range, dequantize, error_stats, quantize, to_rows
 from qcompress.engine.packing import packed_nbytes, packing_for
 from qcompress.engine.rows import n_groups
 from qcompress.engine.spec import GRANULARITIES, SCALE_BITS, SCHEMES, SUPER_BLOCK
-from qcompress.policy import QuantizeOptions
 from qcompress.report import schema
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_models"
@@ -191,10 +192,10 @@ def test_artifact_bytes_are_what_the_recipe_says(
     with Artifact(result.artifact) as art:
         infos = {i.name: i for i in art._reader.tensor_infos()}
         for entry, tensor in zip(art.entries, report["tensors"], strict=True):
-            expected = _expected_bytes(entry, np.dtype(scale_dtype).itemsize)
+            expected = _expected_bytes(entry.to_json(), np.dtype(scale_dtype).itemsize)
             assert {n: infos[n].nbytes for n in expected} == expected
             assert tensor["stored_bytes"] == sum(expected.values()) == art.stored_bytes(entry)
-            assert tensor["scale_bits"] == entry.get("scale_bits")
+            assert tensor["scale_bits"] == entry.to_json().get("scale_bits")
             total += sum(expected.values())
             assert np.isfinite(art.quantized(entry).scale).all()
     n = 37 * 100 + 300 * 70

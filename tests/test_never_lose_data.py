@@ -31,7 +31,7 @@ from qcompress.formats import open_weights, write_weights
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.h5 import probe_timeout
 from qcompress.formats.safetensors import SafetensorsReader
-from qcompress.plan import parse_plan
+from qcompress.quantize.plan_file import parse_plan
 
 REPO = Path(__file__).resolve().parent.parent
 posix_only = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")

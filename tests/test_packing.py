@@ -12,7 +12,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from qcompress import api
-from qcompress.artifact import Artifact
+from qcompress.artifact.reader import Artifact
+from qcompress.config import QuantizeOptions
 from qcompress.engine import (
     QuantSpec,
     code_range,
@@ -24,7 +25,6 @@ from qcompress.engine import (
 )
 from qcompress.engine.packing import CHUNK_CODES, packing_for
 from qcompress.engine.spec import SCHEMES, SUPER_BLOCK
-from qcompress.policy import QuantizeOptions
 
 WIDTHS = range(2, 9)
 
@@ -226,17 +226,18 @@ def test_base3_artifact_bytes_and_api_round_trip(tmp_path: Path) -> None:
     with Artifact(result.artifact) as art:
         infos = {i.name: i for i in art._reader.tensor_infos()}
         for entry in art.entries:
-            assert entry["packing"] == "base3"
-            count, groups = entry["rows"] * entry["cols"], entry["rows"] * entry["n_groups"]
+            s = entry.quantized
+            assert s is not None and s.packing == "base3"
+            count, groups = s.rows * s.cols, s.rows * s.n_groups
             expected = {
-                entry["codes"]: -(-count // 5),
-                entry["scale"]: -(-groups * 6 // 8),
-                entry["super"]: 4 * -(-groups // SUPER_BLOCK),
+                s.codes: -(-count // 5),
+                s.scale: -(-groups * 6 // 8),
+                s.super: 4 * -(-groups // SUPER_BLOCK),
             }
             assert {n: infos[n].nbytes for n in expected} == expected
             assert art.stored_bytes(entry) == sum(expected.values())
             total += sum(expected.values())
-            direct = quantize(x[entry["name"]], spec)
+            direct = quantize(x[entry.name], spec)
             stored = art.quantized(entry)
             assert np.array_equal(stored.codes, direct.codes)
             assert np.array_equal(dequantize(stored), dequantize(direct))

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from qcompress.artifact.recipe import KEPT, PASSTHROUGH, QUANTIZED
+from qcompress.config import QuantizeOptions
 from qcompress.errors import UsageError
 from qcompress.formats.base import TensorInfo
-from qcompress.plan import load_plan, parse_plan
-from qcompress.policy import KEPT, PASSTHROUGH, QUANTIZED, QuantizeOptions, plan_tensor
+from qcompress.quantize.plan_file import load_plan, parse_plan
+from qcompress.quantize.policy import decide_tensor
 
 TRANSFORMER_PLAN = """\
 # a transformer: embeddings and the head at 8 bits, norms in float
@@ -45,7 +47,7 @@ def info(name: str, shape: tuple[int, ...] = (256, 256), dtype: str = "float32")
 
 
 def decide(name: str, options: QuantizeOptions, shape: tuple[int, ...] = (256, 256)):
-    return plan_tensor(info(name, shape), "pytorch", options)
+    return decide_tensor(info(name, shape), "pytorch", options)
 
 
 def test_parse_default_and_rules_in_order() -> None:
@@ -97,7 +99,7 @@ def test_keep_true_and_false_override_the_default_rules() -> None:
 
 def test_non_float_tensors_pass_through_whatever_the_plan_says() -> None:
     plan = parse_plan('[[rule]]\nmatch = "*"\nbits = 4\n')
-    decision = plan_tensor(info("ids", (64, 64), "int64"), "pytorch", QuantizeOptions(plan=plan))
+    decision = decide_tensor(info("ids", (64, 64), "int64"), "pytorch", QuantizeOptions(plan=plan))
     assert decision.action == PASSTHROUGH
 
 

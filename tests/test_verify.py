@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from samples import SAMPLES, run
 
+from qcompress.checks.gates import parse_gate
 from qcompress.errors import UsageError
-from qcompress.gates import parse_gate
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact import open_if_artifact
+from qcompress.artifact.inputs import open_if_artifact
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.engine import kquants
 from qcompress.engine.bit_allocation import BudgetError, ErrorCurve, allocate_bits
@@ -43,7 +43,6 @@ from qcompress.errors import InputError, UsageError
 from qcompress.formats import open_weights
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.gguf import ORIG_SHAPE_KEY, import_gguf
-from qcompress.policy import QUANTIZED
 from qcompress.report import error_fields
 
 DEFAULT_TYPE = "Q4_K"
@@ -175,17 +174,12 @@ def _float_source(
             yield reader.tensor_infos(), reader.read, "weights"
         return
     with art:
-        entries = {e["name"]: e for e in art.entries}
+        entries = {e.name: e for e in art.entries}
 
         def read(name: str) -> np.ndarray:
-            e = entries[name]
-            return (
-                engine.dequantize(art.quantized(e))
-                if e["action"] == QUANTIZED
-                else (art.stored_tensor(e))
-            )
+            return art.tensor(entries[name])
 
-        infos = [TensorInfo(n, tuple(e["shape"]), e["dtype"]) for n, e in entries.items()]
+        infos = [e.info for e in entries.values()]
         yield infos, read, "artifact"
 
 

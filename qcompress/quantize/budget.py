@@ -11,7 +11,7 @@ measured in the first. Keeping the chosen codes instead would save that second q
 hold the whole quantized model in memory. Candidates: every width with its default grouping, and
 per-channel below 8 bits (``policy.candidate_specs``).
 
-Sizes come from the artifact's own layout (:func:`qcompress.artifact.build_recipe`), so the
+Sizes come from the artifact's own layout (:func:`qcompress.artifact.layout.stored_nbytes`), so the
 budget is checked against exactly the bytes the artifact will store, scales included.
 """
 
@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompress import engine
-from qcompress.artifact import STATS_TENSOR, build_recipe
+from qcompress.artifact.layout import stored_nbytes
+from qcompress.artifact.recipe import KEPT, QUANTIZED
+from qcompress.config import QuantizeOptions
 from qcompress.engine.bit_allocation import (
     Allocation,
     BudgetError,
@@ -33,9 +35,9 @@ from qcompress.engine.bit_allocation import (
     rel_error_to_sqnr,
 )
 from qcompress.engine.spec import NonFiniteError, QuantSpec
-from qcompress.errors import InputError, UsageError
+from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
-from qcompress.policy import KEPT, QUANTIZED, QuantizeOptions, TensorPlan, keep_warnings
+from qcompress.quantize.policy import TensorDecision, keep_warnings, non_finite_error
 from qcompress.report import finite_or_none
 
 
@@ -52,37 +54,34 @@ class Measured:
 class Decisions:
     """Final plans, what the report says about each choice, and warnings for the user."""
 
-    plans: list[TensorPlan]
+    plans: list[TensorDecision]
     measured: dict[str, list[Measured]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
-    def annotate(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Report entries with ``decided_by`` and, for budget-chosen tensors, ``candidates``."""
-        out = []
-        for plan, entry in zip(self.plans, entries, strict=True):
-            measured = self.measured.get(plan.info.name)
-            candidates = None
-            if measured is not None:
-                weights = max(plan.info.size, 1)
-                candidates = [
-                    {
-                        "bits": m.spec.bits,
-                        "granularity": m.spec.granularity,
-                        "group_size": m.spec.group_size if m.spec.granularity == "group" else None,
-                        "rel_error": m.rel_error,
-                        "sqnr_db": finite_or_none(rel_error_to_sqnr(m.rel_error)),
-                        "stored_bytes": m.stored_bytes,
-                        "bits_per_weight": 8 * m.stored_bytes / weights,
-                        "chosen": plan.action == QUANTIZED and m.spec == plan.spec,
-                    }
-                    for m in measured
-                ]
-            out.append({**entry, "decided_by": plan.decided_by, "candidates": candidates})
-        return out
+    def candidates_for(self, plan: TensorDecision) -> list[dict[str, Any]] | None:
+        """The report's ``candidates`` of a budget-chosen tensor (None for any other): every
+        spec measured, its error and size, and which was chosen."""
+        measured = self.measured.get(plan.info.name)
+        if measured is None:
+            return None
+        weights = max(plan.info.size, 1)
+        return [
+            {
+                "bits": m.spec.bits,
+                "granularity": m.spec.granularity,
+                "group_size": m.spec.group_size if m.spec.granularity == "group" else None,
+                "rel_error": m.rel_error,
+                "sqnr_db": finite_or_none(rel_error_to_sqnr(m.rel_error)),
+                "stored_bytes": m.stored_bytes,
+                "bits_per_weight": 8 * m.stored_bytes / weights,
+                "chosen": plan.action == QUANTIZED and m.spec == plan.spec,
+            }
+            for m in measured
+        ]
 
 
-def decide_plans(
-    reader: WeightReader, plans: list[TensorPlan], options: QuantizeOptions, *, jobs: int = 1
+def decide_budget(
+    reader: WeightReader, plans: list[TensorDecision], options: QuantizeOptions, *, jobs: int = 1
 ) -> Decisions:
     """Every tensor's final plan: the policy's ``plans``, with bits chosen by the budget if
     there is one; and the plan file's warnings (rules that decide no tensor). ``jobs`` threads
@@ -93,23 +92,16 @@ def decide_plans(
         decisions.warnings += options.plan.warnings(p.info.name for p in plans)
     if not options.budget:
         return decisions
-    source = {"format": reader.format, "layout": reader.layout, "metadata": {}}
     with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="qc-measure") as pool:
         for plan in plans:
             if plan.candidates:
-                decisions.measured[plan.info.name] = _measure(reader, plan, source, pool)
-    decisions.plans = _choose(reader, plans, decisions.measured, options, source)
+                decisions.measured[plan.info.name] = _measure(reader, plan, pool)
+    decisions.plans = _choose(reader, plans, decisions.measured, options)
     return decisions
 
 
-def _stored_bytes(plan: TensorPlan, spec: QuantSpec, source: dict[str, Any]) -> int:
-    """Bytes the artifact stores for ``plan.info`` quantized with ``spec``."""
-    _, stored = build_recipe([dataclasses.replace(plan, spec=spec)], source)
-    return sum(i.nbytes for i in stored if i.name != STATS_TENSOR)
-
-
 def _measure(
-    reader: WeightReader, plan: TensorPlan, source: dict[str, Any], pool: ThreadPoolExecutor
+    reader: WeightReader, plan: TensorDecision, pool: ThreadPoolExecutor
 ) -> list[Measured]:
     """Read the tensor once; quantize it with every candidate; keep only error and size."""
     name = plan.info.name
@@ -119,12 +111,9 @@ def _measure(
         try:
             stats = engine.error_stats(x, engine.dequantize(engine.quantize(x, spec)))
         except NonFiniteError as e:
-            raise InputError(
-                f"{reader.path}: tensor {name!r}: {e}; fix the model or keep the tensor in "
-                f"float with --keep '{name}'"
-            ) from None
+            raise non_finite_error(reader.path, name, e) from None
         rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
-        return Measured(spec, rel, _stored_bytes(plan, spec, source))
+        return Measured(spec, rel, stored_nbytes(plan.info, spec))
 
     try:
         return list(pool.map(one, plan.candidates))
@@ -134,11 +123,10 @@ def _measure(
 
 def _choose(
     reader: WeightReader,
-    plans: list[TensorPlan],
+    plans: list[TensorDecision],
     measured: dict[str, list[Measured]],
     options: QuantizeOptions,
-    source: dict[str, Any],
-) -> list[TensorPlan]:
+) -> list[TensorDecision]:
     """Allocate, and rewrite the undecided plans with the chosen spec (or keep them float)."""
     quantized = [p for p in plans if p.action == QUANTIZED]
     if options.target_bpw is not None:
@@ -148,7 +136,7 @@ def _choose(
             ms = measured.get(p.info.name)
             if ms is None:
                 assert p.spec is not None
-                size = 8 * _stored_bytes(p, p.spec, source)
+                size = 8 * stored_nbytes(p.info, p.spec)
                 curves.append(ErrorCurve.of(p.info.size, [size], [0]))
             else:
                 curves.append(

@@ -24,23 +24,28 @@ from typing import Any, Protocol
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact import (
-    STATS_COLUMNS,
-    Artifact,
-    ArtifactWriter,
-    build_recipe,
-    is_artifact,
-    quantized_arrays,
-)
+from qcompress.artifact.layout import build_recipe, quantized_arrays
+from qcompress.artifact.reader import Artifact, is_artifact
+from qcompress.artifact.recipe import FLOAT_DTYPES, QUANTIZED, STATS_COLUMNS, TensorRecipe
+from qcompress.artifact.writer import ArtifactWriter
 from qcompress.atomic import atomic_outputs, check_outputs
+from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import DTYPE_CODES
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
-from qcompress.mixed import decide_plans
-from qcompress.policy import FLOAT_DTYPES, QUANTIZED, QuantizeOptions, TensorPlan, plan_tensor
-from qcompress.report import build_report, dumps, sha256_file, tensor_entry
+from qcompress.quantize.budget import Decisions, decide_budget
+from qcompress.quantize.policy import TensorDecision, decide_tensor, non_finite_error
+from qcompress.report import (
+    Measured,
+    TensorReport,
+    build_report,
+    dumps,
+    measured,
+    sha256_file,
+    tensor_report,
+)
 
 EXACT = ErrorStats(0.0, 0.0, float("inf"), 0.0, 0)  # kept or passed through: no error
 
@@ -63,11 +68,10 @@ def default_jobs() -> int:
 
 @dataclass(frozen=True)
 class TensorResult:
-    """One tensor, done: the stored tensors to append (in order), its report entry, its error."""
+    """One tensor, done: the stored tensors to append (in order) and what was measured."""
 
     stored: list[tuple[str, np.ndarray]]
-    report: dict[str, Any]
-    stats: ErrorStats
+    measured: Measured
 
 
 def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
@@ -83,7 +87,7 @@ def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def quantize_one(
-    path: object, plan: TensorPlan, entry: dict[str, Any], x: np.ndarray, *, threads: int = 1
+    path: object, plan: TensorDecision, entry: TensorRecipe, x: np.ndarray, *, threads: int = 1
 ) -> TensorResult:
     """Quantize (or keep) one tensor: the arrays the artifact stores for it, and its error.
 
@@ -91,42 +95,54 @@ def quantize_one(
     name = plan.info.name
     if plan.action != QUANTIZED:
         x_min, x_max = min_max(x)
-        report = tensor_entry(entry, x_min, x_max, None, EXACT, plan.info.nbytes, 0)
-        return TensorResult([(entry["stored"], x)], report, EXACT)
+        assert entry.stored is not None
+        return TensorResult([(entry.stored, x)], measured(entry, x_min, x_max, None, EXACT))
     assert plan.spec is not None
     try:
         # Fused: the error is measured tile by tile while the codes are in cache, rather than
         # by a second pass over a dequantized copy of the tensor.
         q, stats = engine.quantize_with_error(x, plan.spec, threads=threads)
     except NonFiniteError as e:
-        raise InputError(
-            f"{path}: tensor {name!r}: {e}; fix the model or keep the tensor in float "
-            f"with --keep '{name}'"
-        ) from None
+        raise non_finite_error(path, name, e) from None
     # Quantized means finite (checked by the engine), so no NaN mask: plain min and max.
     x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
     stored = quantized_arrays(entry, q)
-    report = tensor_entry(entry, x_min, x_max, q, stats, plan.info.nbytes, 0)
-    return TensorResult(stored, report, stats)
+    return TensorResult(stored, measured(entry, x_min, x_max, q, stats))
 
 
 def stream_quantize(
     reader: WeightReader,
-    plans: list[TensorPlan],
-    entries: list[dict[str, Any]],
+    decided: Decisions,
+    entries: tuple[TensorRecipe, ...],
     writer: ArtifactWriter,
     *,
     jobs: int = 1,
     progress: Progress | None = None,
-) -> list[TensorResult]:
-    """Quantize every planned tensor into ``writer`` in order; finish the artifact."""
-    results: list[TensorResult] = []
+) -> tuple[list[TensorReport], list[ErrorStats]]:
+    """Quantize every decided tensor into ``writer`` in order and finish the artifact; each
+    tensor's report line (built once, as it is written) and its error."""
+    plans = decided.plans
+    reports: list[TensorReport] = []
+    stats: list[ErrorStats] = []
 
-    def finish(plan: TensorPlan, result: TensorResult) -> None:
+    def finish(plan: TensorDecision, result: TensorResult) -> None:
+        stored_bytes = 0
         for stored_name, array in result.stored:
             writer.write(stored_name, array)
+            stored_bytes += array.nbytes
         reader.release(plan.info.name)
-        results.append(TensorResult([], result.report, result.stats))  # the arrays can go
+        entry = entries[len(reports)]  # finished in order
+        reports.append(
+            tensor_report(
+                entry,
+                result.measured,
+                original_bytes=plan.info.nbytes,
+                stored_bytes=stored_bytes,
+                decided_by=plan.decided_by,
+                candidates=decided.candidates_for(plan),
+            )
+        )
+        stats.append(result.measured.stats)
         if progress:
             progress.advance(plan.info.name, plan.info.nbytes)
 
@@ -140,18 +156,18 @@ def stream_quantize(
             finish(plan, quantize_one(reader.path, plan, entry, x, threads=jobs))
     else:
         _in_threads(reader, work, jobs, finish)
-    writer.finish(np.array([stats_row(r.stats) for r in results], dtype=np.float64))
-    return results
+    writer.finish(np.array([stats_row(s) for s in stats], dtype=np.float64))
+    return reports, stats
 
 
 def _in_threads(
     reader: WeightReader,
     work: Any,
     jobs: int,
-    finish: Callable[[TensorPlan, TensorResult], None],
+    finish: Callable[[TensorDecision, TensorResult], None],
 ) -> None:
     """Read in order, compute in ``jobs`` threads, finish in order."""
-    pending: deque[tuple[TensorPlan, Future[TensorResult]]] = deque()
+    pending: deque[tuple[TensorDecision, Future[TensorResult]]] = deque()
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="qcompress") as pool:
         try:
             for plan, entry in work:
@@ -172,12 +188,18 @@ def stats_row(stats: ErrorStats) -> list[float]:
     return [getattr(stats, column) for column in STATS_COLUMNS]
 
 
+def already_an_artifact(path: Path, rebuilt: str) -> UsageError:
+    """The one refusal to quantize an artifact (a file, or a sharded one's index): ``rebuilt``
+    is the float file the suggested ``dequantize`` would write."""
+    return UsageError(
+        f"{path}: is already a qcompress artifact; dequantize it first "
+        f"(qcompress dequantize ARTIFACT -o {rebuilt})"
+    )
+
+
 def refuse_artifact(reader: WeightReader) -> None:
     if reader.format == "safetensors" and is_artifact(reader.metadata()):
-        raise UsageError(
-            f"{reader.path}: is already a qcompress artifact; dequantize it first "
-            "(qcompress dequantize ARTIFACT -o model.safetensors)"
-        )
+        raise already_an_artifact(reader.path, "model.safetensors")
 
 
 def check_storable(path: Path, infos: list[TensorInfo]) -> None:
@@ -213,9 +235,9 @@ def quantize_single(
     refuse_artifact(reader)
     infos = reader.tensor_infos()
     check_storable(reader.path, infos)
-    plans = [plan_tensor(info, reader.layout, options) for info in infos]
+    plans = [decide_tensor(info, reader.layout, options) for info in infos]
     check_outputs([artifact_path, report_path], [reader.path], force)
-    decided = decide_plans(reader, plans, options, jobs=jobs)  # a budget's measuring pass
+    decided = decide_budget(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans
     source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
     recipe, stored = build_recipe(plans, source, path=reader.path)
@@ -227,10 +249,10 @@ def quantize_single(
     ):
         input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
         with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
-            results = stream_quantize(
-                reader, plans, recipe["tensors"], writer, jobs=jobs, progress=progress
+            entries, stats = stream_quantize(
+                reader, decided, recipe.tensors, writer, jobs=jobs, progress=progress
             )
-        entries = decided.annotate(_confirm(tmp_artifact, [r.report for r in results]))
+        _confirm(tmp_artifact)
         report = build_report(
             input_info={
                 "path": str(reader.path),
@@ -245,7 +267,7 @@ def quantize_single(
             },
             options=options.defaults(),
             entries=entries,
-            overall=engine.combine_error_stats(r.stats for r in results),
+            overall=engine.combine_error_stats(stats),
             elapsed=time.perf_counter() - started,
         )
         if decided.warnings:
@@ -254,12 +276,8 @@ def quantize_single(
     return report
 
 
-def _confirm(tmp_artifact: Path, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _confirm(tmp_artifact: Path) -> None:
     """Reopen the written artifact as a reader would (header, recipe, every stored tensor's dtype
-    and shape) and fill in the bytes it really stores. The checksums were computed from the very
-    bytes written; ``verify`` re-reads them from disk."""
-    with Artifact(tmp_artifact) as art:
-        return [
-            {**entry, "stored_bytes": art.stored_bytes(recipe_entry)}
-            for entry, recipe_entry in zip(reports, art.entries, strict=True)
-        ]
+    and shape) before claiming success. The checksums were computed from the very bytes written;
+    ``verify`` re-reads them from disk."""
+    Artifact(tmp_artifact).close()

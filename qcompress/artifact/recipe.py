@@ -1,4 +1,5 @@
-"""The one check of an artifact's recipe against what the engine and the writers support.
+"""The recipe: its constants, its canonical JSON, and its one check against what the engine and
+the writers support.
 
 An artifact's checksums prove its bytes are the ones written, not that a program can rebuild
 its tensors from them: a recipe edited with consistent checksums (or written by a buggy tool)
@@ -16,7 +17,11 @@ cols, groups, packing, stored names) are then checked by ``Artifact`` rebuilding
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -29,10 +34,223 @@ from qcompress.engine.spec import (
     RECIPE_CHOICES,
     SCALE_BITS,
     SUPER_BLOCK,
+    QuantSpec,
 )
 from qcompress.formats import FORMATS
+from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import DTYPE_CODES
-from qcompress.policy import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
+
+QUANTIZED, KEPT, PASSTHROUGH = "quantized", "kept", "passthrough"
+"""A recipe entry's ``action``: the three ways an original tensor is stored."""
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+"""Source dtypes that can be quantized; anything else is passed through."""
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: SHA-256 checksums; 2: the algorithm the recipe names
+METADATA_KEY = "qcompress"
+STATS_TENSOR = "__qcompress__/stats"
+RECIPE_ROW = "__recipe__"
+STATS_COLUMNS = ("mse", "max_abs_error", "sqnr_db")
+RESERVED_PREFIX = "__qcompress__/"
+ARTIFACT_SUFFIX = ".qc.safetensors"  # what quantize names its outputs by default
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _xxh3_128(data: memoryview) -> bytes:
+    import xxhash  # imported on first use: only artifacts need it
+
+    return xxhash.xxh3_128_digest(data)
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A per-stored-tensor checksum: the tensor holding the digests, their size, the function."""
+
+    tensor: str
+    size: int
+    fn: Callable[[memoryview], bytes]
+
+
+DIGESTS: dict[str, Digest] = {
+    "sha256": Digest("__qcompress__/sha256", 32, _sha256),
+    "xxh3-128": Digest("__qcompress__/xxh3_128", 16, _xxh3_128),
+}
+DIGEST = "xxh3-128"  # what new artifacts carry
+CHECKSUM_TENSOR = DIGESTS[DIGEST].tensor
+FILE_HASH_BATCH = 4 << 20  # small tensors reach the file's SHA-256 thread in batches this big
+FILE_HASH_BACKLOG = 64 << 20  # bytes written but not yet hashed before write() waits
+
+
+def digest_for(recipe: dict[str, Any]) -> Digest:
+    """The checksum a recipe declares; ValueError (a corrupt recipe) for any other.
+    Version 1 knew only SHA-256, so a version 1 recipe naming anything else is corrupt."""
+    integrity = recipe["integrity"]
+    algorithm = integrity.get("algorithm") if isinstance(integrity, dict) else None
+    allowed = ("sha256",) if recipe.get("format_version") == 1 else tuple(DIGESTS)
+    if algorithm not in allowed:
+        raise ValueError(f"unknown checksum algorithm {algorithm!r}")
+    digest = DIGESTS[algorithm]
+    if integrity.get("tensor") != digest.tensor:
+        raise ValueError(f"checksum tensor {integrity.get('tensor')!r} is not {digest.tensor!r}")
+    return digest
+
+
+def current_digest() -> Digest:
+    """The checksum new artifacts carry (looked up at call time, so a test can swap it)."""
+    return DIGESTS[DIGEST]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How a quantized tensor is stored: its engine parameters, its row view, and the names of
+    the stored tensors that hold it (``zero_point`` None when symmetric; the level-2 fields
+    None for float scales, and then absent from the JSON, as in artifacts before them)."""
+
+    bits: int
+    scheme: str
+    granularity: str
+    axis: int | None
+    group_size: int | None
+    range: str
+    scale_dtype: str
+    rows: int
+    cols: int
+    n_groups: int
+    packing: str
+    codes: str
+    scale: str
+    zero_point: str | None
+    scale_bits: int | None = None
+    super_block: int | None = None
+    super: str | None = None
+
+    @property
+    def spec(self) -> QuantSpec:
+        """The engine spec the tensor was quantized with."""
+        return QuantSpec(
+            bits=self.bits,
+            scheme=self.scheme,
+            granularity=self.granularity,
+            axis=self.axis or 0,
+            group_size=self.group_size or QuantSpec.group_size,
+            range_method=self.range,
+            scale_dtype=self.scale_dtype,
+            scale_bits=self.scale_bits,
+        )
+
+
+_LEVEL2_FIELDS = ("scale_bits", "super_block", "super")  # in the JSON only with a second level
+_QUANTIZED_FIELDS = tuple(f.name for f in fields(Stored) if f.name not in _LEVEL2_FIELDS)
+
+
+@dataclass(frozen=True)
+class TensorRecipe:
+    """One original tensor's entry in the recipe: kept or passed through as ``stored``, or
+    quantized as ``quantized`` says."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    action: str
+    reason: str
+    stored: str | None = None
+    quantized: Stored | None = None
+
+    @property
+    def info(self) -> TensorInfo:
+        """The original tensor's name, shape and dtype."""
+        return TensorInfo(self.name, self.shape, self.dtype)
+
+    @property
+    def stored_names(self) -> list[str]:
+        """The stored tensors that hold this tensor, in payload order."""
+        q = self.quantized
+        if q is None:
+            return [self.stored] if self.stored else []
+        return [n for n in (q.codes, q.scale, q.zero_point, q.super) if n]
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the recipe JSON holds it (the keys artifacts have always had)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "action": self.action,
+            "reason": self.reason,
+        }
+        q = self.quantized
+        if q is None:
+            out["stored"] = self.stored
+            return out
+        for field in _QUANTIZED_FIELDS:
+            out[field] = getattr(q, field)
+        if q.scale_bits is not None:
+            for field in _LEVEL2_FIELDS:
+                out[field] = getattr(q, field)
+        return out
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> TensorRecipe:
+        """An entry already checked by :func:`check_entry` (a missing key is a KeyError)."""
+        quantized = None
+        if entry["action"] == QUANTIZED:
+            level2 = {f: entry[f] for f in _LEVEL2_FIELDS} if "scale_bits" in entry else {}
+            quantized = Stored(**{f: entry[f] for f in _QUANTIZED_FIELDS}, **level2)
+        return cls(
+            entry["name"],
+            entry["dtype"],
+            tuple(entry["shape"]),
+            entry["action"],
+            entry["reason"],
+            entry.get("stored"),
+            quantized,
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The whole recipe: the source to rebuild, every tensor's entry, the stats tensor and the
+    integrity list. ``to_json`` gives the document whose canonical text the artifact stores."""
+
+    format_version: int
+    tool: str
+    source: dict[str, Any]  # the source format's own metadata: JSON, checked by check_source
+    tensors: tuple[TensorRecipe, ...]
+    stats: dict[str, Any]
+    integrity: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "tool": self.tool,
+            "source": self.source,
+            "tensors": [t.to_json() for t in self.tensors],
+            "stats": self.stats,
+            "integrity": self.integrity,
+        }
+
+    @classmethod
+    def from_json(cls, recipe: Any) -> Recipe:
+        """The recipe of an artifact, every field checked against the engine's table
+        (:func:`check_recipe`: RecipeError naming the field) before it is trusted."""
+        check_recipe(recipe)
+        return cls(
+            recipe["format_version"],
+            recipe.get("tool", ""),
+            recipe["source"],
+            tuple(TensorRecipe.from_json(e) for e in recipe["tensors"]),
+            recipe.get("stats", {}),
+            recipe["integrity"],
+        )
+
+
+def recipe_json(recipe: dict[str, Any]) -> str:
+    """The recipe as stored: canonical JSON (sorted keys, no spaces), what its checksum covers."""
+    return json.dumps(recipe, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
 
 LAYOUTS = ("pytorch", "keras")
 ACTIONS = (QUANTIZED, KEPT, PASSTHROUGH)
@@ -242,16 +460,16 @@ def _leaves(value: Any, shape: list[int]) -> list[Any]:
     return [leaf for item in value for leaf in _leaves(item, shape[1:])]
 
 
-def check_stored_values(entry: dict[str, Any], role: str, array: np.ndarray) -> None:
+def check_stored_values(stored: Stored, role: str, array: np.ndarray) -> None:
     """Raise RecipeError when a stored tensor's values cannot be decoded: a base-3 byte above
     242 (3^5 - 1), or a float scale, zero-point or super-scale that is NaN or infinite. ``role``
-    is the recipe key that names the stored tensor (codes, scale, zero_point, super, stored)."""
-    if role == "codes" and entry.get("packing") == BASE3:
+    is the field of ``stored`` that names the stored tensor (codes, scale, zero_point, super)."""
+    if role == "codes" and stored.packing == BASE3:
         if array.size and int(array.max()) > 242:
-            raise RecipeError(f"{entry[role]!r}: a base-3 byte exceeds 242 (3^5 - 1)")
+            raise RecipeError(f"{getattr(stored, role)!r}: a base-3 byte exceeds 242 (3^5 - 1)")
     elif (
         role in ("scale", "zero_point", "super")
         and array.dtype.kind == "f"
         and not (np.isfinite(array).all())
     ):
-        raise RecipeError(f"{entry[role]!r}: holds NaN or Inf, so no value decodes")
+        raise RecipeError(f"{getattr(stored, role)!r}: holds NaN or Inf, so no value decodes")

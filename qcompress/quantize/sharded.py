@@ -22,17 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from qcompress import __version__, engine
-from qcompress.artifact import FORMAT_VERSION, METADATA_KEY
+from qcompress.artifact.recipe import ARTIFACT_SUFFIX, FORMAT_VERSION, METADATA_KEY
 from qcompress.atomic import atomic_outputs, check_outputs
+from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats
 from qcompress.errors import InputError, UsageError
 from qcompress.formats.safetensors import SafetensorsReader
 from qcompress.formats.sharded import INDEX_SUFFIX, ShardIndex, check_shard, write_index
-from qcompress.pipeline import Progress, quantize_single
-from qcompress.policy import QuantizeOptions
+from qcompress.quantize.pipeline import Progress, already_an_artifact, quantize_single
 from qcompress.report import build_report, dumps, sha256_file
-
-ARTIFACT_SUFFIX = ".qc.safetensors"
 
 
 @dataclass(frozen=True)
@@ -123,10 +121,7 @@ def parse_share(spec: str, environ: Mapping[str, str]) -> tuple[int, int]:
         return _check_share(spec, k, n)
     n_given = None
     if sep:
-        try:
-            n_given = int(tail)
-        except ValueError:
-            raise UsageError(f"--shard {spec!r}: expected auto/N with N a whole number") from None
+        n_given = _int(tail, f"--shard {spec!r}: expected auto/N with N a whole number")
         if n_given < 1:
             raise UsageError(f"--shard {spec!r}: N must be at least 1")
     found = [v for v in SCHEDULER_VARIABLES if environ.get(v, "").strip()]
@@ -179,12 +174,17 @@ def _slurm_share(spec: str, environ: Mapping[str, str]) -> tuple[int, int]:
     return (task - low) // step + 1, count
 
 
+def _int(text: str, problem: str) -> int:
+    """``text`` as an integer, or a UsageError saying ``problem``."""
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(problem) from None
+
+
 def _env_int(spec: str, environ: Mapping[str, str], name: str) -> int:
     value = environ.get(name, "")
-    try:
-        number = int(value)
-    except ValueError:
-        raise UsageError(f"--shard {spec}: {name}={value!r} is not a whole number") from None
+    number = _int(value, f"--shard {spec}: {name}={value!r} is not a whole number")
     if number < 0:
         raise UsageError(f"--shard {spec}: {name}={value!r} is negative")
     return number
@@ -216,6 +216,8 @@ def quantize_sharded(
     progress: Progress | None,
 ) -> ShardedResult:
     started = time.perf_counter()
+    if METADATA_KEY in index.metadata:
+        raise already_an_artifact(index.path, "model.safetensors.index.json")
     outs = sharded_outputs(index, output, report)
     if merge and shard:
         raise UsageError("--merge and --shard do not go together: merge after all shards are done")

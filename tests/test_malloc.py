@@ -1,4 +1,4 @@
-"""qcompress.allocator: the CLI keeps freed memory for reuse on glibc, and changes nothing
+"""qcompress.malloc: the CLI keeps freed memory for reuse on glibc, and changes nothing
 elsewhere."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from qcompress import allocator
+from qcompress import malloc as allocator
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")

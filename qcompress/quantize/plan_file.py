@@ -32,30 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qcompress.engine.spec import (
-    BITS,
-    GRANULARITIES,
-    GROUP_SIZE_MAX,
-    GROUP_SIZE_MIN,
-    RANGE_METHODS,
-    SCALE_BITS,
-    SCALE_DTYPES,
-    SCHEMES,
-)
+from qcompress.config import DEFAULTS, PLAN_DEFAULT_ONLY, PLAN_SETTINGS
 from qcompress.errors import UsageError
 
-# Plan key -> QuantizeOptions field. Rules accept these plus "match" and "keep".
-SETTINGS: dict[str, str] = {
-    "bits": "bits",
-    "scheme": "scheme",
-    "granularity": "granularity",
-    "group_size": "group_size",
-    "axis": "axis",
-    "range": "range_method",
-    "scale_dtype": "scale_dtype",
-    "scale_bits": "scale_bits",
-}
-DEFAULT_ONLY = {"min_elements": "min_elements"}
+# Plan key -> QuantizeOptions field (the config table's). Rules accept SETTINGS plus "match"
+# and "keep"; [default] accepts SETTINGS and DEFAULT_ONLY.
+SETTINGS: dict[str, str] = PLAN_SETTINGS
+DEFAULT_ONLY: dict[str, str] = PLAN_DEFAULT_ONLY
 RULE_ONLY = ("match", "keep")
 TOP_LEVEL = ("default", "rule")
 
@@ -210,26 +193,8 @@ def _settings(
 
 
 def _check_value(key: str, value: Any) -> str | None:
-    """Why ``value`` is not valid for ``key``, or None if it is."""
-    choices: dict[str, tuple] = {
-        "bits": BITS,
-        "scheme": SCHEMES,
-        "granularity": GRANULARITIES,
-        "range": RANGE_METHODS,
-        "scale_dtype": SCALE_DTYPES,
-        "scale_bits": (0, *SCALE_BITS),
-    }
-    if key in choices:
-        if value not in choices[key] or isinstance(value, bool):
-            return "must be one of " + ", ".join(str(c) for c in choices[key])
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        return "must be an integer"
-    if key == "group_size" and not GROUP_SIZE_MIN <= value <= GROUP_SIZE_MAX:
-        return f"must be from {GROUP_SIZE_MIN} to {GROUP_SIZE_MAX}"
-    if key == "min_elements" and value < 0:
-        return "must be 0 or more"
-    return None
+    """Why ``value`` is not valid for ``key``, or None if it is (the config table decides)."""
+    return DEFAULTS[key].problem(value)
 
 
 class _Lines:

@@ -1,0 +1,142 @@
+"""Streams an artifact to disk: the header first, then each stored tensor as it is ready.
+
+The writer takes the recipe and the stored tensors' infos up front (their sizes follow from
+:mod:`qcompress.artifact.layout`), so the header, and with it every offset, is final before the
+first byte of payload. It writes through a :class:`Sink` (a binary file by default), the seam a
+stage whose sizes are known only after encoding (entropy coding) will use: such a stage wraps the
+sink, or reserves the header and rewrites it at ``finish``. No such stage exists yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from qcompress.artifact import recipe as recipe_table
+from qcompress.artifact.recipe import (
+    METADATA_KEY,
+    STATS_COLUMNS,
+    STATS_TENSOR,
+    Recipe,
+    recipe_json,
+)
+from qcompress.formats._common import dtype_name
+from qcompress.formats.base import TensorInfo
+from qcompress.formats.safetensors import encode_header
+
+FILE_HASH_BATCH = 4 << 20  # small tensors reach the file's SHA-256 thread in batches this big
+FILE_HASH_BACKLOG = 64 << 20  # bytes written but not yet hashed before write() waits
+
+
+class Sink(Protocol):
+    """Where the artifact's bytes go: a binary file opened for writing is one."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+    def flush(self) -> None: ...
+    def fileno(self) -> int: ...
+    def close(self) -> None: ...
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """A little-endian, C-ordered byte view of ``array`` (a copy only when it must be)."""
+    a = np.ascontiguousarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return a.reshape(-1).view(np.uint8)
+
+
+class ArtifactWriter:
+    """Streams an artifact: header first, then each stored tensor as soon as it is ready.
+
+    Each stored tensor's XXH3-128 is computed as it is written (memory speed); the whole file's
+    SHA-256 for the report runs in a background thread in write order (hashlib releases the GIL),
+    overlapping the quantization of the next tensors. Small tensors reach that thread in batches,
+    so a model of 100k tiny tensors costs no thread hand-off per tensor, and at most
+    ``FILE_HASH_BACKLOG`` bytes wait to be hashed, so memory does not grow with the model.
+    """
+
+    def __init__(
+        self, path: Path, recipe: Recipe, stored: list[TensorInfo], sink: Sink | None = None
+    ) -> None:
+        """``sink``: where to write instead of a new file at ``path`` (the writer owns it)."""
+        self._recipe_text = recipe_json(recipe.to_json())
+        self._stored = stored
+        self._digest = recipe_table.current_digest()
+        checksum = TensorInfo(self._digest.tensor, (len(stored) + 1, self._digest.size), "uint8")
+        header = encode_header([*stored, checksum], {METADATA_KEY: self._recipe_text})
+        self._file: Sink = sink if sink is not None else open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
+        self._file.write(header)
+        self._file_hash = hashlib.sha256(header)
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash")
+        self._batch: list[memoryview] = []
+        self._batch_bytes = 0
+        self._backlog: deque[tuple[Future[None], int]] = deque()
+        self._backlog_bytes = 0
+        self._digests: list[bytes] = []
+        self._next = 0
+        self.sha256 = ""  # of the whole file, once finished
+
+    def _hash_file(self, chunks: list[memoryview]) -> None:
+        for chunk in chunks:
+            self._file_hash.update(chunk)
+
+    def _queue_file_hash(self, data: memoryview | None) -> None:
+        """Hand written bytes to the file's SHA-256 thread (``None``: flush the batch)."""
+        if data is not None:
+            self._batch.append(data)
+            self._batch_bytes += data.nbytes
+        if self._batch and (data is None or self._batch_bytes >= FILE_HASH_BATCH):
+            future = self._hasher.submit(self._hash_file, self._batch)
+            self._backlog.append((future, self._batch_bytes))
+            self._backlog_bytes += self._batch_bytes
+            self._batch, self._batch_bytes = [], 0
+        while self._backlog and (self._backlog_bytes > FILE_HASH_BACKLOG or data is None):
+            future, nbytes = self._backlog.popleft()
+            future.result()
+            self._backlog_bytes -= nbytes
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        """Append the next stored tensor; it must be the one the recipe expects next."""
+        info = self._stored[self._next]
+        if name != info.name or array.shape != info.shape or dtype_name(array.dtype) != info.dtype:
+            raise AssertionError(
+                f"artifact writer expected {info}, got {name} {array.shape} {array.dtype}"
+            )
+        data = memoryview(_as_bytes(array))
+        self._file.write(data)
+        self._digests.append(self._digest.fn(data))
+        self._queue_file_hash(data)
+        self._next += 1
+
+    def finish(self, stats: np.ndarray) -> None:
+        """Write the stats and checksums, then flush to disk."""
+        # reshape: a model whose tensors are all kept gives no rows, and np.array([]) is (0,)
+        self.write(
+            STATS_TENSOR, np.asarray(stats, dtype=np.float64).reshape(-1, len(STATS_COLUMNS))
+        )
+        if self._next != len(self._stored):
+            raise AssertionError("artifact writer finished before every tensor was written")
+        tail = b"".join([*self._digests, self._digest.fn(memoryview(self._recipe_text.encode()))])
+        self._file.write(tail)
+        self._queue_file_hash(memoryview(tail))
+        self._queue_file_hash(None)
+        self.sha256 = self._file_hash.hexdigest()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.close()
+
+    def close(self) -> None:
+        self._hasher.shutdown(wait=True, cancel_futures=True)
+        self._file.close()
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Checks of an artifact against its original or another file: verify, compare, and the gates."""

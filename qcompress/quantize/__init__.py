@@ -1,0 +1,1 @@
+"""The quantize workflow: plan file, per-tensor policy, bit budgets, the pipeline, sharded runs."""

@@ -1,0 +1,193 @@
+"""The package's import layering, read from the source with ``ast`` so it stays true.
+
+Every ``import`` and ``from ... import`` in every module counts, function-level (lazy) ones
+included: a lazy import still makes the lower module depend on the higher one. Only imports under
+``if TYPE_CHECKING:`` are left out: they name types for annotations and never run. Two rules:
+no import cycle between modules, and no import from a higher layer than the importer's, in the
+order cli -> api -> (quantize | checks | exports | inspect | html) -> (artifact | formats |
+report) -> engine. ``config``, ``errors`` and ``atomic`` are utilities any layer may use; they
+import only each other and the engine's table (``engine.spec``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "qcompress"
+PACKAGE = "qcompress"
+
+# Layer of each module, by the longest matching module prefix; higher imports lower only.
+LAYERS: dict[str, int] = {
+    "qcompress.engine": 1,
+    "qcompress.artifact": 2,
+    "qcompress.formats": 2,
+    "qcompress.report": 2,
+    "qcompress.quantize": 3,
+    "qcompress.checks": 3,
+    "qcompress.exports": 3,
+    "qcompress.inspect": 3,
+    "qcompress.histogram": 3,  # inspect-side: per-tensor histograms
+    "qcompress.html": 3,
+    "qcompress.layer_kind": 3,  # html-side: a tensor's layer kind for the charts
+    "qcompress.api": 4,
+    "qcompress.cli": 5,
+    "qcompress.__main__": 5,
+    "qcompress.malloc": 5,  # malloc tuning, called by the CLI only
+}
+UTILITIES: dict[str, tuple[str, ...]] = {
+    # utility module -> the only modules it may import
+    "qcompress.errors": (),
+    "qcompress.atomic": ("qcompress.errors",),
+    "qcompress.config": ("qcompress.errors", "qcompress.engine.spec"),
+}
+# The package root holds ``__version__`` (imported everywhere) and a lazy ``qcompress.api``
+# attribute for ``import qcompress``; it is a facade above the graph, not a node in it.
+OUTSIDE = ("qcompress",)
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its source (``from pkg import mod``
+    counts as importing ``pkg.mod`` when that is a module)."""
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".")
+                anchor = anchor if is_package else anchor[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    return {m for m in found if m in known and m != name and m not in OUTSIDE}
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    known = set(modules)
+    graph = {n: imports_of(n, p, known) for n, p in modules.items() if n not in OUTSIDE}
+    return graph
+
+
+def layer_of(name: str) -> int | None:
+    best = max((p for p in LAYERS if name == p or name.startswith(p + ".")), key=len, default=None)
+    return None if best is None else LAYERS[best]
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (its modules in order, the first repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that goes up a layer, or out of what a utility may import."""
+    problems = []
+    for name, targets in sorted(graph.items()):
+        if name in UTILITIES:
+            bad = sorted(t for t in targets if t not in UTILITIES[name])
+            problems += [f"{name} (a utility) imports {t}" for t in bad]
+            continue
+        mine = layer_of(name)
+        if mine is None:
+            problems.append(f"{name} has no layer: add it to LAYERS or UTILITIES")
+            continue
+        for target in sorted(targets):
+            theirs = 0 if target in UTILITIES else layer_of(target)
+            if theirs is None or theirs > mine:
+                problems.append(f"{name} (layer {mine}) imports {target} (layer {theirs})")
+    return problems
+
+
+def test_no_import_cycles() -> None:
+    assert find_cycle(import_graph()) is None
+
+
+def test_no_upward_imports() -> None:
+    assert layering_violations(import_graph()) == []
+
+
+def test_artifact_imports_only_engine_formats_errors() -> None:
+    """The container knows nothing of how tensors were chosen (no policy, no report)."""
+    allowed = ("qcompress.artifact", "qcompress.engine", "qcompress.formats", "qcompress.errors")
+    graph = import_graph()
+    outside = {
+        (n, t)
+        for n, targets in graph.items()
+        if n.startswith("qcompress.artifact")
+        for t in targets
+        if not t.startswith(allowed) and t != "qcompress.atomic"
+    }
+    assert outside == set()
+
+
+def test_the_checks_can_fail() -> None:
+    """The checker itself, on synthetic graphs: a cycle, an upward import, a lazy import."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    upward = {"qcompress.engine.codec": {"qcompress.api"}, "qcompress.api": set()}
+    assert layering_violations(upward) == [
+        "qcompress.engine.codec (layer 1) imports qcompress.api (layer 4)"
+    ]
+    assert layering_violations({"qcompress.config": {"qcompress.formats"}}) == [
+        "qcompress.config (a utility) imports qcompress.formats"
+    ]
+
+
+def test_function_level_imports_count(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from qcompress import html\n"
+        "def f():\n    from qcompress import api\n    import qcompress.cli\n"
+    )
+    known = {"qcompress.api", "qcompress.cli", "qcompress.engine", "qcompress.html"}
+    assert imports_of("qcompress.engine", source, known) == {"qcompress.api", "qcompress.cli"}
+
+
+@pytest.mark.parametrize("name", sorted(package_modules()))
+def test_every_module_has_a_layer(name: str) -> None:
+    assert name in OUTSIDE or name in UTILITIES or layer_of(name) is not None
