@@ -5,8 +5,8 @@ included: a lazy import still makes the lower module depend on the higher one. O
 ``if TYPE_CHECKING:`` are left out: they name types for annotations and never run. Two rules:
 no import cycle between modules, and no import from a higher layer than the importer's, in the
 order cli -> api -> (quantize | checks | exports | inspect | html) -> (artifact | formats |
-report) -> engine. ``config``, ``errors`` and ``atomic`` are utilities any layer may use; they
-import only each other and the engine's table (``engine.spec``).
+report) -> engine. ``config``, ``errors``, ``atomic`` and ``malloc`` are utilities any layer may
+use; they import only each other and the engine's table (``engine.spec``).
 """
 
 from __future__ import annotations
@@ -35,11 +35,11 @@ LAYERS: dict[str, int] = {
     "qcompress.api": 4,
     "qcompress.cli": 5,
     "qcompress.__main__": 5,
-    "qcompress.malloc": 5,  # malloc tuning, called by the CLI only
 }
 UTILITIES: dict[str, tuple[str, ...]] = {
     # utility module -> the only modules it may import
     "qcompress.errors": (),
+    "qcompress.malloc": (),  # malloc tuning; only the CLI calls it (through api)
     "qcompress.atomic": ("qcompress.errors",),
     "qcompress.config": ("qcompress.errors", "qcompress.engine.spec"),
 }
