@@ -12,7 +12,6 @@ when an HDF5 file is read or written, so commands on npz and safetensors files s
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import one_line
+from qcompress.formats._common import one_line, require_regular_file, shown
 from qcompress.formats.base import LAYOUT_AXES, Format, Layout, TensorInfo, WeightReader
 from qcompress.formats.registry import BY_NAME, REGISTRY
 from qcompress.formats.safetensors import (
@@ -75,21 +74,10 @@ def default_axis(info: TensorInfo, layout: Layout) -> int:
 
 def _check_input_file(path: Path) -> int:
     """Size of ``path`` if it is a non-empty regular file; otherwise a one-line InputError."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path}: is a directory, not a weight file")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: not a regular file")
-    if st.st_size == 0:
-        raise InputError(f"{path}: file is empty (0 bytes)")
-    return st.st_size
+    size = require_regular_file(path)
+    if size == 0:
+        raise InputError(f"{shown(path)}: file is empty (0 bytes)")
+    return size
 
 
 def detect_format(path: Path) -> str:
