@@ -294,18 +294,6 @@ class QuantizeOptions:
         )
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How a run goes, as opposed to what it produces: none of these changes the artifact."""
-
-    jobs: int | None = None  # tensors quantized at once; None: all cores
-    force: bool = False  # overwrite existing outputs
-    output: Path | None = None
-    report: Path | None = None
-    shard: str | None = None  # "K/N" or "auto[/N]": quantize only some shards
-    merge: bool = False  # write a sharded run's index and report from its shards
-
-
 def _check_choice(knob: Knob, value: object) -> None:
     if value is not None and value not in (knob.choices or ()):
         choices = ", ".join(str(a) for a in knob.choices or ())
