@@ -24,6 +24,30 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 CHROMIUM = "/usr/bin/chromium"
+# Headless, and no background connections: this machine's closed network refuses them.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def screenshot_command(page: Path, png: Path, profile: str, *extra: str) -> list[str]:
+    """Chromium rendering ``page`` into ``png`` at 1200x1600 with a fresh ``profile`` folder."""
+    return [
+        CHROMIUM,
+        *CHROMIUM_FLAGS,
+        *extra,
+        f"--user-data-dir={profile}",
+        f"--screenshot={png}",
+        "--window-size=1200,1600",
+        page.resolve().as_uri(),
+    ]
 
 
 def measure(set_name: str) -> list[tuple[str, str, float, float]]:
@@ -143,21 +167,7 @@ def report_screenshot(png: Path, page: Path) -> None:
             )
             return
         subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp}/profile",
-                f"--screenshot={png}",
-                "--window-size=1200,1600",
-                page.resolve().as_uri(),
-            ],
+            screenshot_command(page, png, f"{tmp}/profile"),
             check=True,
             capture_output=True,
             timeout=120,

@@ -13,9 +13,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-from samples import SAMPLES, run
+from samples import SAMPLES, make_docs_module, run
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium")  # = scripts/make_docs.py CHROMIUM, for the skip marker
 
 pytestmark = [
     pytest.mark.browser,
@@ -30,23 +30,9 @@ def screenshot(page: Path, png: Path) -> str:
     """Render ``page`` headless into ``png``; Chromium's log (console messages included)."""
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--enable-logging=stderr",
-                "--v=0",
-                f"--user-data-dir={profile}",
-                f"--screenshot={png}",
-                "--window-size=1200,1600",
-                page.resolve().as_uri(),
-            ],
+            make_docs_module().screenshot_command(
+                page, png, profile, "--enable-logging=stderr", "--v=0"
+            ),
             capture_output=True,
             text=True,
             timeout=120,

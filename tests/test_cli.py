@@ -15,9 +15,8 @@ import h5py
 import jsonschema
 import numpy as np
 import pytest
-from click.testing import Result
 from safetensors import safe_open
-from samples import SAMPLES, run
+from samples import SAMPLES, assert_clean_error, run
 
 from qcompress.report import schema
 
@@ -31,18 +30,6 @@ def sample(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     dst = tmp_path / name
     shutil.copy(SAMPLES / name, dst)
     return dst
-
-
-def assert_clean_error(result: Result, *fragments: str) -> None:
-    """Exit 2, one line on stderr naming what went wrong, no traceback, nothing on stdout."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 # --- quantize: the sample model ------------------------------------------------------------------

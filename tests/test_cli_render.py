@@ -11,18 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from samples import run
 from test_recipe_validation import save
 
 from qcompress import api
-from qcompress.cli import cli, render
+from qcompress.cli import render
 
 ESC = "\x1b"
 LONG = "model.encoder.layers.0." + "very_long_attention_projection_" * 3 + "weight"
-
-
-def run(*args: object, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
 
 
 @pytest.fixture

@@ -13,17 +13,12 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from samples import run
 from test_recipe_validation import forge, save
 
 from qcompress import api
 from qcompress.checks.gates import Gate, shown
-from qcompress.cli import cli
 from qcompress.report import json_safe, schema
-
-
-def run(*args: object, env: dict[str, str] | None = None) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env)
 
 
 def strict_json(text: str) -> Any:

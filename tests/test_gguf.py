@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from samples import run
+from samples import assert_clean_error, run
 
 from qcompress.engine import kquants
 from qcompress.engine import numba_kquants as compiled
@@ -21,18 +21,6 @@ from qcompress.formats import open_weights
 gguf = pytest.importorskip("gguf")
 
 TYPES = tuple(kquants.BLOCK_TYPES)
-
-
-def assert_clean_error(result, *fragments: str) -> None:
-    """Exit 2, one line on stderr, no traceback, nothing on stdout."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def hard_rows() -> np.ndarray:

@@ -19,30 +19,13 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from samples import assert_clean_error, run
 
 from qcompress import api
-from qcompress.cli import cli
 from qcompress.errors import FormatError
 from qcompress.formats import TensorInfo, write_weights
 
 Recipe = dict[str, Any]
-
-
-def run(*args: object) -> Result:
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_clean_error(result: Result, *fragments: str) -> None:
-    """Exit 2, one line on stderr naming what went wrong, no traceback, nothing on stdout."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # --- forging artifacts with consistent checksums -------------------------------------------------

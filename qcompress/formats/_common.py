@@ -9,10 +9,12 @@ Kept private: the public surface is ``qcompress.formats`` and the per-format mod
 from __future__ import annotations
 
 import functools
+import json
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +46,17 @@ def require_regular_file(path: Path, what: str = "file") -> int:
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{shown(path)}: not a regular file (a FIFO, socket or device?)")
     return st.st_size
+
+
+def read_json(path: Path, what: str) -> Any:
+    """``path`` parsed as JSON: an InputError if it cannot be read, a FormatError saying it is
+    not ``what`` ("valid JSON", "a valid index JSON") if it does not parse."""
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise InputError(f"{shown(path)}: cannot read: {one_line(exc.strerror or exc)}") from None
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{shown(path)}: not {what} ({one_line(exc)})") from None
 
 
 def read_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError
-from qcompress.formats._common import one_line
+from qcompress.formats._common import read_json
 from qcompress.formats.base import Format, TensorInfo, WeightReader
 
 QUANT_METHOD = "compressed-tensors"
@@ -269,12 +269,7 @@ def _n_groups(scheme: WeightScheme, cols: int) -> int:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {one_line(exc.strerror or exc)}") from None
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({one_line(exc)})") from None
+    doc = read_json(path, "valid JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("quantization_config"), dict):
         raise FormatError(f"{path}: no quantization_config object")
     return doc

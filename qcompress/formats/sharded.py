@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError
-from qcompress.formats._common import one_line, require_regular_file
+from qcompress.formats._common import read_json, require_regular_file
 from qcompress.formats.base import Format, TensorInfo, WeightReader
 from qcompress.formats.safetensors import SafetensorsReader
 
@@ -77,14 +77,9 @@ def read_index(path: Path) -> ShardIndex:
     """Parse and check an index: JSON of the right shape, shard names that stay in its folder."""
     path = Path(path)
     size = require_regular_file(path, "index file")
-    try:
-        if size > MAX_INDEX_BYTES:
-            raise FormatError(f"{path}: index is {size} bytes, over the {MAX_INDEX_BYTES} limit")
-        doc = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {one_line(exc.strerror or exc)}") from None
-    except (ValueError, RecursionError) as exc:
-        raise FormatError(f"{path}: not a valid index JSON ({one_line(exc)})") from None
+    if size > MAX_INDEX_BYTES:
+        raise FormatError(f"{path}: index is {size} bytes, over the {MAX_INDEX_BYTES} limit")
+    doc = read_json(path, "a valid index JSON")
     if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
         raise FormatError(f"{path}: an index needs a 'weight_map' object of tensor -> shard file")
     metadata = doc.get("metadata") or {}
