@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qcompress.artifact.inputs import open_artifact
+from qcompress.artifact.inputs import not_an_artifact, open_input
 from qcompress.artifact.reader import Artifact
 from qcompress.artifact.recipe import ARTIFACT_SUFFIX, FLOAT_DTYPES, TensorRecipe
 from qcompress.artifact.sharded import ShardedArtifact
@@ -35,9 +35,7 @@ from qcompress.engine.spec import SCHEMES as SCHEMES
 from qcompress.errors import UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
-from qcompress.formats.base import TensorInfo
-from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
-from qcompress.formats.gguf import MAGIC as GGUF_MAGIC
+from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.malloc import keep_freed_memory as keep_freed_memory
 
@@ -59,6 +57,7 @@ __all__ = [
     "verify",
 ]
 
+DECODED_ON_READ = ("gguf", "compressed-tensors")  # weight files dequantize accepts
 OUTPUT_DTYPES = ("original", "float32", "float16")
 
 
@@ -189,12 +188,13 @@ def dequantize_file(
     artifact_path, output = Path(artifact_path), Path(output)
     sharded_output = output.name.endswith(INDEX_SUFFIX)
     fmt = "safetensors" if sharded_output else format_for_output(output)
-    if not sharded_output and (
-        is_compressed_tensors_dir(artifact_path)
-        or (find_index(artifact_path) is None and _is_gguf(artifact_path))
-    ):
-        return _dequantize_weights(artifact_path, output, fmt, dtype, force, progress)
-    with open_artifact(artifact_path) as art:
+    opened = open_input(artifact_path)
+    if isinstance(opened, WeightReader):  # not an artifact: fine if its reader decodes on read
+        with opened:
+            if not sharded_output and opened.format in DECODED_ON_READ:
+                return _dequantize_weights(opened, output, fmt, dtype, force, progress)
+        raise not_an_artifact(artifact_path)
+    with opened as art:
         if sharded_output:
             if not isinstance(art, ShardedArtifact):
                 raise UsageError(f"{output}: a sharded output needs a sharded artifact")
@@ -224,39 +224,36 @@ def dequantize_file(
     )
 
 
-def _is_gguf(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(4) == GGUF_MAGIC
-    except OSError:
-        return False  # the artifact opener reports it
-
-
 def _dequantize_weights(
-    path: Path, output: Path, fmt: str, dtype: str, force: bool, progress: Progress | None
+    reader: WeightReader,
+    output: Path,
+    fmt: str,
+    dtype: str,
+    force: bool,
+    progress: Progress | None,
 ) -> DequantizeResult:
     """A float file from weights that decode on read (GGUF, a compressed-tensors checkpoint)."""
+    path = reader.path
     check_outputs([output], [path], force)
-    with open_weights(path) as reader:
-        infos, notes = [], set()
-        for i in reader.tensor_infos():
-            out_dtype, note = _output_dtype(i.dtype, dtype, fmt)
-            infos.append(TensorInfo(i.name, i.shape, out_dtype))
-            if note:
-                notes.add(note)
-        if progress:
-            progress.start(len(infos), sum(i.nbytes for i in infos))
+    infos, notes = [], set()
+    for i in reader.tensor_infos():
+        out_dtype, note = _output_dtype(i.dtype, dtype, fmt)
+        infos.append(TensorInfo(i.name, i.shape, out_dtype))
+        if note:
+            notes.add(note)
+    if progress:
+        progress.start(len(infos), sum(i.nbytes for i in infos))
 
-        def arrays() -> Iterator[np.ndarray]:
-            for info in infos:
-                x = reader.read(info.name)
-                yield x if str(x.dtype) == info.dtype else _narrow(x, info, path, dtype)
-                reader.release(info.name)
-                if progress:
-                    progress.advance(info.name, info.nbytes)
+    def arrays() -> Iterator[np.ndarray]:
+        for info in infos:
+            x = reader.read(info.name)
+            yield x if str(x.dtype) == info.dtype else _narrow(x, info, path, dtype)
+            reader.release(info.name)
+            if progress:
+                progress.advance(info.name, info.nbytes)
 
-        with atomic_outputs([output]) as (tmp,):
-            write_weights(tmp, fmt, infos, arrays())
+    with atomic_outputs([output]) as (tmp,):
+        write_weights(tmp, fmt, infos, arrays())
     return DequantizeResult(output, fmt, len(infos), output.stat().st_size, tuple(sorted(notes)))
 
 

@@ -345,6 +345,26 @@ def test_fifo_input_does_not_hang(tmp_path: Path, name: str, command: str) -> No
 
 
 @posix_only
+@pytest.mark.parametrize("name", ["model.gguf", "model.qc.safetensors"])
+def test_fifo_given_to_dequantize_does_not_hang(tmp_path: Path, name: str) -> None:
+    """dequantize accepts artifacts and files that decode on read (GGUF): telling them apart
+    must not open a FIFO, which would block until a writer appears."""
+    fifo = tmp_path / name
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qcompress", "dequantize", str(fifo), "-o", str(tmp_path / "o.npz")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Error: ") and "not a regular file" in proc.stderr
+    assert_only(tmp_path, name)
+
+
+@posix_only
 def test_fifo_shard_and_fifo_plan_are_refused(tmp_path: Path) -> None:
     shard = tmp_path / "model-00001-of-00001.safetensors"
     os.mkfifo(shard)

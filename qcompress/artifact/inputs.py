@@ -45,7 +45,9 @@ def open_artifact(path: Path) -> Artifact | ShardedArtifact:
     saying how to make one when it is a weight file instead."""
     art = open_if_artifact(path)
     if art is None:
-        raise InputError(
-            f"{path}: not a qcompress artifact (make one with: qcompress quantize MODEL)"
-        )
+        raise not_an_artifact(path)
     return art
+
+
+def not_an_artifact(path: Path) -> InputError:
+    return InputError(f"{path}: not a qcompress artifact (make one with: qcompress quantize MODEL)")
