@@ -106,20 +106,16 @@ def _quantize(
             grid = grid_for_range(*choose_range(rows[rs], lo[rs], hi[rs], spec), spec)
         else:
             step, smin = supers.rows(rs)
+            part = level2.Chunk(rows[rs], glen, lo[rs], hi[rs], step, smin)
             chunk_mc = None if mc is None else mc[rs]
             if refine_on and search:  # the kernels give the codes and parameters of the grids
-                assert chunk_mc is not None and smin is not None
-                grid = _refine_l2(
-                    rows[rs], glen, lo[rs], hi[rs], step, smin, spec, sc[rs], chunk_mc
-                )
+                grid = _l2_kernel("refine_l2", part, spec, _refine_tuning(), sc[rs], chunk_mc)
             elif refine_on:
-                assert chunk_mc is not None and smin is not None
-                grid, sc[rs], chunk_mc[...] = refine.refine_affine(
-                    rows[rs], glen, lo[rs], hi[rs], step, smin, spec
-                )
+                assert chunk_mc is not None
+                grid, sc[rs], chunk_mc[...] = refine.refine_affine(part, spec)
             elif search:
-                grid = _search_l2(
-                    rows[rs], glen, lo[rs], hi[rs], step, smin, spec, sc[rs], chunk_mc
+                grid = _l2_kernel(
+                    "mse_search_l2", part, spec, _search_tuning(spec), sc[rs], chunk_mc
                 )
             else:
 
@@ -229,83 +225,53 @@ def _encode_compiled(
     jit.kernels()["encode_stats"](rows, glen, inv, zp, s32, qlo, qhi, codes, sse, sig, mab)
 
 
-def _search_l2(
-    rows: np.ndarray,
-    glen: int,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    step: np.ndarray,
-    smin: np.ndarray | None,
+def _l2_kernel(
+    name: str,
+    c: level2.Chunk,
     spec: QuantSpec,
+    tuning: tuple,
     sc: np.ndarray,
     mc: np.ndarray | None,
 ) -> Grid:
-    """ranges' MSE search under second-level scales, compiled, for a chunk of rows: fills its
-    scale codes ``sc`` and (affine) min codes ``mc`` and returns its grid, the same as
-    ``level2.encode_params`` of the chosen ranges would give."""
+    """A compiled range search under second-level scales over the chunk ``c``: ``mse_search_l2``
+    (ranges' MSE search; ``tuning`` its shrinks, stride and whether codes are affine) or
+    ``refine_l2`` (refine.refine_affine; its rounds and offsets). Fills the chunk's scale codes
+    ``sc`` and (affine) min codes ``mc`` and returns its grid, as ``level2.encode_params`` of
+    the chosen ranges would give it. Both kernels take the chunk, then (k, qlo, qhi), then their
+    tuning, then (min gain, outputs): one call serves both."""
     assert spec.scale_bits is not None
     qlo, qhi = code_range(spec.bits, spec.scheme)
-    affine = spec.scheme == "affine"
-    s32 = np.empty(lo.shape, np.float32)
-    z32 = np.empty(lo.shape, np.float32)
-    jit.kernels()["mse_search_l2"](
-        rows,
-        glen,
-        np.ascontiguousarray(lo),
-        np.ascontiguousarray(hi),
-        np.ascontiguousarray(step),
-        np.ascontiguousarray(smin if affine else step),
-        np.asarray(ranges.mse_shrinks(spec), np.float64),
-        ranges.MSE_STRIDE,  # read at call time, as the numpy search does
+    s32 = np.empty(c.lo.shape, np.float32)
+    z32 = np.empty(c.lo.shape, np.float32)
+    jit.kernels()[name](
+        c.rows,
+        c.glen,
+        np.ascontiguousarray(c.lo),
+        np.ascontiguousarray(c.hi),
+        np.ascontiguousarray(c.step),
+        np.ascontiguousarray(c.step if c.smin is None else c.smin),
         float(2**spec.scale_bits - 1),
         qlo,
         qhi,
-        affine,
+        *tuning,
         ranges.MSE_MIN_GAIN,
         sc,
-        np.empty(lo.shape, np.uint8) if mc is None else mc,
+        np.empty(c.lo.shape, np.uint8) if mc is None else mc,
         s32,
         z32,
     )
-    return level2._grid(s32, z32 if affine else None, spec)
+    return level2._grid(s32, z32 if spec.scheme == "affine" else None, spec)
 
 
-def _refine_l2(
-    rows: np.ndarray,
-    glen: int,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    step: np.ndarray,
-    smin: np.ndarray,
-    spec: QuantSpec,
-    sc: np.ndarray,
-    mc: np.ndarray,
-) -> Grid:
-    """refine.refine_affine, compiled, for a chunk of rows: fills its scale and min codes and
-    returns its grid (the decoded one, as ``level2.decode_params`` gives it)."""
-    assert spec.scale_bits is not None
-    qlo, qhi = code_range(spec.bits, spec.scheme)
-    s32 = np.empty(lo.shape, np.float32)
-    z32 = np.empty(lo.shape, np.float32)
-    jit.kernels()["refine_l2"](
-        rows,
-        glen,
-        np.ascontiguousarray(lo),
-        np.ascontiguousarray(hi),
-        np.ascontiguousarray(step),
-        np.ascontiguousarray(smin),
-        float(2**spec.scale_bits - 1),
-        qlo,
-        qhi,
-        refine.ROUNDS,  # read at call time, as the numpy path does
-        np.asarray(refine.OFFSETS, np.float64),
-        ranges.MSE_MIN_GAIN,
-        sc,
-        mc,
-        s32,
-        z32,
-    )
-    return level2._grid(s32, z32, spec)
+def _search_tuning(spec: QuantSpec) -> tuple:
+    """``mse_search_l2``'s tuning, read at call time as the numpy search reads it."""
+    shrinks = np.asarray(ranges.mse_shrinks(spec), np.float64)
+    return shrinks, ranges.MSE_STRIDE, spec.scheme == "affine"
+
+
+def _refine_tuning() -> tuple:
+    """``refine_l2``'s tuning, read at call time as the numpy path reads it."""
+    return refine.ROUNDS, np.asarray(refine.OFFSETS, np.float64)
 
 
 def dequantize(q: QuantizedTensor) -> np.ndarray:

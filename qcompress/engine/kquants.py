@@ -19,6 +19,7 @@ Decoders repeat gguf-py's float32 operations in its order, so ``decode`` equals
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -83,12 +84,7 @@ def encode(x: np.ndarray, name: str) -> np.ndarray:
     ``x`` must be finite; it is converted to float32 first."""
     t = block_type(name)
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 0 or x.shape[-1] % t.block:
-        raise ValueError(f"rows of {x.shape[-1:]} values are not whole {t.name} blocks")
-    blocks = x.reshape(-1, t.block)
-    out = _ENCODERS[t.name](blocks)
-    assert out.shape == (blocks.shape[0], t.nbytes)
-    return out.reshape(*x.shape[:-1], x.shape[-1] // t.block * t.nbytes)
+    return _by_block(x, t.block, t.nbytes, _ENCODERS[t.name], f"values are not whole {t.name}")
 
 
 def decode(data: np.ndarray, name: str) -> np.ndarray:
@@ -96,11 +92,20 @@ def decode(data: np.ndarray, name: str) -> np.ndarray:
     exactly gguf-py's float32 operations, so the result equals ``gguf.quants.dequantize``."""
     t = block_type(name)
     data = np.ascontiguousarray(data, dtype=np.uint8)
-    if data.ndim == 0 or data.shape[-1] % t.nbytes:
-        raise ValueError(f"rows of {data.shape[-1:]} bytes are not whole {t.name} blocks")
-    blocks = data.reshape(-1, t.nbytes)
-    out = _DECODERS[t.name](blocks)
-    return out.reshape(*data.shape[:-1], data.shape[-1] // t.nbytes * t.block)
+    return _by_block(data, t.nbytes, t.block, _DECODERS[t.name], f"bytes are not whole {t.name}")
+
+
+def _by_block(
+    a: np.ndarray, width: int, out_width: int, fn: Callable[[np.ndarray], np.ndarray], what: str
+) -> np.ndarray:
+    """``fn`` over the blocks of ``a`` (rows of ``width`` along its last dimension, each giving
+    ``out_width`` values), shaped back like ``a``: encode and decode are this, either way."""
+    if a.ndim == 0 or a.shape[-1] % width:
+        raise ValueError(f"rows of {a.shape[-1:]} {what} blocks")
+    blocks = a.reshape(-1, width)
+    out = fn(blocks)
+    assert out.shape == (blocks.shape[0], out_width)
+    return out.reshape(*a.shape[:-1], a.shape[-1] // width * out_width)
 
 
 # --- kernels: compiled when numba is there, else the same functions in Python ----------------

@@ -18,6 +18,8 @@ the decoded s, and the search scores exactly what will be stored.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from qcompress.engine.constants import F32_MAX, TINY_STEP
@@ -42,6 +44,20 @@ class Supers:
     def rows(self, rs: slice) -> tuple[np.ndarray, np.ndarray | None]:
         """The (step, min) super-scales of a chunk of rows."""
         return self.step[rs], None if self.min is None else self.min[rs]
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk of rows as every range search under second-level scales starts from (the numpy
+    refinement and both compiled kernels): one value, so the searches cannot take its six parts
+    in different orders."""
+
+    rows: np.ndarray  # the chunk's float32 row view
+    glen: int  # group length
+    lo: np.ndarray  # its groups' min and max, (rows, n_groups)
+    hi: np.ndarray
+    step: np.ndarray  # their super-scales (``Supers.rows``)
+    smin: np.ndarray | None  # None for symmetric codes
 
 
 def n_blocks(shape: tuple[int, int]) -> int:

@@ -46,19 +46,11 @@ def applies(spec: QuantSpec) -> bool:
     return spec.range_method == "mse" and spec.scheme == "affine" and spec.bits > MSE_DEEP_BITS
 
 
-def refine_affine(
-    rows: np.ndarray,
-    glen: int,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    step: np.ndarray,
-    smin: np.ndarray,
-    spec: QuantSpec,
-) -> tuple[Grid, np.ndarray, np.ndarray]:
-    """The chosen grid of every group of a chunk of rows (``rows``: its float32 row view,
-    ``lo``/``hi`` its groups' min/max, ``step``/``smin`` their super-scales), with its scale and
-    min codes (uint8, (rows, n_groups)), as ``level2.encode_params`` returns them."""
-    assert spec.scale_bits is not None and spec.scheme == "affine"
+def refine_affine(c: level2.Chunk, spec: QuantSpec) -> tuple[Grid, np.ndarray, np.ndarray]:
+    """The chosen grid of every group of the chunk ``c``, with its scale and min codes (uint8,
+    (rows, n_groups)), as ``level2.encode_params`` returns them."""
+    assert spec.scale_bits is not None and spec.scheme == "affine" and c.smin is not None
+    rows, glen, lo, hi, step, smin = c.rows, c.glen, c.lo, c.hi, c.step, c.smin
     k = 2**spec.scale_bits - 1
     shape = lo.shape
     cols = rows.shape[1]
