@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
-from qcompress.formats._common import one_line, require_regular_file, shown
+from qcompress.formats._common import cannot_read, one_line, require_regular_file, shown
 from qcompress.formats.base import LAYOUT_AXES, Format, Layout, TensorInfo, WeightReader
 from qcompress.formats.registry import BY_NAME, REGISTRY
 from qcompress.formats.safetensors import (
@@ -99,7 +99,7 @@ def detect_format(path: Path) -> str:
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise cannot_read(path, exc) from None
     if size < 9:
         plural = "byte" if size == 1 else "bytes"
         kinds = [f.short_kind for f in _FILE_FORMATS if f.short_kind and f.could_start(head)]

@@ -40,12 +40,18 @@ def require_regular_file(path: Path, what: str = "file") -> int:
     except PermissionError:
         raise InputError(f"{shown(path)}: permission denied") from None
     except OSError as exc:
-        raise InputError(f"{shown(path)}: cannot read: {exc.strerror or exc}") from None
+        raise cannot_read(path, exc) from None
     if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{shown(path)}: is a directory, not a {what}")
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{shown(path)}: not a regular file (a FIFO, socket or device?)")
     return st.st_size
+
+
+def cannot_read(path: Path | str, exc: OSError) -> InputError:
+    """The error for a file the operating system would not read (EIO, EACCES, ...): one line
+    naming the file and the system's reason."""
+    return InputError(f"{shown(path)}: cannot read: {one_line(exc.strerror or exc)}")
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -54,7 +60,7 @@ def read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_bytes())
     except OSError as exc:
-        raise InputError(f"{shown(path)}: cannot read: {one_line(exc.strerror or exc)}") from None
+        raise cannot_read(path, exc) from None
     except (ValueError, RecursionError) as exc:
         raise FormatError(f"{shown(path)}: not {what} ({one_line(exc)})") from None
 
@@ -69,7 +75,7 @@ def read_exactly(fd: int, buffer: memoryview, offset: int, path: Path) -> None:
         try:
             n = os.preadv(fd, [buffer[done:]], offset + done)
         except OSError as exc:
-            raise InputError(f"{shown(path)}: cannot read: {exc.strerror or exc}") from None
+            raise cannot_read(path, exc) from None
         if n == 0:
             raise InputError(
                 f"{shown(path)}: file ended at byte {offset + done}, before the data it declares "

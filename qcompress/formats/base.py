@@ -12,12 +12,15 @@ a float32-only file never loads it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar, Literal
+from typing import Any, BinaryIO, ClassVar, Literal, Protocol, TypeVar
 
 import numpy as np
+
+from qcompress.errors import InputError
 
 Layout = Literal["pytorch", "keras"]
 
@@ -53,19 +56,49 @@ class TensorInfo:
         return self.size * numpy_dtype(self.dtype).itemsize
 
 
+_T = TypeVar("_T")
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+@contextmanager
+def closed_on_error(resource: _Closable) -> Iterator[None]:
+    """Close ``resource`` (a file or reader just opened) if the block raises, then re-raise: a
+    reader that fails while indexing must not leave its file open."""
+    try:
+        yield
+    except BaseException:
+        resource.close()
+        raise
+
+
 class WeightReader(ABC):
-    """A weight file opened for reading. Use as a context manager."""
+    """A weight file opened for reading. Use as a context manager.
+
+    A reader fills ``_infos`` (every tensor, in file order) when it opens; ``tensor_infos``
+    hands out copies of it, and ``_lookup`` gives every reader the same error for a name the
+    file does not hold."""
 
     format: ClassVar[str]
     # Where output channels are by convention: "pytorch" [out, in, ...], "keras" [..., in, out].
     layout: ClassVar[Layout]
+    _infos: list[TensorInfo]
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
-    @abstractmethod
     def tensor_infos(self) -> list[TensorInfo]:
         """Every tensor in file order."""
+        return list(self._infos)
+
+    def _lookup(self, table: Mapping[str, _T], name: str) -> _T:
+        """``table[name]``; a name the file does not hold is an InputError naming the file."""
+        try:
+            return table[name]
+        except KeyError:
+            raise InputError(f"{self.path}: no tensor named {name!r}") from None
 
     @abstractmethod
     def read(self, name: str) -> np.ndarray:

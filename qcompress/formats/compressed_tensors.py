@@ -34,7 +34,7 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import read_json
-from qcompress.formats.base import Format, TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader, closed_on_error
 
 QUANT_METHOD = "compressed-tensors"
 PACKED_FORMAT = "pack-quantized"
@@ -144,11 +144,8 @@ class CompressedTensorsReader(WeightReader):
         self._format = qc.get("format")
         self._groups = _parse_groups(self.path, qc)
         self._inner = _open_inner(self.path)
-        try:
+        with closed_on_error(self._inner):
             self._plan()
-        except BaseException:
-            self._inner.close()
-            raise
 
     def _plan(self) -> None:
         stored = {i.name: i for i in self._inner.tensor_infos()}
@@ -204,9 +201,6 @@ class CompressedTensorsReader(WeightReader):
                 f"{self.path}: no config group of quantization_config targets {module}"
             )
         return fallback
-
-    def tensor_infos(self) -> list[TensorInfo]:
-        return list(self._infos)
 
     def read(self, name: str) -> np.ndarray:
         module = self._modules.get(name)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError
-from qcompress.formats._common import one_line
+from qcompress.formats._common import cannot_read, one_line
 from qcompress.formats.base import Format, TensorInfo, WeightReader
 
 MAGIC = b"GGUF"
@@ -77,7 +77,7 @@ class GgufReader(WeightReader):
         try:
             self._reader = gguf.GGUFReader(self.path, "r")
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+            raise cannot_read(self.path, exc) from exc
         except _READ_ERRORS as exc:
             raise FormatError(
                 f"{self.path}: truncated or corrupt GGUF file ({one_line(exc)})"
@@ -115,15 +115,12 @@ class GgufReader(WeightReader):
                 f"{self.path}: bad {ORIG_SHAPE_KEY}{name} entry ({one_line(exc)})"
             ) from exc
 
-    def tensor_infos(self) -> list[TensorInfo]:
-        return list(self._infos)
-
     def gguf_type(self, name: str) -> str:
         """The GGML type ``name`` is stored as (e.g. "Q4_K", "F32")."""
         return self._tensors[name].tensor_type.name
 
     def read(self, name: str) -> np.ndarray:
-        t = self._tensors[name]
+        t = self._lookup(self._tensors, name)
         info = next(i for i in self._infos if i.name == name)
         qtype = t.tensor_type.name
         try:

@@ -18,7 +18,8 @@ import struct
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import (
+    cannot_read,
     check_array,
     check_empty_shape,
     check_names,
@@ -34,7 +36,7 @@ from qcompress.formats._common import (
     require_regular_file,
     to_dtype,
 )
-from qcompress.formats.base import Format, TensorInfo, WeightReader
+from qcompress.formats.base import Format, TensorInfo, WeightReader, closed_on_error
 
 # dtype kinds an npz may hold and every numpy reads back: bool, ints, floats, complex, and
 # fixed-length bytes/str. Objects need pickle; ml_dtypes types (bfloat16) are saved as opaque
@@ -85,11 +87,8 @@ class NpzReader(WeightReader):
             ) from exc
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{self.path}: corrupt npz (zip) file: {one_line(exc)}") from exc
-        try:
+        with closed_on_error(self._zip):
             self._infos, self._members = self._index()
-        except BaseException:
-            self._zip.close()
-            raise
 
     def _index(self) -> tuple[list[TensorInfo], dict[str, zipfile.ZipInfo]]:
         infos: list[TensorInfo] = []
@@ -112,16 +111,9 @@ class NpzReader(WeightReader):
             name = entry.filename[: -len(".npy")]
             if name in members:
                 raise FormatError(f"{self.path}: zip member {entry.filename!r} appears twice")
-            try:
-                with self._zip.open(entry) as fh:
-                    shape, dtype = _read_npy_header(fh)
-                    header_end = fh.tell()
-            except OSError as exc:
-                raise self._os_error(exc, entry.filename) from exc
-            except _ZIP_ERRORS as exc:
-                raise FormatError(
-                    f"{self.path}: corrupt npz member {entry.filename!r}: {one_line(exc)}"
-                ) from exc
+            with self._member(entry, f"member {entry.filename!r}") as fh:
+                shape, dtype = _read_npy_header(fh)
+                header_end = fh.tell()
             if dtype.hasobject:
                 raise FormatError(
                     f"{self.path}: tensor {name!r} holds pickled Python objects; "
@@ -175,35 +167,36 @@ class NpzReader(WeightReader):
                 "a zip bomb)"
             )
 
+    @contextmanager
+    def _member(self, member: zipfile.ZipInfo, what: str) -> Iterator[IO[bytes]]:
+        """``member`` opened for reading, its failures as one-line errors: an OSError as
+        ``_os_error`` says, whatever else zip or numpy raise as a corrupt ``what``."""
+        try:
+            with self._zip.open(member) as fh:
+                yield fh
+        except OSError as exc:
+            raise self._os_error(exc, member.filename) from exc
+        except _ZIP_ERRORS as exc:
+            raise FormatError(f"{self.path}: corrupt npz {what}: {one_line(exc)}") from exc
+
     def _os_error(self, exc: OSError, member: str | None = None) -> InputError:
         """An OSError with an errno is the file system's (InputError); without one it is a
         decompressor rejecting the bytes (FormatError)."""
         if exc.errno is not None:
-            return InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}")
+            return cannot_read(self.path, exc)
         where = f" member {member!r}" if member else ""
         return FormatError(f"{self.path}: corrupt npz{where}: {one_line(exc)}")
 
-    def tensor_infos(self) -> list[TensorInfo]:
-        """Tensors in zip member order."""
-        return list(self._infos)
-
     def read(self, name: str) -> np.ndarray:
         """Read and decompress one member; a bad CRC or short member is a FormatError."""
-        if name not in self._members:
-            raise InputError(f"{self.path}: no tensor named {name!r}")
+        member = self._lookup(self._members, name)
         try:
-            with self._zip.open(self._members[name]) as fh:
+            with self._member(member, f"member for tensor {name!r}") as fh:
                 array = np.lib.format.read_array(fh, allow_pickle=False)
                 if fh.read(1):
                     raise ValueError("member has bytes after the array data")
         except MemoryError:
             raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
-        except OSError as exc:
-            raise self._os_error(exc, self._members[name].filename) from exc
-        except _ZIP_ERRORS as exc:
-            raise FormatError(
-                f"{self.path}: corrupt npz member for tensor {name!r}: {one_line(exc)}"
-            ) from exc
         if array.dtype.byteorder not in "=|":
             array = array.astype(array.dtype.newbyteorder("="))
         return array

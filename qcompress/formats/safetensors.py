@@ -26,6 +26,7 @@ import numpy as np
 
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import (
+    cannot_read,
     check_array,
     check_empty_shape,
     check_names,
@@ -155,12 +156,12 @@ class SafetensorsReader(WeightReader):
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - kept open for read(); closed in close()
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+            raise cannot_read(self.path, exc) from exc
         try:
             self._index(fh)
         except OSError as exc:
             fh.close()
-            raise InputError(f"{self.path}: cannot read: {one_line(exc.strerror or exc)}") from exc
+            raise cannot_read(self.path, exc) from exc
         except BaseException:
             fh.close()
             raise
@@ -308,15 +309,9 @@ class SafetensorsReader(WeightReader):
             )
         return info, begin, end
 
-    def tensor_infos(self) -> list[TensorInfo]:
-        """Tensors in data-section order (the order they were written in)."""
-        return list(self._infos)
-
     def read(self, name: str) -> np.ndarray:
         """A fresh array holding the tensor's bytes; a file that shrank is an InputError."""
-        if name not in self._offsets:
-            raise InputError(f"{self.path}: no tensor named {name!r}")
-        info, begin, end = self._offsets[name]
+        info, begin, end = self._lookup(self._offsets, name)
         dtype = _file_dtype(info.dtype)
         if begin == end:
             return np.empty(info.shape, dtype=dtype)

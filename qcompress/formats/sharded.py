@@ -141,13 +141,8 @@ class ShardedReader(WeightReader):
             raise InputError(f"{self.index.path}: shard {shard} is missing from {path.parent}")
         return SafetensorsReader(path)
 
-    def tensor_infos(self) -> list[TensorInfo]:
-        return list(self._infos)
-
     def read(self, name: str) -> np.ndarray:
-        shard = self._shard_of.get(name)
-        if shard is None:
-            raise InputError(f"{self.path}: no tensor named {name!r}")
+        shard = self._lookup(self._shard_of, name)
         if self._open is None or self._open[0] != shard:
             self.close()
             self._open = (shard, self._shard_reader(shard))

@@ -224,15 +224,9 @@ class H5Reader(WeightReader):
                 ) from None
         return out
 
-    def tensor_infos(self) -> list[TensorInfo]:
-        """Every dataset, in link-visit order."""
-        return list(self._infos)
-
     def read(self, name: str) -> np.ndarray:
         """One dataset as a native-byte-order array (strings: ``|S`` or object array of str)."""
-        info = self._by_name.get(name)
-        if info is None:
-            raise InputError(f"{self.path}: no tensor named {name!r}")
+        info = self._lookup(self._by_name, name)
         try:
             dset = self._file[name]
             if info.dtype == "object":
