@@ -41,6 +41,8 @@ from qcompress.malloc import keep_freed_memory as keep_freed_memory
 
 if TYPE_CHECKING:  # the workflow modules load in the functions that run them: start-up stays small
     from qcompress.checks.gates import Gate
+    from qcompress.checks.results import CompareResult, VerifyResult
+    from qcompress.inspect import Inspection
     from qcompress.quantize.pipeline import Progress
     from qcompress.quantize.plan_file import Plan
 
@@ -311,7 +313,7 @@ def _narrow(x: np.ndarray, info: TensorInfo, path: Path, requested: str) -> np.n
     return y
 
 
-def inspect(path: str | Path) -> dict[str, Any]:
+def inspect(path: str | Path) -> Inspection:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     from qcompress.inspect import inspect as run
 
@@ -320,18 +322,18 @@ def inspect(path: str | Path) -> dict[str, Any]:
 
 def verify(
     artifact_path: str | Path, *, against: str | Path | None = None, gates: list[Gate] | None = None
-) -> dict[str, Any]:
+) -> VerifyResult:
     """Check an artifact's structure and checksums and, against gates, each tensor's error.
 
     Without ``against`` the errors are those recorded at quantization; with it they are recomputed
-    from the original file. ``result["passed"]`` is False when a checksum or a gate failed.
+    from the original file. ``result.passed`` is False when a checksum or a gate failed.
     """
     from qcompress.checks.verify import verify as run
 
     return run(artifact_path, against=against, gates=gates)
 
 
-def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> dict[str, Any]:
+def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> CompareResult:
     """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
     from qcompress.checks.compare import compare as run
 

@@ -21,6 +21,7 @@ from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import NonFiniteError
 from qcompress.errors import UsageError
 from qcompress.formats import open_weights
+from qcompress.inspect import ArtifactInspection, Inspection
 from qcompress.quantize.policy import decide_tensor
 
 DEFAULT_BINS = 60
@@ -184,23 +185,23 @@ def _build(
     )
 
 
-def errors_worst_first(inspected: dict[str, Any]) -> list[dict[str, Any]]:
+def errors_worst_first(inspected: Inspection) -> list[dict[str, Any]]:
     """The quantized tensors of an artifact's ``api.inspect`` result, lowest SQNR first (exact
     ones last): name, bits, SQNR dB (None when exact), MSE and max abs error."""
-    if inspected.get("kind") != "artifact":
+    if not isinstance(inspected, ArtifactInspection):
         raise UsageError(
-            f"{inspected.get('path')}: --errors needs an artifact (qcompress quantize makes one)"
+            f"{inspected.path}: --errors needs an artifact (qcompress quantize makes one)"
         )
     rows = [
         {
-            "name": t["name"],
-            "bits": t["bits"],
-            "sqnr_db": t["sqnr_db"],
-            "mse": t["mse"],
-            "max_abs_error": t["max_abs_error"],
+            "name": t.name,
+            "bits": t.bits,
+            "sqnr_db": t.sqnr_db,
+            "mse": t.mse,
+            "max_abs_error": t.max_abs_error,
         }
-        for t in inspected["tensors"]
-        if t["action"] == QUANTIZED
+        for t in inspected.tensors
+        if t.action == QUANTIZED
     ]
     rows.sort(key=lambda r: (r["sqnr_db"] is None, r["sqnr_db"] or 0.0, r["name"]))
     return rows

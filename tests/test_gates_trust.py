@@ -252,7 +252,7 @@ def test_shown_value_visibly_fails_its_limit(
 def test_failing_table_prints_the_digits_that_show_why(models: dict[str, Path]) -> None:
     """A limit a hair above the real SQNR: both the SQNR cell and the failure text print a
     number that is visibly below the limit, never the limit rounded."""
-    sqnr = api.compare(models["a"], models["noisy"])["tensors"][0]["sqnr_db"]
+    sqnr = api.compare(models["a"], models["noisy"]).tensors[0].sqnr_db
     limit = math.floor(sqnr * 1000 + 1) / 1000  # above the SQNR by at most 0.001 dB
     assert sqnr < limit <= sqnr + 0.001
     result = run("compare", models["a"], models["noisy"], "--gate", f"w:min_sqnr:{limit}")

@@ -58,7 +58,7 @@ def test_verify_catches_every_single_bit_flip_in_the_payload(
     small_artifact: Path, tmp_path: Path
 ) -> None:
     original = small_artifact.read_bytes()
-    assert api.verify(small_artifact)["passed"]
+    assert api.verify(small_artifact).passed
     start = data_start(original)
     assert len(original) - start > 500
     path = tmp_path / "flipped.qc.safetensors"
@@ -68,7 +68,7 @@ def test_verify_catches_every_single_bit_flip_in_the_payload(
         data[i] ^= 1 << (i % 8)
         path.write_bytes(bytes(data))
         try:
-            passed = api.verify(path)["passed"]
+            passed = api.verify(path).passed
         except QCompressError:
             passed = False  # refused outright is detected too
         if passed:
@@ -82,8 +82,8 @@ def test_payload_flip_is_a_named_checksum_failure(small_artifact: Path, tmp_path
     path = tmp_path / "one.qc.safetensors"
     path.write_bytes(bytes(data))
     result = api.verify(path)
-    assert not result["passed"]
-    assert result["checksums"]["failed"] == ["block/kernel.qcodes"]
+    assert not result.passed
+    assert result.checksums.failed == ("block/kernel.qcodes",)
     with pytest.raises(QCompressError, match="checksum mismatch in stored tensor 'block/kernel"):
         api.dequantize_file(path, tmp_path / "out.npz")
     assert not (tmp_path / "out.npz").exists()
@@ -98,7 +98,7 @@ def test_header_flips_are_refused_or_detected(small_artifact: Path, tmp_path: Pa
         data[i] ^= 1 << (i % 8)
         path.write_bytes(bytes(data))
         try:
-            if api.verify(path)["passed"]:
+            if api.verify(path).passed:
                 accepted.append(i)
         except QCompressError as exc:
             assert exc.exit_code == 2, (i, str(exc))
@@ -121,8 +121,8 @@ def test_tampered_recipe_is_detected_by_verify_and_refused_by_dequantize(
     path = tmp_path / "tampered.qc.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[start:])
     result = api.verify(path)
-    assert not result["passed"]
-    assert "__recipe__" in result["checksums"]["failed"]
+    assert not result.passed
+    assert "__recipe__" in result.checksums.failed
     with pytest.raises(QCompressError, match="recipe"):
         api.dequantize_file(path, tmp_path / "out.npz")
     assert not (tmp_path / "out.npz").exists()

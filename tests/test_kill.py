@@ -91,7 +91,7 @@ def test_sigkill_at_random_points_never_leaves_a_destination_file(
             # at most an output renamed into place just before the kill, which is then complete.
             assert set(finals) <= {"model.qc.safetensors", "model.qc.json"}, names
             if "model.qc.safetensors" in finals:
-                assert api.verify(out / "model.qc.safetensors")["passed"], (trial, names)
+                assert api.verify(out / "model.qc.safetensors").passed, (trial, names)
             killed_mid_write += bool(temps) and not finals
         for p in out.iterdir():
             p.unlink()

@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
 UTILITIES: dict[str, tuple[str, ...]] = {
     # utility module -> the only modules it may import
     "qcompress.errors": (),
+    "qcompress.documents": (),  # typed results to JSON documents, at the edge
     "qcompress.malloc": (),  # malloc tuning; only the CLI calls it (through api)
     "qcompress.atomic": ("qcompress.errors",),
     "qcompress.config": ("qcompress.errors", "qcompress.engine.spec"),

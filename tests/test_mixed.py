@@ -43,7 +43,7 @@ def quantize(sample: Path, tag: str, *args: object) -> tuple[Path, dict[str, Any
 
 def measured_bpw(artifact: Path) -> float:
     """Bits per quantized weight from the bytes the artifact really stores."""
-    bpw = api.inspect(artifact)["bits_per_weight"]
+    bpw = api.inspect(artifact).bits_per_weight
     assert bpw is not None
     return float(bpw)
 
@@ -96,7 +96,7 @@ def test_target_below_the_smallest_setting_is_a_clean_error(sample: Path) -> Non
 def test_min_sqnr_reached_on_every_quantized_tensor(sample: Path, db: str) -> None:
     artifact, report = quantize(sample, "s", "--min-sqnr", db)
     checked = api.verify(artifact, against=sample)  # recomputed from the original
-    sqnr = {t["name"]: t["sqnr_db"] for t in checked["tensors"]}
+    sqnr = {t.name: t.sqnr_db for t in checked.tensors}
     decided = [t for t in report["tensors"] if t["decided_by"] == f"--min-sqnr {db}"]
     assert decided
     for t in decided:
@@ -173,11 +173,11 @@ def test_keep_with_nan_tensor_under_a_budget(tmp_path: Path) -> None:
 def test_inspect_summarises_bits_per_weight_by_width(sample: Path) -> None:
     artifact, _ = quantize(sample, "w", "--target-bpw", "3")
     info = api.inspect(artifact)
-    widths = info["by_width"]
-    assert len(widths) > 1 and [w["bits"] for w in widths] == sorted(w["bits"] for w in widths)
-    q_params = sum(w["parameters"] for w in widths)
-    total = sum(w["bits_per_weight"] * w["parameters"] for w in widths) / q_params
-    assert total == pytest.approx(info["bits_per_weight"])
+    widths = info.by_width
+    assert len(widths) > 1 and [w.bits for w in widths] == sorted(w.bits for w in widths)
+    q_params = sum(w.parameters for w in widths)
+    total = sum(w.bits_per_weight * w.parameters for w in widths) / q_params
+    assert total == pytest.approx(info.bits_per_weight)
     shown = run("inspect", artifact)
     assert shown.exit_code == 0 and "-bit codes:" in shown.stdout
 

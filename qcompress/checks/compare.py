@@ -4,18 +4,18 @@ dequantized), paired by name or, for GGUF, through the architecture's name table
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from qcompress.checks.gates import Gate, check_gates_match, failed_gates
+from qcompress.checks.results import ComparedTensor, CompareResult, Unpaired, UnpairedTensor
 from qcompress.checks.tensors import FloatTensors, check_same_tensors, tensor_errors
 from qcompress.formats.base import TensorInfo
 
 
-def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> dict[str, Any]:
+def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> CompareResult:
     """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
     a, b = Path(a), Path(b)
     gates = gates or []
-    unpaired = None
+    unpaired: Unpaired | None = None
     with FloatTensors(a) as ref, FloatTensors(b) as other:
         if ref.is_gguf or other.is_gguf:
             pairs, unpaired = _pair_gguf(ref, other)
@@ -26,28 +26,26 @@ def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) ->
         tensors = []
         for info, other_name in pairs:
             errors = tensor_errors(ref.read(info.name), other.read(other_name))
-            failed = failed_gates(info.name, errors, gates)
-            entry = {"name": info.name, "shape": list(info.shape), **errors, "failed": failed}
-            if other_name != info.name:
-                entry["b_name"] = other_name
-            tensors.append(entry)
-    failures = [t["name"] for t in tensors if t["failed"]]
-    result = {
-        "a": str(a),
-        "b": str(b),
-        "passed": not failures,
-        "gates": [g.describe() for g in gates],
-        "failures": failures,
-        "tensors": tensors,
-    }
-    if unpaired is not None:
-        result["unpaired"] = unpaired
-    return result
+            failed = tuple(failed_gates(info.name, errors, gates))
+            b_name = None if other_name == info.name else other_name
+            tensors.append(
+                ComparedTensor(info.name, info.shape, **errors, failed=failed, b_name=b_name)
+            )
+    failures = tuple(t.name for t in tensors if t.failed)
+    return CompareResult(
+        a=a,
+        b=b,
+        passed=not failures,
+        gates=tuple(g.describe() for g in gates),
+        failures=failures,
+        tensors=tuple(tensors),
+        unpaired=unpaired,
+    )
 
 
 def _pair_gguf(
     ref: FloatTensors, other: FloatTensors
-) -> tuple[list[tuple[TensorInfo, str]], dict[str, list[dict[str, Any]]]]:
+) -> tuple[list[tuple[TensorInfo, str]], Unpaired]:
     """Pair tensors when one side is GGUF: by name, else through the gguf package's tensor-name
     tables for the architecture the GGUF file names. Tensors that cannot be paired (or whose
     shapes differ) are listed, not an error: llama.cpp files often add or merge tensors."""
@@ -64,26 +62,26 @@ def _pair_gguf(
                     to_ref[src] = gguf_name
     pairs: list[tuple[TensorInfo, str]] = []
     used: set[str] = set()
-    a_only: list[dict[str, Any]] = []
+    a_only: list[UnpairedTensor] = []
     by_ref = {r: o for o, r in to_ref.items()}
     for name, info in ref_infos.items():
         other_name = name if name in other_infos else by_ref.get(name)
         if other_name is None:
-            a_only.append({"name": name, "reason": "no tensor of this name in B"})
+            a_only.append(UnpairedTensor(name, "no tensor of this name in B"))
             continue
         if other_infos[other_name].shape != info.shape:
             a_only.append(
-                {
-                    "name": name,
-                    "reason": f"B's {other_name!r} has shape {list(other_infos[other_name].shape)}"
+                UnpairedTensor(
+                    name,
+                    f"B's {other_name!r} has shape {list(other_infos[other_name].shape)}"
                     f", not {list(info.shape)}",
-                }
+                )
             )
             used.add(other_name)
             continue
         pairs.append((info, other_name))
         used.add(other_name)
-    b_only = [
-        {"name": n, "reason": "no tensor of this name in A"} for n in other_infos if n not in used
-    ]
-    return pairs, {"a_only": a_only, "b_only": b_only}
+    b_only = tuple(
+        UnpairedTensor(n, "no tensor of this name in A") for n in other_infos if n not in used
+    )
+    return pairs, Unpaired(tuple(a_only), b_only)

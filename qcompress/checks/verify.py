@@ -4,22 +4,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from qcompress.artifact.inputs import open_artifact
 from qcompress.artifact.recipe import STATS_COLUMNS, STATS_TENSOR
 from qcompress.checks.gates import Gate, check_gates_match, failed_gates
+from qcompress.checks.results import Checksums, VerifiedTensor, VerifyResult
 from qcompress.checks.tensors import FloatTensors, check_same_tensors, tensor_errors
 from qcompress.report import sqnr_or_none
 
 
 def verify(
     artifact_path: str | Path, *, against: str | Path | None = None, gates: list[Gate] | None = None
-) -> dict[str, Any]:
+) -> VerifyResult:
     """Check an artifact's structure and checksums and, against gates, each tensor's error.
 
     Without ``against`` the errors are those recorded at quantization; with it they are recomputed
-    from the original file. ``result["passed"]`` is False when a checksum or a gate failed.
+    from the original file. ``result.passed`` is False when a checksum or a gate failed.
     """
     artifact_path = Path(artifact_path)
     gates = gates or []
@@ -48,25 +48,25 @@ def verify(
                 if errors["mse"] is not None:
                     failed += failed_gates(e.name, errors, gates)
                 tensors.append(
-                    {
-                        "name": e.name,
-                        "action": e.action,
-                        "bits": None if e.quantized is None else e.quantized.bits,
+                    VerifiedTensor(
+                        name=e.name,
+                        action=e.action,
+                        bits=None if e.quantized is None else e.quantized.bits,
                         **errors,
-                        "failed": failed,
-                    }
+                        failed=tuple(failed),
+                    )
                 )
         finally:
             if original is not None:
                 original.close()
-    failures = [t["name"] for t in tensors if t["failed"]]
+    failures = [t.name for t in tensors if t.failed]
     other_bad = sorted(bad - {n for e in art.entries for n in e.stored_names})
-    return {
-        "artifact": str(artifact_path),
-        "against": None if against is None else str(against),
-        "passed": not failures and not other_bad,
-        "checksums": {"checked": len(art.entries), "failed": sorted(bad)},
-        "gates": [g.describe() for g in gates],
-        "failures": failures + [f"checksum of {n}" for n in other_bad],
-        "tensors": tensors,
-    }
+    return VerifyResult(
+        artifact=artifact_path,
+        against=None if against is None else Path(against),
+        passed=not failures and not other_bad,
+        checksums=Checksums(len(art.entries), tuple(sorted(bad))),
+        gates=tuple(g.describe() for g in gates),
+        failures=tuple(failures + [f"checksum of {n}" for n in other_bad]),
+        tensors=tuple(tensors),
+    )

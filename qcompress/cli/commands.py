@@ -160,18 +160,14 @@ def inspect(
     path: Path, as_json: bool, tensor_name: str | None, histogram: bool, errors: bool
 ) -> None:
     """List the tensors of FILE: any weight file, or an artifact (with bits and error)."""
-    from qcompress.errors import UsageError
-
     if histogram or errors:
         _inspect_plot(path, as_json, tensor_name, histogram, errors)
         return
     result = _api().inspect(path)
     if tensor_name is not None:
-        result["tensors"] = [t for t in result["tensors"] if t["name"] == tensor_name]
-        if not result["tensors"]:
-            raise UsageError(f"{path}: has no tensor named {tensor_name!r}")
+        result = result.only(tensor_name)
     if as_json:
-        render.echo_json(result)
+        render.echo_json(result.as_dict())
     else:
         render.inspect_table(result)
 
@@ -253,9 +249,9 @@ def verify(
     """Check ARTIFACT: structure, checksums and (with gates) each tensor's error; 1 on failure."""
     result = _api().verify(artifact, against=against, gates=gates)
     if as_json:
-        render.echo_json(result)
-    render.gate_result(result, f"{len(result['checksums']['failed'])} checksum failures", gates)
-    if not result["passed"]:
+        render.echo_json(result.as_dict())
+    render.gate_result(result, f"{len(result.checksums.failed)} checksum failures", gates)
+    if not result.passed:
         ctx.exit(1)
 
 
@@ -275,12 +271,13 @@ def compare(
     """Per-tensor error of B against A (any formats, artifacts dequantized); exit 1 on failure."""
     result = _api().compare(a, b, gates=gates)
     if as_json:
-        render.echo_json(result)
+        render.echo_json(result.as_dict())
     render.gate_result(result, f"{b} against {a}", gates, every_tensor=not as_json)
-    for side, label in (("a_only", str(a)), ("b_only", str(b))):
-        for t in result.get("unpaired", {}).get(side, []):
-            click.echo(f"unpaired in {label}: {t['name']}: {t['reason']}", err=True)
-    if not result["passed"]:
+    if result.unpaired is not None:
+        for side, label in ((result.unpaired.a_only, a), (result.unpaired.b_only, b)):
+            for t in side:
+                click.echo(f"unpaired in {label}: {t.name}: {t.reason}", err=True)
+    if not result.passed:
         ctx.exit(1)
 
 

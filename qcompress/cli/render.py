@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
@@ -87,7 +87,7 @@ def fmt_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def _shape(shape: list[int]) -> str:
+def _shape(shape: Sequence[int]) -> str:
     return "x".join(map(str, shape)) or "scalar"
 
 
@@ -135,20 +135,17 @@ def totals(report: dict[str, Any], where: str) -> None:
 _RIGHT = ("parameters", "bytes", "stored", "bits", "SQNR dB")
 
 
-def inspect_table(result: dict[str, Any]) -> None:
-    """The tensors of a weight file or an artifact, on stdout: a table whose name column folds
-    (never cuts) long names, or one block per tensor where the columns do not fit."""
-    artifact = result["kind"] == "artifact"
-    title = f"{result['path']} ({result['format']}"
-    title += (
-        f" artifact from {result['source_format']})"
-        if artifact
-        else f", {result['layout']} layout)"
-    )
+def inspect_table(result: Any) -> None:
+    """The tensors of a weight file or an artifact (``api.inspect``'s result), on stdout: a
+    table whose name column folds (never cuts) long names, or one block per tensor where the
+    columns do not fit."""
+    artifact = result.kind == "artifact"
+    title = f"{result.path} ({result.format}"
+    title += f" artifact from {result.source_format})" if artifact else f", {result.layout} layout)"
     columns = ["tensor", "shape", "dtype", "parameters", "bytes"]
     if artifact:
         columns += ["stored", "bits", "scheme", "granularity", "SQNR dB"]
-    rows = [_inspect_row(t, artifact) for t in result["tensors"]]
+    rows = [_inspect_row(t, artifact) for t in result.tensors]
     out = stdout_console()
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     # every column but the name at full width, 3 characters of border and padding each, and
@@ -169,16 +166,16 @@ def inspect_table(result: dict[str, Any]) -> None:
     _inspect_summary(out, result, artifact)
 
 
-def _inspect_row(t: dict[str, Any], artifact: bool) -> list[str]:
-    row = [t["name"], _shape(t["shape"]), t["dtype"], f"{t['parameters']:,}", fmt_bytes(t["bytes"])]
+def _inspect_row(t: Any, artifact: bool) -> list[str]:
+    row = [t.name, _shape(t.shape), t.dtype, f"{t.parameters:,}", fmt_bytes(t.bytes)]
     if artifact:
-        quantized = t["action"] == "quantized"
+        quantized = t.action == "quantized"
         row += [
-            fmt_bytes(t["stored_bytes"]),
-            str(t["bits"]) if quantized else t["action"],
-            t["scheme"] or "-",
-            t["granularity"] or "-",
-            fmt_sqnr(t["sqnr_db"]) if quantized else "-",
+            fmt_bytes(t.stored_bytes),
+            str(t.bits) if quantized else t.action,
+            t.scheme or "-",
+            t.granularity or "-",
+            fmt_sqnr(t.sqnr_db) if quantized else "-",
         ]
     return row
 
@@ -245,20 +242,20 @@ def _write_lines(lines: list[str]) -> None:
         sys.stdout.write("\n".join(lines[i : i + chunk]) + "\n")
 
 
-def _inspect_summary(out: Any, result: dict[str, Any], artifact: bool) -> None:
+def _inspect_summary(out: Any, result: Any, artifact: bool) -> None:
     summary = (
-        f"{len(result['tensors'])} tensors shown, {result['parameters']:,} parameters in the file, "
-        f"file {fmt_bytes(result['file_bytes'])}"
+        f"{len(result.tensors)} tensors shown, {result.parameters:,} parameters in the file, "
+        f"file {fmt_bytes(result.file_bytes)}"
     )
-    if artifact and result["bits_per_weight"]:
-        summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
+    if artifact and result.bits_per_weight:
+        summary += f", {result.bits_per_weight:.2f} bits per quantized weight"
     out.print(summary, highlight=False)
-    if artifact and len(result.get("by_width", [])) > 1:
-        q_params = sum(w["parameters"] for w in result["by_width"])
-        for w in result["by_width"]:
+    if artifact and len(result.by_width) > 1:
+        q_params = sum(w.parameters for w in result.by_width)
+        for w in result.by_width:
             out.print(
-                f"  {w['bits']}-bit codes: {w['tensors']} tensors, {w['parameters']:,} weights "
-                f"({w['parameters'] / q_params:.0%}), {w['bits_per_weight']:.2f} bits per weight",
+                f"  {w.bits}-bit codes: {w.tensors} tensors, {w.parameters:,} weights "
+                f"({w.parameters / q_params:.0%}), {w.bits_per_weight:.2f} bits per weight",
                 highlight=False,
             )
 
@@ -266,45 +263,45 @@ def _inspect_summary(out: Any, result: dict[str, Any], artifact: bool) -> None:
 # --- verify and compare --------------------------------------------------------------------
 
 
-def fmt_metric(t: dict[str, Any], metric: str, gates: list[Any]) -> str:
-    """A tensor's value of ``metric`` with the digits that show why it fails its gates (22.47, not
-    22.5, against >= 22.5); "-" when unknown (a corrupt tensor), "exact" for an exact SQNR."""
+def fmt_metric(t: Any, metric: str, gates: list[Any]) -> str:
+    """A verify or compare line's value of ``metric`` with the digits that show why it fails its
+    gates (22.47, not 22.5, against >= 22.5); "-" when unknown (a corrupt tensor), "exact" for
+    an exact SQNR."""
     from qcompress import api
 
     field, at_least = api.METRICS[metric]
-    value = t[field]
-    if t["mse"] is None:
+    value = getattr(t, field)
+    if t.mse is None:
         return "-"
     if value is None:
         return "exact"
-    limits = [g.limit for g in gates if g.metric == metric and g.applies_to(t["name"])]
+    limits = [g.limit for g in gates if g.metric == metric and g.applies_to(t.name)]
     failing = [lim for lim in limits if not (value >= lim if at_least else value <= lim)]
     if failing:  # the tightest failing limit needs the most digits
         return api.shown(value, max(failing) if at_least else min(failing), at_least)
     return f"{value:.1f}" if metric == "min_sqnr" and math.isfinite(value) else f"{value:.3g}"
 
 
-def worst_first(tensors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def worst_first(tensors: Sequence[Any]) -> list[Any]:
     """Failing first, then NaN, then lowest SQNR; exact tensors last."""
 
-    def key(t: dict[str, Any]) -> tuple[int, int, float]:
-        sqnr = t["sqnr_db"]
+    def key(t: Any) -> tuple[int, int, float]:
+        sqnr = t.sqnr_db
         if sqnr is None:
-            return (not t["failed"], 2, 0.0)
-        return (not t["failed"], 0 if math.isnan(sqnr) else 1, 0.0 if math.isnan(sqnr) else sqnr)
+            return (not t.failed, 2, 0.0)
+        return (not t.failed, 0 if math.isnan(sqnr) else 1, 0.0 if math.isnan(sqnr) else sqnr)
 
     return sorted(tensors, key=key)
 
 
-def gate_result(
-    result: dict[str, Any], what: str, gates: list[Any], every_tensor: bool = False
-) -> None:
-    """The failing tensors (with ``every_tensor``: all of them, worst first) and a verdict."""
+def gate_result(result: Any, what: str, gates: list[Any], every_tensor: bool = False) -> None:
+    """The failing tensors of a verify or compare result (with ``every_tensor``: all of them,
+    worst first) and a verdict."""
     from rich.table import Table
 
     out = stderr_console()
-    failing = [t for t in result["tensors"] if t["failed"]]
-    rows = worst_first(result["tensors"]) if every_tensor else failing
+    failing = [t for t in result.tensors if t.failed]
+    rows = worst_first(result.tensors) if every_tensor else failing
     if rows:
         title = "per-tensor error, worst first" if every_tensor else "failing tensors"
         table = Table(title=title, title_justify="left")
@@ -315,18 +312,18 @@ def gate_result(
                 overflow="fold",
             )
         for t in rows:
-            mse = "-" if t["mse"] is None else fmt_metric(t, "max_mse", gates)
+            mse = "-" if t.mse is None else fmt_metric(t, "max_mse", gates)
             table.add_row(
-                t["name"],
+                t.name,
                 fmt_metric(t, "min_sqnr", gates),
                 fmt_metric(t, "max_abs_error", gates),
                 mse,
-                "; ".join(t["failed"]) or "-",
+                "; ".join(t.failed) or "-",
             )
         out.print(table)
-    verdict = "PASSED" if result["passed"] else "FAILED"
+    verdict = "PASSED" if result.passed else "FAILED"
     out.print(
-        f"{verdict}: {what}, {len(result['tensors'])} tensors, {len(failing)} failing",
+        f"{verdict}: {what}, {len(result.tensors)} tensors, {len(failing)} failing",
         highlight=False,
     )
 
