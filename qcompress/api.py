@@ -32,7 +32,8 @@ from qcompress.engine.spec import RANGE_METHODS as RANGE_METHODS
 from qcompress.engine.spec import SCALE_BITS as SCALE_BITS
 from qcompress.engine.spec import SCALE_DTYPES as SCALE_DTYPES
 from qcompress.engine.spec import SCHEMES as SCHEMES
-from qcompress.errors import UsageError
+from qcompress.errors import QCompressError as QCompressError
+from qcompress.errors import UsageError as UsageError
 from qcompress.formats import format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
@@ -42,6 +43,7 @@ from qcompress.malloc import keep_freed_memory as keep_freed_memory
 if TYPE_CHECKING:  # the workflow modules load in the functions that run them: start-up stays small
     from qcompress.checks.gates import Gate
     from qcompress.checks.results import CompareResult, VerifyResult
+    from qcompress.histogram import Histogram
     from qcompress.inspect import Inspection
     from qcompress.quantize.pipeline import Progress
     from qcompress.quantize.plan_file import Plan
@@ -392,3 +394,50 @@ def export(
         options = {k: v for k, v in given.items() if v is not None}
         return run_export(input_path, output, to=to, force=force, **options)
     return run_export(input_path, output, to=to)
+
+
+# ---- what the CLI shows besides the results: so that it imports this module alone ----------
+
+
+def dumps(document: Any) -> str:
+    """A report or a result's ``as_dict()`` as strict JSON text (``report.dumps``)."""
+    from qcompress.report import dumps as run
+
+    return run(document)
+
+
+def write_html(report: dict[str, Any], output: str | Path, *, force: bool = False) -> Path:
+    """The HTML page of a quantize report, written atomically (``html.write_html``)."""
+    from qcompress.html import write_html as run
+
+    return run(report, output, force=force)
+
+
+def write_html_report(
+    report_path: str | Path,
+    output: str | Path,
+    *,
+    verify_path: str | Path | None = None,
+    force: bool = False,
+) -> Path:
+    """REPORT.json (and a ``verify --json`` result) as an HTML page (``html.write_html_report``)."""
+    from qcompress.html import write_html_report as run
+
+    return run(report_path, output, verify_path=verify_path, force=force)
+
+
+def tensor_histogram(path: str | Path, name: str, *, bins: int | None = None) -> Histogram:
+    """The histogram of tensor ``name`` of any weight file or artifact (``bins`` None: the
+    default, which JSON output always uses so that the document does not depend on the
+    terminal)."""
+    from qcompress.histogram import DEFAULT_BINS
+    from qcompress.histogram import tensor_histogram as run
+
+    return run(path, name, bins=DEFAULT_BINS if bins is None else bins)
+
+
+def errors_worst_first(path: str | Path) -> list[dict[str, Any]]:
+    """An artifact's quantized tensors, lowest SQNR first (``inspect --errors``)."""
+    from qcompress.histogram import errors_worst_first as run
+
+    return run(inspect(path))

@@ -5,8 +5,10 @@ included: a lazy import still makes the lower module depend on the higher one. O
 ``if TYPE_CHECKING:`` are left out: they name types for annotations and never run. Two rules:
 no import cycle between modules, and no import from a higher layer than the importer's, in the
 order cli -> api -> (quantize | checks | exports | inspect | html) -> (artifact | formats |
-report) -> engine. ``config``, ``errors``, ``atomic`` and ``malloc`` are utilities any layer may
-use; they import only each other and the engine's table (``engine.spec``).
+report) -> engine. ``config``, ``errors``, ``atomic``, ``malloc`` and ``documents`` are
+utilities any layer may use; they import only each other and the engine's table
+(``engine.spec``). The CLI is stricter: it imports the api and itself, nothing else (no utility
+either), so everything it shows comes through the facade Python users call.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ UTILITIES: dict[str, tuple[str, ...]] = {
     "qcompress.malloc": (),  # malloc tuning; only the CLI calls it (through api)
     "qcompress.atomic": ("qcompress.errors",),
     "qcompress.config": ("qcompress.errors", "qcompress.engine.spec"),
+}
+ONLY: dict[str, tuple[str, ...]] = {
+    # module prefix -> the only module prefixes it may import, whatever their layer
+    "qcompress.cli": ("qcompress.cli", "qcompress.api"),
+    "qcompress.__main__": ("qcompress.cli",),
 }
 # The package root holds ``__version__`` (imported everywhere) and a lazy ``qcompress.api``
 # attribute for ``import qcompress``; it is a facade above the graph, not a node in it.
@@ -132,6 +139,12 @@ def layering_violations(graph: dict[str, set[str]]) -> list[str]:
             bad = sorted(t for t in targets if t not in UTILITIES[name])
             problems += [f"{name} (a utility) imports {t}" for t in bad]
             continue
+        only = next((v for k, v in ONLY.items() if name == k or name.startswith(k + ".")), None)
+        if only is not None:
+            bad = sorted(
+                t for t in targets if not any(t == o or t.startswith(o + ".") for o in only)
+            )
+            problems += [f"{name} may import only {', '.join(only)}, not {t}" for t in bad]
         mine = layer_of(name)
         if mine is None:
             problems.append(f"{name} has no layer: add it to LAYERS or UTILITIES")
@@ -175,6 +188,12 @@ def test_the_checks_can_fail() -> None:
     ]
     assert layering_violations({"qcompress.config": {"qcompress.formats"}}) == [
         "qcompress.config (a utility) imports qcompress.formats"
+    ]
+    # the CLI below the api: a lower layer and a utility are both refused, the api is not
+    cli = {"qcompress.cli.render": {"qcompress.report", "qcompress.errors", "qcompress.api"}}
+    assert layering_violations(cli) == [
+        "qcompress.cli.render may import only qcompress.cli, qcompress.api, not qcompress.errors",
+        "qcompress.cli.render may import only qcompress.cli, qcompress.api, not qcompress.report",
     ]
 
 

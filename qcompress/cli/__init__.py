@@ -41,8 +41,6 @@ class _Group(click.Group):
     """Converts every error a user can cause, once, into a one-line message and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from qcompress.errors import QCompressError
-
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a closed pipe shows here, not at exit
@@ -52,28 +50,29 @@ class _Group(click.Group):
             # wanted was printed, so this is a success, and nothing more may be written.
             _silence_stdout()
             raise click.exceptions.Exit(0) from None
-        except QCompressError as e:
-            raise _Failure(_one_line(str(e)), e.exit_code) from None
-        except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            raise _Failure(_one_line(f"{where}{e.strerror or e}"), 2) from None
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was written.", err=True)
             raise click.exceptions.Exit(130) from None
         except BaseException as e:
-            if _terminated(e):
+            if _from_api(e, "QCompressError"):
+                raise _Failure(_one_line(str(e)), e.exit_code) from None  # type: ignore[attr-defined]
+            if isinstance(e, OSError):
+                where = f"{e.filename}: " if e.filename else ""
+                raise _Failure(_one_line(f"{where}{e.strerror or e}"), 2) from None
+            if _from_api(e, "Terminated"):  # SIGTERM, as the output writer raises it
                 raise click.exceptions.Exit(143) from None
             raise
 
 
-def _terminated(exc: BaseException) -> bool:
-    """Whether ``exc`` is the SIGTERM the output writer turns into an exception. Only a command
-    that imported the api can have raised it, so nothing is imported to find out otherwise."""
+def _from_api(exc: BaseException, kind: str) -> bool:
+    """Whether ``exc`` is the api's ``kind`` (``QCompressError``: an error a user can cause;
+    ``Terminated``: SIGTERM). Only a command that imported the api can have raised either, so
+    nothing is imported to find out otherwise."""
     if "qcompress.api" not in sys.modules:
         return False
     from qcompress import api
 
-    return isinstance(exc, api.Terminated)
+    return isinstance(exc, getattr(api, kind))
 
 
 def _one_line(message: str) -> str:

@@ -84,9 +84,7 @@ def quantize(
     with progress(not (quiet or as_json)) as bar:
         result = api.quantize_file(input_path, options, progress=bar, **params)
     if html_path is not None:
-        from qcompress.html import write_html
-
-        write_html(result.report, html_path, force=True)  # checked before quantizing
+        api.write_html(result.report, html_path, force=True)  # checked before quantizing
     if as_json:
         render.echo_json(result.report)
     reports = result.report["shards"] if result.report_path is None else [result.report]
@@ -103,11 +101,9 @@ def quantize(
 def _check_html_output(html_path: Path, input_path: Path, run: dict[str, Any]) -> None:
     """Refuse --html before quantizing, as the other outputs are: not over an input or another
     output, not over an existing file without --force, and only where there is a whole report."""
-    from qcompress.errors import UsageError
-
     api = _api()
     if run["shard"] is not None:
-        raise UsageError(
+        raise api.UsageError(
             f"{html_path}: --html needs the whole report; pass it with --merge, or run "
             "qcompress report REPORT.json --html OUT.html"
         )
@@ -177,20 +173,18 @@ def _inspect_plot(
 ) -> None:
     """inspect --histogram / --errors: the data from qcompress.histogram, drawn by ``plots``.
     JSON takes the default number of bins: the document does not depend on the terminal."""
-    from qcompress.errors import UsageError
-    from qcompress.histogram import DEFAULT_BINS, errors_worst_first, tensor_histogram
-
+    api = _api()
     if histogram and errors:
-        raise UsageError("--histogram and --errors: give one of them")
+        raise api.UsageError("--histogram and --errors: give one of them")
     if histogram and tensor_name is None:
-        raise UsageError(f"{path}: --histogram needs --tensor NAME")
+        raise api.UsageError(f"{path}: --histogram needs --tensor NAME")
     if errors and tensor_name is not None:
-        raise UsageError(f"{path}: --errors shows every tensor; drop --tensor")
+        raise api.UsageError(f"{path}: --errors shows every tensor; drop --tensor")
     if as_json:
         data = (
-            tensor_histogram(path, tensor_name, bins=DEFAULT_BINS).as_dict()
+            api.tensor_histogram(path, tensor_name).as_dict()
             if histogram
-            else errors_worst_first(_api().inspect(path))
+            else api.errors_worst_first(path)
         )
         render.echo_json(data)
         return
@@ -199,11 +193,11 @@ def _inspect_plot(
     out = render.stdout_console()
     fancy = plots.is_fancy(out)
     if histogram:
-        bins = min(max(out.width - plots.MARGIN - 1, 20), 120) if fancy else DEFAULT_BINS
-        h = tensor_histogram(path, tensor_name, bins=bins)
+        bins = min(max(out.width - plots.MARGIN - 1, 20), 120) if fancy else None
+        h = api.tensor_histogram(path, tensor_name, bins=bins)
         plots.print_lines(out, plots.histogram_lines(h, fancy=fancy))
     else:
-        rows = errors_worst_first(_api().inspect(path))
+        rows = api.errors_worst_first(path)
         plots.print_lines(out, plots.error_lines(rows, fancy=fancy, width=out.width))
 
 
@@ -227,9 +221,7 @@ def _inspect_plot(
 @output_options(force_help="Overwrite an existing OUT.html.")
 def report(report_path: Path, html_path: Path, verify_path: Path | None, force: bool) -> None:
     """Render REPORT.json (from quantize) as an HTML page: what compression cost, per tensor."""
-    from qcompress.html import write_html_report
-
-    out = write_html_report(report_path, html_path, verify_path=verify_path, force=force)
+    out = _api().write_html_report(report_path, html_path, verify_path=verify_path, force=force)
     render.say(f"wrote {out}")
 
 

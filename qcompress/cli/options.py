@@ -219,12 +219,10 @@ def quantize_settings(ctx: click.Context, params: dict[str, Any]) -> Any:
     """``api.QuantizeOptions`` from the parameters ``quantize_options`` parsed (which it pops
     from ``params``). An explicit --bits beside a budget is a UsageError: the budget chooses."""
     api = _api()
-    from qcompress.errors import UsageError
-
     p = {name: params.pop(name) for name in QUANTIZE_SETTINGS}
     budget = p["target_bpw"] is not None or p["min_sqnr"] is not None
     if budget and ctx.get_parameter_source("bits") == click.core.ParameterSource.COMMANDLINE:
-        raise UsageError("--bits: a budget (--target-bpw, --min-sqnr) chooses bits per tensor")
+        raise api.UsageError("--bits: a budget (--target-bpw, --min-sqnr) chooses bits per tensor")
     plan_path = p.pop("plan_path")
     return api.QuantizeOptions(
         **{

@@ -8,9 +8,10 @@ console is a terminal and ``NO_COLOR`` is unset, and ``fancy=False`` gives plain
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from qcompress.histogram import Histogram
+if TYPE_CHECKING:
+    from qcompress.api import Histogram
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 HEIGHT = 10

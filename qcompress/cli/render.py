@@ -64,9 +64,9 @@ def say(text: str) -> None:
 def echo_json(document: Any) -> None:
     """One strict JSON document; NaN/Inf become null plus a "nonfinite" map (report.json_safe),
     pretty-printed in linear time (json's indent= is not)."""
-    from qcompress.report import dumps
+    from qcompress import api
 
-    click.echo(dumps(document), nl=False)
+    click.echo(api.dumps(document), nl=False)
 
 
 def warn(messages: Iterable[str], prefix: str = "warning") -> None:
