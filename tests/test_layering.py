@@ -4,9 +4,9 @@ Every ``import`` and ``from ... import`` in every module counts, function-level 
 included: a lazy import still makes the lower module depend on the higher one. Only imports under
 ``if TYPE_CHECKING:`` are left out: they name types for annotations and never run. Two rules:
 no import cycle between modules, and no import from a higher layer than the importer's, in the
-order cli -> api -> (quantize | checks | exports | inspect | html) -> (artifact | formats |
-report) -> engine. ``config``, ``errors``, ``atomic``, ``malloc`` and ``documents`` are
-utilities any layer may use; they import only each other and the engine's table
+order cli -> api -> (quantize | dequantize | checks | exports | inspect | html) -> (artifact |
+formats | report) -> engine. ``config``, ``errors``, ``atomic``, ``malloc`` and ``documents``
+are utilities any layer may use; they import only each other and the engine's table
 (``engine.spec``). The CLI is stricter: it imports the api and itself, nothing else (no utility
 either), so everything it shows comes through the facade Python users call.
 """
@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "qcompress.checks": 3,
     "qcompress.exports": 3,
     "qcompress.inspect": 3,
+    "qcompress.dequantize": 3,
     "qcompress.histogram": 3,  # inspect-side: per-tensor histograms
     "qcompress.html": 3,
     "qcompress.layer_kind": 3,  # html-side: a tensor's layer kind for the charts
