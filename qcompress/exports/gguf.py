@@ -57,7 +57,7 @@ _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
 @dataclass(frozen=True)
-class TensorPlan:
+class TypeChoice:
     """What one source tensor becomes in the GGUF file, and why."""
 
     name: str
@@ -116,15 +116,15 @@ def resolve_type(type_: str | None, bits: int | None, target_bpw: float | None) 
     return canon
 
 
-def plan_tensor(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS) -> TensorPlan:
+def choose_type(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS) -> TypeChoice:
     """The GGUF type of one tensor for a requested type (see the module docstring)."""
     shape = tuple(info.shape)
 
-    def plan(gguf_type: str, reason: str, stored: tuple[int, ...] = shape, **kw: Any) -> TensorPlan:
-        return TensorPlan(info.name, shape, info.dtype, gguf_type, reason, stored, **kw)
+    def made(gguf_type: str, reason: str, stored: tuple[int, ...] = shape, **kw: Any) -> TypeChoice:
+        return TypeChoice(info.name, shape, info.dtype, gguf_type, reason, stored, **kw)
 
     if info.dtype in _INT_TYPES:
-        return plan(_INT_TYPES[info.dtype], "integer tensor, stored as is", shape or (1,))
+        return made(_INT_TYPES[info.dtype], "integer tensor, stored as is", shape or (1,))
     if info.dtype not in _FLOAT_DTYPES:
         raise UsageError(
             f"tensor {info.name!r}: dtype {info.dtype} has no GGUF type "
@@ -132,18 +132,18 @@ def plan_tensor(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS)
         )
     keep = "F16" if info.dtype == "float16" else "F32"
     if wanted in ("F16", "F32"):
-        return plan(wanted, f"--type {wanted}")
+        return made(wanted, f"--type {wanted}")
     if len(shape) == 0:
-        return plan(keep, "0-d tensor: kept in float, stored as shape [1] (GGUF has no 0-d)", (1,))
+        return made(keep, "0-d tensor: kept in float, stored as shape [1] (GGUF has no 0-d)", (1,))
     if len(shape) == 1:
-        return plan(keep, "1-D tensor (bias, norm): kept in float")
+        return made(keep, "1-D tensor (bias, norm): kept in float")
     if info.size < min_elements:
-        return plan(keep, f"fewer than {min_elements} values: kept in float")
+        return made(keep, f"fewer than {min_elements} values: kept in float")
     if kquants.fits(wanted, shape[-1]):
-        return plan(wanted, f"--type {wanted}")
+        return made(wanted, f"--type {wanted}")
     block = kquants.BLOCK_TYPES[wanted].block
     if len(shape) > 2 and info.size % block == 0:
-        return plan(
+        return made(
             wanted,
             f"--type {wanted}; rows of {shape[-1]} are not whole blocks of {block}, so stored "
             f"flattened to ({info.size // block}, {block}) with its shape in {ORIG_SHAPE_KEY}*",
@@ -153,10 +153,10 @@ def plan_tensor(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS)
     if fallback is None or not kquants.fits(fallback, shape[-1]):
         fallback = "F16"
     why = f"rows of {shape[-1]} values are not whole {wanted} blocks of {block}"
-    return plan(fallback, f"fallback from {wanted}: {why}", wanted=wanted)
+    return made(fallback, f"fallback from {wanted}: {why}", wanted=wanted)
 
 
-def fallback_cost_bits(p: TensorPlan) -> int:
+def fallback_cost_bits(p: TypeChoice) -> int:
     """Extra stored bits a fallback cost over the requested type (0 if none)."""
     if p.wanted is None:
         return 0
@@ -193,8 +193,8 @@ def _as_float32(name: str, path: Path, x: np.ndarray) -> np.ndarray:
     return x32
 
 
-def encode_tensor(p: TensorPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes to store, decoded float32 values in the tensor's shape) for one planned tensor."""
+def encode_tensor(p: TypeChoice, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes to store, decoded float32 values in the tensor's shape) of one tensor, as chosen."""
     if p.gguf_type in _INT_TYPES.values():
         return np.ascontiguousarray(x).reshape(p.stored_shape), x
     if p.gguf_type in ("F32", "F16"):
@@ -204,26 +204,26 @@ def encode_tensor(p: TensorPlan, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return data, kquants.decode(data, p.gguf_type).reshape(p.shape)
 
 
-def _auto_plans(
+def _auto_choices(
     path: Path,
     infos: list[TensorInfo],
     read: Callable[[str], np.ndarray],
     target_bpw: float,
     min_elements: int,
-) -> list[TensorPlan]:
+) -> list[TypeChoice]:
     """Per tensor, the candidate of AUTO_CANDIDATES that minimises total relative error under
     ``target_bpw`` (over the quantized tensors; float-kept ones do not count, as in quantize)."""
-    plans: list[TensorPlan | None] = []
+    choices: list[TypeChoice | None] = []
     curves: list[ErrorCurve] = []
-    options: list[list[TensorPlan]] = []
+    options: list[list[TypeChoice]] = []
     for info in infos:
-        first = plan_tensor(info, AUTO_CANDIDATES[0], min_elements)
+        first = choose_type(info, AUTO_CANDIDATES[0], min_elements)
         if first.gguf_type not in kquants.BLOCK_TYPES:
-            plans.append(first)
+            choices.append(first)
             continue
         x = _as_float32(info.name, path, read(info.name))
         signal = float(np.dot(x.reshape(-1).astype(np.float64), x.reshape(-1).astype(np.float64)))
-        cands = [plan_tensor(info, t, min_elements) for t in AUTO_CANDIDATES]
+        cands = [choose_type(info, t, min_elements) for t in AUTO_CANDIDATES]
         errors = []
         for c in cands:
             _, y = encode_tensor(c, x)
@@ -231,19 +231,19 @@ def _auto_plans(
             errors.append(float(np.dot(d, d)) / signal if signal > 0 else 0.0)
         curves.append(ErrorCurve.of(info.size, [8 * c.nbytes for c in cands], errors))
         options.append(cands)
-        plans.append(None)
+        choices.append(None)
     if curves:
         try:
             choice = allocate_bits(curves, target_bpw).choice
         except BudgetError as exc:
             raise UsageError(f"{path}: --target-bpw {target_bpw:g}: {exc}") from None
         picked = iter(cands[k] for cands, k in zip(options, choice, strict=True) if k is not None)
-        plans = [p if p is not None else next(picked) for p in plans]
+        choices = [p if p is not None else next(picked) for p in choices]
     out = []
-    for p in plans:
+    for p in choices:
         assert p is not None
         if p.gguf_type in kquants.BLOCK_TYPES and p.wanted is None:
-            p = TensorPlan(
+            p = TypeChoice(
                 p.name,
                 p.shape,
                 p.dtype,
@@ -282,10 +282,10 @@ def export_gguf(
     with _float_source(input_path) as (infos, read, kind):
         if wanted == "auto":
             assert target_bpw is not None
-            plans = _auto_plans(input_path, infos, read, target_bpw, min_elements)
+            choices = _auto_choices(input_path, infos, read, target_bpw, min_elements)
         else:
-            plans = [plan_tensor(i, wanted, min_elements) for i in infos]
-        fallbacks = [p for p in plans if p.wanted is not None]
+            choices = [choose_type(i, wanted, min_elements) for i in infos]
+        fallbacks = [p for p in choices if p.wanted is not None]
         if no_fallback and fallbacks:
             names = ", ".join(f"{p.name!r} ({p.shape[-1]} per row)" for p in fallbacks[:5])
             more = f" and {len(fallbacks) - 5} more" if len(fallbacks) > 5 else ""
@@ -295,25 +295,25 @@ def export_gguf(
                 "as the nearest type that fits"
             )
         with atomic_outputs([output]) as (tmp,):
-            tensors, digests = _write(gguf, tmp, arch, plans, read, input_path)
-            _verify(gguf, tmp, plans, digests)
-    return _result(input_path, output, arch, wanted, kind, target_bpw, tensors, plans)
+            tensors, digests = _write(gguf, tmp, arch, choices, read, input_path)
+            _verify(gguf, tmp, choices, digests)
+    return _result(input_path, output, arch, wanted, kind, target_bpw, tensors, choices)
 
 
 def _write(
     gguf: Any,
     path: Path,
     arch: str,
-    plans: list[TensorPlan],
+    choices: list[TypeChoice],
     read: Callable[[str], np.ndarray],
     input_path: Path,
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     writer = gguf.GGUFWriter(path, arch)
     try:
-        for p in plans:
+        for p in choices:
             if p.stored_shape != p.shape and p.shape:  # (0-d tensors: no shape to record)
                 writer.add_array(ORIG_SHAPE_KEY + p.name, [int(d) for d in p.shape])
-        for p in plans:
+        for p in choices:
             qtype = gguf.GGMLQuantizationType[p.gguf_type]
             if p.gguf_type in kquants.BLOCK_TYPES:
                 t = kquants.BLOCK_TYPES[p.gguf_type]
@@ -326,7 +326,7 @@ def _write(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         tensors, digests = [], {}
-        for p in plans:
+        for p in choices:
             x = read(p.name)
             ref = x if p.gguf_type in _INT_TYPES.values() else _as_float32(p.name, input_path, x)
             data, decoded = encode_tensor(p, ref)
@@ -339,7 +339,7 @@ def _write(
     return tensors, digests
 
 
-def _entry(p: TensorPlan, x: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
+def _entry(p: TypeChoice, x: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": p.name,
         "shape": list(p.shape),
@@ -363,12 +363,12 @@ def _entry(p: TensorPlan, x: np.ndarray, decoded: np.ndarray) -> dict[str, Any]:
     return entry
 
 
-def _verify(gguf: Any, path: Path, plans: list[TensorPlan], digests: dict[str, str]) -> None:
+def _verify(gguf: Any, path: Path, choices: list[TypeChoice], digests: dict[str, str]) -> None:
     """Reopen the written file with gguf's own reader and decoder; every tensor must decode to
     exactly the values its error was measured on (else the export is not written)."""
     reader = gguf.GGUFReader(path, "r")
     by_name = {t.name: t for t in reader.tensors}
-    for p in plans:
+    for p in choices:
         t = by_name.get(p.name)
         if t is None or t.tensor_type.name != p.gguf_type:
             raise InputError(f"{path}: tensor {p.name!r} missing or mistyped after writing")
@@ -393,9 +393,9 @@ def _result(
     kind: str,
     target_bpw: float | None,
     tensors: list[dict[str, Any]],
-    plans: list[TensorPlan],
+    choices: list[TypeChoice],
 ) -> dict[str, Any]:
-    quantized = [p for p in plans if p.gguf_type in kquants.BLOCK_TYPES]
+    quantized = [p for p in choices if p.gguf_type in kquants.BLOCK_TYPES]
     params = sum(p.size for p in quantized)
     qbytes = sum(p.nbytes for p in quantized)
     fallbacks = [t for t in tensors if "fallback" in t]
@@ -417,7 +417,7 @@ def _result(
         "verified": True,
         "totals": {
             "tensors": len(tensors),
-            "parameters": sum(p.size for p in plans),
+            "parameters": sum(p.size for p in choices),
             "bytes": output.stat().st_size,
             "quantized_parameters": params,
             "quantized_bits_per_weight": 8 * qbytes / params if params else None,
