@@ -147,6 +147,38 @@ def test_sharded_input(tmp_path: Path) -> None:
             assert np.array_equal(a.read(i.name), b.read(i.name))
 
 
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_checkpoint_folder_is_compressed_tensors_not_a_sharded_checkpoint(
+    tmp_path: Path, sharded: bool
+) -> None:
+    """``find_index`` leaves a compressed-tensors folder to its format, with an index of its
+    own packed tensors or without one: ``open_input`` reads it decoded, and quantize refuses it
+    in one line (it once read the index as plain sharded safetensors, or said the folder had no
+    index)."""
+    from qcompress.artifact.inputs import open_input
+    from qcompress.formats.sharded import find_index
+
+    src = _checkpoint(tmp_path / "src")
+    if sharded:
+        names = list(src)
+        weight_map = {n: "model.safetensors" for n in names}
+        index = {"metadata": {}, "weight_map": weight_map}
+        (tmp_path / "src" / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "ct"
+    export_compressed_tensors(tmp_path / "src", out, bits=4, group_size=32)
+    assert (out / "model.safetensors.index.json").exists() == sharded
+    assert find_index(out) is None
+    with open_input(out) as opened:
+        assert opened.format == "compressed-tensors"
+        assert opened.read(f"{LINEARS[0]}.weight").dtype == np.float32  # decoded
+    result = CliRunner().invoke(
+        main, ["quantize", str(out), "-o", str(tmp_path / "q.qc.safetensors")]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "compressed-tensors checkpoint, quantized already" in result.stderr
+    assert not (tmp_path / "q.qc.safetensors").exists()
+
+
 def test_refusals_leave_nothing_behind(tmp_path: Path) -> None:
     _checkpoint(tmp_path / "src")
     _checkpoint(tmp_path / "bad", nan=True)

@@ -369,6 +369,16 @@ def test_inspect_gguf(model: Path, tmp_path: Path) -> None:
     assert by["c.weight"]["dtype"] == "float16"
 
 
+def test_quantize_refuses_a_gguf_input_naming_the_way_out(model: Path, tmp_path: Path) -> None:
+    """GGUF is quantized already and an artifact cannot name it as its source: one clean line
+    saying to dequantize first (it used to fail late as a 'corrupt recipe' of the output)."""
+    out = tmp_path / "m.gguf"
+    export_json(model, "--to", "gguf", "-o", out)
+    result = run("quantize", out, "-o", tmp_path / "q.qc.safetensors")
+    assert_clean_error(result, "m.gguf", "GGUF checkpoint, quantized already", "dequantize")
+    assert not (tmp_path / "q.qc.safetensors").exists() and not (tmp_path / "q.qc.json").exists()
+
+
 def test_compare_safetensors_with_gguf(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.gguf"
     exported = export_json(model, "--to", "gguf", "-o", out)

@@ -10,7 +10,6 @@ from qcompress.artifact.sharded import ShardedArtifact
 from qcompress.errors import InputError
 from qcompress.formats import open_weights
 from qcompress.formats.base import WeightReader
-from qcompress.formats.compressed_tensors import is_compressed_tensors_dir
 from qcompress.formats.safetensors import SafetensorsReader
 from qcompress.formats.sharded import ShardedReader, find_index, read_index
 
@@ -19,9 +18,7 @@ def open_input(path: Path) -> Artifact | ShardedArtifact | WeightReader:
     """``path`` opened once, as an artifact when it is one (a file, or a sharded one by its index
     or folder), else as a weight reader: its header is parsed once, which a file of 100k tensors
     makes worth it. Unreadable paths raise as readers do."""
-    if is_compressed_tensors_dir(path):
-        return open_weights(path)
-    index_path = find_index(path)
+    index_path = find_index(path)  # None for a compressed-tensors folder: open_weights reads it
     if index_path is not None:
         index = read_index(index_path)
         return ShardedArtifact(index) if METADATA_KEY in index.metadata else ShardedReader(index)

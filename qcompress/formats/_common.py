@@ -21,6 +21,27 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats.base import TensorInfo, numpy_dtype
 
+QUANT_METHOD = "compressed-tensors"
+"""The ``quant_method`` in a compressed-tensors checkpoint's ``config.json``."""
+
+
+def is_compressed_tensors_dir(path: Path) -> bool:
+    """True if ``path`` is a folder whose config.json names compressed-tensors quantization.
+
+    Here, not in ``compressed_tensors``, because two formats ask it: that format claims such a
+    folder, and the sharded-safetensors index finder leaves it alone (a compressed-tensors
+    checkpoint may hold a ``*.safetensors.index.json`` of its own packed tensors)."""
+    path = Path(path)
+    config = path / "config.json"
+    if not path.is_dir() or not config.is_file():
+        return False
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    qc = doc.get("quantization_config") if isinstance(doc, dict) else None
+    return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
+
 
 def shown(path: Path | str) -> str:
     """A path as messages show it: on one line (a newline in a name is escaped as ``\\n``)."""

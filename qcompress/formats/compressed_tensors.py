@@ -24,7 +24,6 @@ shape and every other tensor as stored, and decodes one tensor at a time with nu
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,30 +32,16 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError
-from qcompress.formats._common import read_json
+from qcompress.formats._common import QUANT_METHOD as QUANT_METHOD
+from qcompress.formats._common import is_compressed_tensors_dir, read_json
 from qcompress.formats.base import Format, TensorInfo, WeightReader, closed_on_error
 
-QUANT_METHOD = "compressed-tensors"
 PACKED_FORMAT = "pack-quantized"
 INT8_FORMATS = ("naive-quantized", "int-quantized")
 PACKED_BITS = (1, 2, 4, 8)
 """Widths whose packed layout is the same in every compressed-tensors release (they divide 32)."""
 STRATEGIES = ("tensor", "channel", "group")
 SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point")
-
-
-def is_compressed_tensors_dir(path: Path) -> bool:
-    """True if ``path`` is a folder whose config.json names compressed-tensors quantization."""
-    path = Path(path)
-    config = path / "config.json"
-    if not path.is_dir() or not config.is_file():
-        return False
-    try:
-        doc = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return False
-    qc = doc.get("quantization_config") if isinstance(doc, dict) else None
-    return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
 
 
 @dataclass(frozen=True)

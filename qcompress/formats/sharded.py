@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from qcompress.errors import FormatError, InputError
-from qcompress.formats._common import read_json, require_regular_file
+from qcompress.formats._common import is_compressed_tensors_dir, read_json, require_regular_file
 from qcompress.formats.base import Format, TensorInfo, WeightReader
 from qcompress.formats.safetensors import SafetensorsReader
 
@@ -45,8 +45,12 @@ class ShardIndex:
 
 
 def find_index(path: Path) -> Path | None:
-    """The index file ``path`` names (itself, or the one in a folder), or None for a plain file."""
+    """The index file ``path`` names (itself, or the one in a folder), or None for a plain file
+    or a compressed-tensors checkpoint folder (whose index maps packed tensors: that format
+    reads it, decoding them)."""
     path = Path(path)
+    if is_compressed_tensors_dir(path):
+        return None
     if path.is_dir():
         found = sorted(path.glob("*" + INDEX_SUFFIX))
         if not found:

@@ -32,9 +32,10 @@ from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.errors import InputError, UsageError
-from qcompress.formats import DTYPE_CODES
+from qcompress.formats import DTYPE_CODES, FORMATS
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.registry import BY_NAME
 from qcompress.quantize.budget import Decisions, decide_budget
 from qcompress.quantize.policy import TensorDecision, decide_tensor, non_finite_error
 from qcompress.report import (
@@ -198,8 +199,16 @@ def already_an_artifact(path: Path, rebuilt: str) -> UsageError:
 
 
 def refuse_artifact(reader: WeightReader) -> None:
+    """Refuse inputs that are quantized already: an artifact, and the formats qcompress only
+    reads (GGUF, compressed-tensors), which an artifact could not name as its source."""
     if reader.format == "safetensors" and is_artifact(reader.metadata()):
         raise already_an_artifact(reader.path, "model.safetensors")
+    if reader.format not in FORMATS:
+        raise UsageError(
+            f"{reader.path}: is a {BY_NAME[reader.format].label} checkpoint, quantized already; "
+            f"dequantize it first (qcompress dequantize {reader.path.name} -o "
+            "model.safetensors), then quantize that"
+        )
 
 
 def check_storable(path: Path, infos: list[TensorInfo]) -> None:
