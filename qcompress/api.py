@@ -22,6 +22,7 @@ from qcompress.config import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
 from qcompress.config import QuantizeOptions
 from qcompress.dequantize import OUTPUT_DTYPES as OUTPUT_DTYPES
 from qcompress.dequantize import DequantizeResult as DequantizeResult
+from qcompress.dequantize import dequantize_file as dequantize_file
 from qcompress.engine.spec import BITS as BITS
 from qcompress.engine.spec import GRANULARITIES as GRANULARITIES
 from qcompress.engine.spec import RANGE_METHODS as RANGE_METHODS
@@ -38,9 +39,12 @@ if TYPE_CHECKING:  # the workflow modules load in the functions that run them: s
     from qcompress.checks.gates import Gate
     from qcompress.checks.results import CompareResult, VerifyResult
     from qcompress.histogram import Histogram
+    from qcompress.html import write_html as write_html
+    from qcompress.html import write_html_report as write_html_report
     from qcompress.inspect import Inspection
     from qcompress.quantize.pipeline import Progress
     from qcompress.quantize.plan_file import Plan
+    from qcompress.report import dumps as dumps
 
 __all__ = [
     "DequantizeResult",
@@ -136,24 +140,6 @@ def quantize_file(
     return QuantizeResult(artifact_path, report_path, result)
 
 
-def dequantize_file(
-    artifact_path: str | Path,
-    output: str | Path,
-    *,
-    dtype: str = "original",
-    force: bool = False,
-    progress: Progress | None = None,
-) -> DequantizeResult:
-    """Rebuild a float weight file (npz, h5 or safetensors, by ``output``'s suffix).
-
-    A sharded artifact rebuilds into one file, or, when ``output`` is a
-    ``*.safetensors.index.json``, into shards that mirror the original checkpoint.
-    """
-    from qcompress.dequantize import dequantize_file as run
-
-    return run(artifact_path, output, dtype=dtype, force=force, progress=progress)
-
-
 def inspect(path: str | Path) -> Inspection:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     from qcompress.inspect import inspect as run
@@ -238,31 +224,19 @@ def export(
 # ---- what the CLI shows besides the results: so that it imports this module alone ----------
 
 
-def dumps(document: Any) -> str:
-    """A report or a result's ``as_dict()`` as strict JSON text (``report.dumps``)."""
-    from qcompress.report import dumps as run
+def __getattr__(name: str) -> Any:
+    """Re-exports loaded when first used: ``dumps`` (a report or a result's ``as_dict()`` as
+    strict JSON text), ``write_html`` (a quantize report's HTML page) and ``write_html_report``
+    (REPORT.json, and a verify result, as one)."""
+    if name == "dumps":
+        from qcompress.report import dumps
 
-    return run(document)
+        return dumps
+    if name in ("write_html", "write_html_report"):
+        from qcompress import html
 
-
-def write_html(report: dict[str, Any], output: str | Path, *, force: bool = False) -> Path:
-    """The HTML page of a quantize report, written atomically (``html.write_html``)."""
-    from qcompress.html import write_html as run
-
-    return run(report, output, force=force)
-
-
-def write_html_report(
-    report_path: str | Path,
-    output: str | Path,
-    *,
-    verify_path: str | Path | None = None,
-    force: bool = False,
-) -> Path:
-    """REPORT.json (and a ``verify --json`` result) as an HTML page (``html.write_html_report``)."""
-    from qcompress.html import write_html_report as run
-
-    return run(report_path, output, verify_path=verify_path, force=force)
+        return getattr(html, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def tensor_histogram(path: str | Path, name: str, *, bins: int | None = None) -> Histogram:

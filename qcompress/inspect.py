@@ -16,7 +16,7 @@ from qcompress.documents import OMIT_NONE, as_document
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.formats.gguf import GgufReader
-from qcompress.report import sqnr_or_none
+from qcompress.report import quant_fields, sqnr_or_none
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ class ArtifactInspection(_Inspection):
 
 
 Inspection = WeightsInspection | ArtifactInspection
+_RECIPE_COLUMNS = ("bits", "scheme", "granularity", "axis", "group_size")
 
 
 def inspect(path: str | Path) -> Inspection:
@@ -150,7 +151,7 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
     stats = art.stats()
     tensors = []
     for e, row in zip(art.entries, stats, strict=True):
-        info, q = e.info, e.quantized
+        info = e.info
         tensors.append(
             ArtifactTensor(
                 name=e.name,
@@ -159,11 +160,7 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
                 parameters=info.size,
                 bytes=info.nbytes,
                 action=e.action,
-                bits=None if q is None else q.bits,
-                scheme=None if q is None else q.scheme,
-                granularity=None if q is None else q.granularity,
-                axis=None if q is None else q.axis,
-                group_size=None if q is None else q.group_size,
+                **quant_fields(e.quantized, _RECIPE_COLUMNS),
                 stored_bytes=art.stored_bytes(e),
                 mse=float(row[0]),
                 max_abs_error=float(row[1]),

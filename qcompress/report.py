@@ -24,7 +24,7 @@ from qcompress import __version__
 from qcompress.engine.spec import ErrorStats, QuantizedTensor
 
 if TYPE_CHECKING:
-    from qcompress.artifact.recipe import TensorRecipe
+    from qcompress.artifact.recipe import Stored, TensorRecipe
 
 LIST_LIMIT = 64  # parameter lists longer than this are summarised in the report
 
@@ -165,6 +165,15 @@ class TensorReport:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
 
 
+QUANT_FIELDS = ("bits", "scheme", "granularity", "axis", "group_size", "range", "scale_bits")
+
+
+def quant_fields(stored: Stored | None, names: tuple[str, ...] = QUANT_FIELDS) -> dict[str, Any]:
+    """A tensor recipe's quantization settings by name (each None for a tensor kept in float
+    or passed through): what its report line, and its row in ``inspect``, show."""
+    return {n: None if stored is None else getattr(stored, n) for n in names}
+
+
 def tensor_report(
     recipe_entry: TensorRecipe,
     m: Measured,
@@ -182,13 +191,7 @@ def tensor_report(
         dtype=e.dtype,
         action=e.action,
         reason=e.reason,
-        bits=None if s is None else s.bits,
-        scheme=None if s is None else s.scheme,
-        granularity=None if s is None else s.granularity,
-        axis=None if s is None else s.axis,
-        group_size=None if s is None else s.group_size,
-        range=None if s is None else s.range,
-        scale_bits=None if s is None else s.scale_bits,
+        **quant_fields(s),
         original_min=m.original_min,
         original_max=m.original_max,
         clip_min=m.clip_min,
