@@ -31,6 +31,7 @@ from qcompress.engine.spec import SCALE_DTYPES as SCALE_DTYPES
 from qcompress.engine.spec import SCHEMES as SCHEMES
 from qcompress.errors import QCompressError as QCompressError
 from qcompress.errors import UsageError as UsageError
+from qcompress.exports import TARGETS
 from qcompress.formats import open_weights
 from qcompress.formats.sharded import find_index, read_index
 from qcompress.malloc import keep_freed_memory as keep_freed_memory
@@ -45,6 +46,8 @@ if TYPE_CHECKING:  # the workflow modules load in the functions that run them: s
     from qcompress.quantize.pipeline import Progress
     from qcompress.quantize.plan_file import Plan
     from qcompress.report import dumps as dumps
+
+EXPORT_TARGETS = tuple(TARGETS)  # what ``export(to=...)`` takes: the CLI's --to choices
 
 __all__ = [
     "DequantizeResult",

@@ -278,7 +278,7 @@ def compare(
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["gguf", "compressed-tensors"]),
+    type=LazyChoice(lambda: list(_api().EXPORT_TARGETS)),
     required=True,
     help="Target format: one GGUF file, or a compressed-tensors checkpoint folder.",
 )

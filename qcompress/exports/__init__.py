@@ -12,25 +12,24 @@ from typing import Any
 
 from qcompress.errors import UsageError
 
-TARGETS = ("gguf", "compressed-tensors")
+TARGETS: dict[str, tuple[str, str]] = {
+    # --to name -> (module, its export function); a new target is its module plus one line here
+    "gguf": ("qcompress.exports.gguf", "export_gguf"),
+    "compressed-tensors": ("qcompress.exports.compressed_tensors", "export_compressed_tensors"),
+}
 
 
 def export(input_path: str | Path, output: str | Path, *, to: str, **options: Any) -> Any:
-    """Export ``input_path`` to ``output`` in format ``to``; options go to that writer
-    (GGUF: ``exports.gguf.export_gguf``; compressed-tensors:
-    ``exports.compressed_tensors.export_compressed_tensors``)."""
-    if to == "gguf":
-        from qcompress.exports.gguf import export_gguf
-
-        return export_gguf(input_path, output, **options)
-    if to == "compressed-tensors":
-        try:
-            module = importlib.import_module("qcompress.exports.compressed_tensors")
-        except ModuleNotFoundError as exc:
-            if exc.name != "qcompress.exports.compressed_tensors":
-                raise
-            raise UsageError(
-                "--to compressed-tensors: not available in this build of qcompress"
-            ) from None
-        return module.export_compressed_tensors(input_path, output, **options)
-    raise UsageError(f"--to {to}: unknown export format; use one of {', '.join(TARGETS)}")
+    """Export ``input_path`` to ``output`` in format ``to``; options go to that target's export
+    function (``TARGETS``). The module loads only when used; one missing from this build is a
+    one-line error."""
+    if to not in TARGETS:
+        raise UsageError(f"--to {to}: unknown export format; use one of {', '.join(TARGETS)}")
+    module_name, function = TARGETS[to]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise UsageError(f"--to {to}: not available in this build of qcompress") from None
+    return getattr(module, function)(input_path, output, **options)
