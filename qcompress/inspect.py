@@ -14,31 +14,25 @@ from qcompress.artifact.recipe import QUANTIZED
 from qcompress.artifact.sharded import ShardedArtifact
 from qcompress.documents import OMIT_NONE, as_document
 from qcompress.errors import UsageError
-from qcompress.formats.base import WeightReader
+from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.gguf import GgufReader
 from qcompress.report import quant_fields, sqnr_or_none
 
 
 @dataclass(frozen=True)
-class FileTensor:
-    """One tensor of a weight file, as its index describes it."""
+class FileTensor(TensorInfo):
+    """One tensor of a weight file, as its index describes it (name, shape, dtype first)."""
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
     parameters: int
     bytes: int
     gguf_type: str | None = field(default=None, metadata=OMIT_NONE)  # GGUF files only
 
 
 @dataclass(frozen=True)
-class ArtifactTensor:
-    """One tensor of an artifact: what its recipe says and the error quantizing it measured
-    (recipe fields None for tensors kept in float or passed through)."""
+class ArtifactTensor(TensorInfo):
+    """One tensor of an artifact (name, shape, dtype first): what its recipe says and the error
+    quantizing it measured (recipe fields None for tensors kept in float or passed through)."""
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
     parameters: int
     bytes: int
     action: str
