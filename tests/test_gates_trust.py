@@ -318,7 +318,8 @@ def test_sharded_keep_warning_only_for_a_glob_no_shard_matches(tmp_path: Path) -
 def test_inspect_renders_a_table_of_no_tensors(capsys: pytest.CaptureFixture[str]) -> None:
     """The width check measures the rows; with none (an empty file) it must still render."""
     from qcompress.cli import render
+    from qcompress.inspect import WeightsInspection
 
-    result = {"kind": "weights", "path": "e.npz", "format": "npz", "layout": "pytorch"}
-    render.inspect_table({**result, "tensors": [], "parameters": 0, "file_bytes": 0})
+    result = WeightsInspection(Path("e.npz"), "weights", "npz", "pytorch", 0, 0, ())
+    render.inspect_table(result)
     assert "0 tensors shown" in capsys.readouterr().out
