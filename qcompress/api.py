@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qcompress.atomic import Terminated as Terminated
+from qcompress.atomic import check_outputs as check_outputs
 from qcompress.checks.gates import METRICS as METRICS
 from qcompress.checks.gates import build_gates as build_gates
 from qcompress.checks.gates import shown as shown

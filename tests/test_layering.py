@@ -212,3 +212,29 @@ def test_function_level_imports_count(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(package_modules()))
 def test_every_module_has_a_layer(name: str) -> None:
     assert name in OUTSIDE or name in UTILITIES or layer_of(name) is not None
+
+
+def api_names_the_cli_uses() -> set[str]:
+    """Every ``api.X`` and ``_api().X`` the CLI's source names (the CLI reaches the api lazily,
+    by attribute, so neither ruff nor an import can tell a name the api lost)."""
+    names = set()
+    for path in sorted((ROOT / "cli").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            base = node.value
+            if (isinstance(base, ast.Name) and base.id == "api") or (
+                isinstance(base, ast.Call)
+                and isinstance(base.func, ast.Name)
+                and base.func.id == "_api"
+            ):
+                names.add(node.attr)
+    return names
+
+
+def test_every_api_name_the_cli_uses_exists() -> None:
+    from qcompress import api
+
+    names = api_names_the_cli_uses()
+    assert {"quantize_file", "UsageError", "check_outputs", "dumps"} <= names  # the scan works
+    assert sorted(n for n in names if not hasattr(api, n)) == []
