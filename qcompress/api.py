@@ -38,6 +38,7 @@ from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
 from qcompress.malloc import keep_freed_memory as keep_freed_memory
+from qcompress.malloc import paused_gc
 
 if TYPE_CHECKING:  # the workflow modules load in the functions that run them: start-up stays small
     from qcompress.checks.gates import Gate
@@ -109,6 +110,7 @@ def default_outputs(
     return output, report
 
 
+@paused_gc()  # a command makes many long-lived objects and no cycles
 def quantize_file(
     input_path: str | Path,
     options: QuantizeOptions | None = None,
@@ -170,6 +172,7 @@ def _output_dtype(dtype: str, requested: str, fmt: str) -> tuple[str, str | None
     return dtype, None
 
 
+@paused_gc()
 def dequantize_file(
     artifact_path: str | Path,
     output: str | Path,
@@ -311,6 +314,7 @@ def _narrow(x: np.ndarray, info: TensorInfo, path: Path, requested: str) -> np.n
     return y
 
 
+@paused_gc()
 def inspect(path: str | Path) -> dict[str, Any]:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     from qcompress.inspect import inspect as run
@@ -318,6 +322,7 @@ def inspect(path: str | Path) -> dict[str, Any]:
     return run(path)
 
 
+@paused_gc()
 def verify(
     artifact_path: str | Path, *, against: str | Path | None = None, gates: list[Gate] | None = None
 ) -> dict[str, Any]:
@@ -331,6 +336,7 @@ def verify(
     return run(artifact_path, against=against, gates=gates)
 
 
+@paused_gc()
 def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> dict[str, Any]:
     """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
     from qcompress.checks.compare import compare as run
@@ -345,6 +351,7 @@ def load_plan(path: str | Path) -> Plan:
     return run(path)
 
 
+@paused_gc()
 def export(
     input_path: str | Path,
     output: str | Path,
