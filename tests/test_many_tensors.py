@@ -1,0 +1,142 @@
+"""Per-tensor costs that a model of 100k tiny tensors exposes: each fast path gives what the
+general one gives, and is the one taken (counted, never timed)."""
+
+from __future__ import annotations
+
+import gc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcompress import api
+from qcompress.errors import FormatError, UsageError
+from qcompress.formats import npz, safetensors
+from qcompress.formats.base import TensorInfo
+from qcompress.malloc import paused_gc
+
+
+def test_paused_gc_restores_the_collector_and_nests() -> None:
+    assert gc.isenabled()
+    with paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer pause still holds
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a host that turned it off keeps it off
+    finally:
+        gc.enable()
+
+
+def test_api_commands_run_without_the_collector(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "m.npz"
+    np.savez(model, w=np.ones((4, 4), np.float32))
+    seen = []
+    original = npz.NpzReader.tensor_infos
+
+    def spy(self: npz.NpzReader) -> list[TensorInfo]:
+        seen.append(gc.isenabled())
+        return original(self)
+
+    monkeypatch.setattr(npz.NpzReader, "tensor_infos", spy)
+    api.inspect(model)
+    with pytest.raises(UsageError):
+        api.quantize_file(model, output=tmp_path / "out.npz")  # an error still re-enables it
+    assert seen and not any(seen)
+    assert gc.isenabled()
+
+
+NAMES = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00/"), min_size=1
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    names=st.lists(NAMES, min_size=1, max_size=4, unique=True),
+    compressed=st.booleans(),
+    shape=st.lists(st.integers(0, 3), max_size=3),
+)
+def test_npz_one_read_headers_match_zipfile(
+    tmp_path_factory: pytest.TempPathFactory, names: list[str], compressed: bool, shape: list[int]
+) -> None:
+    """The one-``pread`` header path and ``ZipFile.open`` agree on every member np.savez and
+    np.savez_compressed write (non-ASCII names set the UTF-8 flag; compressed members take the
+    general path)."""
+    path = tmp_path_factory.mktemp("npz") / "m.npz"
+    arrays = {n: np.zeros(shape, np.float32) for n in names}
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    with npz.NpzReader(path) as reader:
+        for entry in reader._zip.infolist():
+            with reader._zip.open(entry) as fh:
+                expected = (*npz._read_npy_header(fh), fh.tell())
+            assert reader._member_header(entry) == expected
+        assert [i.name for i in reader.tensor_infos()] == names
+
+
+def test_npz_index_opens_no_member_of_a_stored_npz(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.npz"
+    np.savez(path, **{f"t{i}": np.full((i, 2), i, np.float64) for i in range(50)})
+    opened = []
+    original = zipfile.ZipFile.open
+
+    def counted(self: zipfile.ZipFile, *args: object, **kwargs: object) -> object:
+        opened.append(args[0])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", counted)
+    with npz.NpzReader(path) as reader:
+        assert len(reader.tensor_infos()) == 50
+        assert opened == []
+        assert (reader.read("t7") == 7).all() and reader.read("t7").shape == (7, 2)
+
+
+def test_npz_local_header_that_disagrees_takes_the_checked_path(tmp_path: Path) -> None:
+    """A local header naming another file than the directory is zipfile's error, as before."""
+    path = tmp_path / "m.npz"
+    np.savez(path, abc=np.zeros(3, np.float32))
+    data = bytearray(path.read_bytes())
+    data[30:33] = b"xyz"  # the local header's copy of the name "abc.npy"
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="differ"):
+        npz.NpzReader(path)
+
+
+def test_safetensors_header_matches_per_entry_encoding() -> None:
+    """The one-call header is byte for byte what encoding entry by entry gave."""
+    import json
+
+    infos = [
+        TensorInfo('b\u00e9"\\', (2, 3), "float32"),
+        TensorInfo("a", (), "bfloat16"),
+        TensorInfo("z", (0, 5), "int8"),
+    ]
+    meta = {"z": "1", "a": "\u00fc"}
+    header = safetensors.encode_header(infos, meta)
+
+    def dumps(value: object, **kw: object) -> str:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, **kw)  # type: ignore[arg-type]
+
+    parts = ['"__metadata__":' + dumps(meta, sort_keys=True)]
+    offset = 0
+    for info, size in zip(infos, (24, 2, 0), strict=True):
+        entry = {"dtype": safetensors.DTYPE_CODES[info.dtype], "shape": list(info.shape)}
+        parts.append(
+            dumps(info.name) + ":" + dumps({**entry, "data_offsets": [offset, offset + size]})
+        )
+        offset += size
+    text = ("{" + ",".join(parts) + "}").encode()
+    text += b" " * (-len(text) % 8)
+    assert header == len(text).to_bytes(8, "little") + text
