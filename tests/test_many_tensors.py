@@ -140,3 +140,69 @@ def test_safetensors_header_matches_per_entry_encoding() -> None:
     text = ("{" + ",".join(parts) + "}").encode()
     text += b" " * (-len(text) % 8)
     assert header == len(text).to_bytes(8, "little") + text
+
+
+def test_safetensors_read_reuses_only_buffers_nobody_holds(tmp_path: Path) -> None:
+    """Large reads reuse a buffer once no array, view or memoryview of it is left; what a
+    caller still holds is never overwritten."""
+    path = tmp_path / "m.safetensors"
+    n = safetensors._REUSE_MIN_BYTES // 4
+    infos = [TensorInfo(f"t{i}", (n,), "float32") for i in range(3)]
+    safetensors.write_safetensors(path, infos, [np.full(n, i, np.float32) for i in range(3)])
+    with safetensors.SafetensorsReader(path) as reader:
+        first = reader.read("t0")
+        base = id(first.base)  # not the buffer itself: holding it would keep it from reuse
+        view = memoryview(first[10:])
+        del first
+        second = reader.read("t1")  # t0's buffer is still held through the memoryview
+        assert id(second.base) != base and np.frombuffer(view, np.float32)[0] == 0
+        del view, second
+        third = reader.read("t2")
+        assert id(third.base) == base and (third == 2).all()
+        small = [reader.read("t0")[:1] for _ in range(2)]
+        assert small[0].base is not small[1].base  # both held: two buffers
+
+
+def test_writer_syncs_in_the_background_and_still_fsyncs_at_the_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from qcompress.artifact import writer
+
+    calls: list[str] = []
+    monkeypatch.setattr(writer, "SYNC_EVERY", 1 << 16)
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+    monkeypatch.setattr(
+        writer.os, "fdatasync", lambda fd: (calls.append("fdatasync"), real_fdatasync(fd))[1]
+    )
+    monkeypatch.setattr(writer.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    model = tmp_path / "m.npz"
+    np.savez(model, **{f"w{i}": np.ones((64, 256), np.float32) for i in range(8)})
+    api.quantize_file(model, output=tmp_path / "m.qc.safetensors")
+    assert "fdatasync" in calls and calls[-1] == "fsync"
+
+
+def test_kernels_load_in_a_thread_only_when_a_tensor_needs_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from qcompress.engine import jit
+
+    threads: list[str] = []
+    real = jit.use_fast
+
+    def spy(size: int) -> bool:
+        threads.append(threading.current_thread().name)
+        return real(size)
+
+    monkeypatch.setattr(jit, "use_fast", spy)
+    small = tmp_path / "small.npz"
+    np.savez(small, w=np.ones((64, 64), np.float32))
+    api.quantize_file(small, output=tmp_path / "small.qc.safetensors")
+    assert "qcompress-kernels" not in threads
+    big = tmp_path / "big.npz"
+    np.savez(big, w=np.ones((jit.MIN_ELEMENTS // 256, 256), np.float32))
+    api.quantize_file(big, output=tmp_path / "big.qc.safetensors")
+    assert "qcompress-kernels" in threads

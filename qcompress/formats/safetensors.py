@@ -19,6 +19,7 @@ import json
 import math
 import os
 import struct
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ _ITEMSIZES: dict[str, int] = {
 # The reference implementation refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100_000_000
 _LEN = struct.Struct("<Q")
+_REUSE_MIN_BYTES = 1 << 20  # read buffers at least this big are reused (SafetensorsReader._buffer)
+_SPARE_BUFFERS = 4  # how many: tensors in flight under --jobs, plus one being read
+_UNUSED_REFS = 3  # getrefcount of a pooled buffer nobody uses: the pool, the loop, the argument
 
 
 def tensor_nbytes(info: TensorInfo) -> int:
@@ -167,6 +171,7 @@ class SafetensorsReader(WeightReader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._fh = None
+        self._spare: list[np.ndarray] = []  # see _buffer
         require_regular_file(self.path)
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - kept open for read(); closed in close()
@@ -343,18 +348,37 @@ class SafetensorsReader(WeightReader):
         if self._fh is None:
             raise InputError(f"{self.path}: reader is closed")
         try:
-            flat = np.empty(info.size, dtype=dtype)
+            buffer = self._buffer(end - begin)
         except MemoryError:
             raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
-        read_exactly(
-            self._fh.fileno(), memoryview(flat.view(np.uint8)), self._data_start + begin, self.path
-        )
-        return flat.reshape(info.shape)
+        read_exactly(self._fh.fileno(), memoryview(buffer), self._data_start + begin, self.path)
+        return buffer.view(dtype).reshape(info.shape)
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """``nbytes`` bytes to read a tensor into: a large buffer an earlier ``read`` returned
+        and nobody holds any more, else a new one.
+
+        Why: a large new array is fresh pages from the kernel, each faulted in while ``pread``
+        fills it, which took half of reading a page-cached 64 MB tensor. A buffer is reused
+        only when its reference count shows that no array, view or memoryview of it is left
+        (the pool's own reference and ``getrefcount``'s argument), so every array ``read``
+        returns is the caller's alone for as long as anything holds it."""
+        if nbytes < _REUSE_MIN_BYTES:
+            return np.empty(nbytes, dtype=np.uint8)
+        for buffer in self._spare:
+            if buffer.nbytes == nbytes and sys.getrefcount(buffer) <= _UNUSED_REFS:
+                return buffer
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        self._spare.append(buffer)
+        if len(self._spare) > _SPARE_BUFFERS:
+            self._spare.pop(0)
+        return buffer
 
     def metadata(self) -> dict[str, Any]:
         return {"format": "safetensors", "__metadata__": dict(self._meta)}
 
     def close(self) -> None:
+        self._spare.clear()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
