@@ -9,7 +9,6 @@ tensor that holds them all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ LIST_LIMIT = 64  # parameter lists longer than this are summarised in the report
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib  # here: OpenSSL's start-up is not needed by commands that write no report
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -9,12 +9,10 @@ sink, or reserves the header and rewrites it at ``finish``. No such stage exists
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -29,6 +27,9 @@ from qcompress.artifact.recipe import (
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import encode_header
+
+if TYPE_CHECKING:  # imported when a writer is made: reading an artifact needs neither
+    from concurrent.futures import Future
 
 FILE_HASH_BATCH = 4 << 20  # small tensors reach the file's SHA-256 thread in batches this big
 FILE_HASH_BACKLOG = 64 << 20  # bytes written but not yet hashed before write() waits
@@ -66,6 +67,9 @@ class ArtifactWriter:
         self, path: Path, recipe: Recipe, stored: list[TensorInfo], sink: Sink | None = None
     ) -> None:
         """``sink``: where to write instead of a new file at ``path`` (the writer owns it)."""
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
         self._recipe_text = recipe_json(recipe.to_json())
         self._stored = stored
         self._digest = recipe_table.current_digest()
