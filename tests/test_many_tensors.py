@@ -206,3 +206,37 @@ def test_kernels_load_in_a_thread_only_when_a_tensor_needs_them(
     np.savez(big, w=np.ones((jit.MIN_ELEMENTS // 256, 256), np.float32))
     api.quantize_file(big, output=tmp_path / "big.qc.safetensors")
     assert "qcompress-kernels" in threads
+
+
+def test_npz_reads_stored_members_directly_and_checks_their_crc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stored C-order members are read with one pread (numpy's read_array, which parses the
+    header again, is not called); Fortran-order ones still go through it; a flipped bit in
+    the data is the CRC error zipfile gives."""
+    arrays = {
+        "big_endian": np.arange(12, dtype=">f4").reshape(3, 4),
+        "scalar": np.array(5),
+        "empty": np.zeros((0, 3)),
+        "text": np.array([b"ab", b"c"]),
+        "flags": np.array([True, False]),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    }
+    path = tmp_path / "m.npz"
+    np.savez(path, **arrays)
+    read_array = []
+    original = np.lib.format.read_array
+    monkeypatch.setattr(
+        np.lib.format, "read_array", lambda *a, **k: (read_array.append(1), original(*a, **k))[1]
+    )
+    with npz.NpzReader(path) as reader:
+        for name, expected in arrays.items():
+            got = reader.read(name)
+            assert got.shape == expected.shape and (got == expected).all()
+            assert got.dtype.byteorder in "=|"
+    assert len(read_array) == 1  # the Fortran-order member only
+    data = bytearray(path.read_bytes())
+    data[data.find(arrays["big_endian"].tobytes()) + 5] ^= 1
+    path.write_bytes(bytes(data))
+    with npz.NpzReader(path) as reader, pytest.raises(FormatError, match="Bad CRC-32"):
+        reader.read("big_endian")

@@ -32,6 +32,7 @@ from qcompress.formats._common import (
     check_names,
     dtype_name,
     one_line,
+    read_exactly,
     require_regular_file,
     to_dtype,
 )
@@ -86,6 +87,10 @@ class NpzReader(WeightReader):
             ) from exc
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{self.path}: corrupt npz (zip) file: {one_line(exc)}") from exc
+        # Stored C-order members whose local header was checked: (file offset of the array
+        # data, CRC-32 of the .npy header) for ``read`` to read the data with one pread.
+        self._direct: dict[str, tuple[int, int]] = {}
+        self._arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # shape, file dtype
         try:
             self._infos, self._members = self._index()
         except BaseException:
@@ -143,6 +148,7 @@ class NpzReader(WeightReader):
                 )
             infos.append(info)
             members[name] = entry
+            self._arrays[name] = (shape, dtype)
         return infos, members
 
     def _member_header(self, entry: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -161,16 +167,19 @@ class NpzReader(WeightReader):
             if len(head) >= _LOCAL_HEADER.size:
                 fields = _LOCAL_HEADER.unpack_from(head)
                 start = _LOCAL_HEADER.size + fields[-2] + fields[-1]
+                data = head[start : start + min(_NPY_HEAD_GUESS, entry.file_size)]
                 if (
                     fields[0] == zipfile.stringFileHeader
                     and head[_LOCAL_HEADER.size : _LOCAL_HEADER.size + fields[-2]] == name
-                    and start + _NPY_HEAD_GUESS <= len(head)
-                ):
-                    data = head[start : start + min(_NPY_HEAD_GUESS, entry.file_size)]
-                    if _npy_header_length(data) <= len(data):  # the whole header was read
-                        fh = io.BytesIO(data)
-                        shape, dtype = _read_npy_header(fh)
-                        return shape, dtype, fh.tell()
+                    and len(data) == min(_NPY_HEAD_GUESS, entry.file_size)
+                ) and _npy_header_length(data) <= len(data):  # the whole header was read
+                    fh = io.BytesIO(data)
+                    shape, dtype = _read_npy_header(fh)
+                    end = fh.tell()
+                    if not _parse_npy_header_full(data[:end])[1]:  # C order: read directly
+                        crc = zlib.crc32(data[:end])
+                        self._direct[entry.filename] = (entry.header_offset + start + end, crc)
+                    return shape, dtype, end
         with self._zip.open(entry) as fh:
             shape, dtype = _read_npy_header(fh)
             return shape, dtype, fh.tell()
@@ -220,6 +229,9 @@ class NpzReader(WeightReader):
         """Read and decompress one member; a bad CRC or short member is a FormatError."""
         if name not in self._members:
             raise InputError(f"{self.path}: no tensor named {name!r}")
+        direct = self._direct.get(self._members[name].filename)
+        if direct is not None:
+            return self._read_direct(name, *direct)
         try:
             with self._zip.open(self._members[name]) as fh:
                 array = np.lib.format.read_array(fh, allow_pickle=False)
@@ -233,6 +245,29 @@ class NpzReader(WeightReader):
             raise FormatError(
                 f"{self.path}: corrupt npz member for tensor {name!r}: {one_line(exc)}"
             ) from exc
+        if array.dtype.byteorder not in "=|":
+            array = array.astype(array.dtype.newbyteorder("="))
+        return array
+
+    def _read_direct(self, name: str, offset: int, header_crc: int) -> np.ndarray:
+        """A stored member's array read with one ``pread`` (``np.lib.format.read_array`` parses
+        the header again with ``ast`` for every member: most of quantizing 100k tiny tensors),
+        checked against the member's CRC-32 as zipfile checks it."""
+        member = self._members[name]
+        shape, dtype = self._arrays[name]
+        try:
+            array = np.empty(shape, dtype=dtype)
+        except MemoryError:
+            raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        if self._zip.fp is None:
+            raise InputError(f"{self.path}: reader is closed")
+        read_exactly(self._zip.fp.fileno(), data, offset, self.path)
+        if zlib.crc32(data, header_crc) != member.CRC:
+            raise FormatError(
+                f"{self.path}: corrupt npz member for tensor {name!r}: "
+                f"Bad CRC-32 for file {member.filename!r}"
+            )
         if array.dtype.byteorder not in "=|":
             array = array.astype(array.dtype.newbyteorder("="))
         return array
@@ -271,21 +306,27 @@ def _read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     return _parse_npy_header(prefix + size_bytes + header)
 
 
-@functools.lru_cache(maxsize=4096)
 def _parse_npy_header(raw: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a whole ``.npy`` header (see :func:`_parse_npy_header_full`)."""
+    shape, _fortran, dtype = _parse_npy_header_full(raw)
+    return shape, dtype
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_npy_header_full(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Parse a whole ``.npy`` header with numpy's ``read_array_header_*`` (``ast.literal_eval``,
     no code runs); what it raises (ValueError) is raised again for every member, uncached."""
     fh = io.BytesIO(raw)
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
     elif version == (2, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     else:
         # 3.0 only differs from 2.0 by allowing UTF-8 field names of structured dtypes, which
         # are refused anyway; numpy's reader for it is private and has moved between releases.
         raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
-    return tuple(int(d) for d in shape), dtype
+    return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
 def write_npz(
