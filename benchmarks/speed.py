@@ -370,10 +370,12 @@ def commands(args: argparse.Namespace) -> None:
     inspect_cmd = [*QCOMPRESS, "inspect", str(sample)]
     start_inspect, inspect_cpu = best_timed(inspect_cmd, 5)
     python, python_cpu = best_timed([sys.executable, "-c", "import numpy"], 5)
+    floor, floor_cpu = best_timed([sys.executable, "-c", "import numpy, click, rich.table"], 5)
     print(
         f"qcompress inspect {sample.name}: {start_inspect:.3f} s (best of 5; "
         f"{verdict(start_inspect, 0.25)}; CPU {inspect_cpu:.3f} s; python -c 'import numpy' "
-        f"alone: {python:.3f} s, CPU {python_cpu:.3f} s)"
+        f"alone: {python:.3f} s, CPU {python_cpu:.3f} s; 'import numpy, click, rich.table' "
+        f"(what the command's table needs): {floor:.3f} s, CPU {floor_cpu:.3f} s)"
     )
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         folder = Path(tmp)
