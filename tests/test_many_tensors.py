@@ -240,3 +240,23 @@ def test_npz_reads_stored_members_directly_and_checks_their_crc(
     path.write_bytes(bytes(data))
     with npz.NpzReader(path) as reader, pytest.raises(FormatError, match="Bad CRC-32"):
         reader.read("big_endian")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(width=32, allow_nan=True, allow_infinity=True) | st.just(float("nan")),
+        min_size=1,
+        max_size=12,
+    ),
+    dtype=st.sampled_from(["float32", "float16", "float64"]),
+)
+def test_min_max_is_the_finite_extremes(values: list[float], dtype: str) -> None:
+    """The two-reduction fast path gives what masking out NaN and Inf gives."""
+    from qcompress.quantize.pipeline import min_max
+
+    with np.errstate(over="ignore"):
+        x = np.array(values, dtype=dtype)
+    finite = x.astype(np.float32)[np.isfinite(x.astype(np.float32))]
+    expected = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+    assert min_max(x) == expected

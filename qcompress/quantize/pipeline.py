@@ -12,6 +12,7 @@ the largest tensor, never with the model.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -80,6 +81,9 @@ def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
     if x.size == 0 or dtype_name(x.dtype) not in FLOAT_DTYPES:
         return None, None
     x = x.astype(np.float32, copy=False)
+    lo, hi = x.min(), x.max()  # a NaN propagates and an Inf is an extreme: finite means all are
+    if math.isfinite(lo) and math.isfinite(hi):
+        return float(lo), float(hi)
     finite_mask = np.isfinite(x)
     finite = x if finite_mask.all() else x[finite_mask]
     if finite.size == 0:
