@@ -36,6 +36,7 @@ from qcompress.exports import TARGETS
 from qcompress.formats import open_weights
 from qcompress.formats.sharded import find_index, read_index
 from qcompress.malloc import keep_freed_memory as keep_freed_memory
+from qcompress.malloc import paused_gc
 
 if TYPE_CHECKING:  # the workflow modules load in the functions that run them: start-up stays small
     from qcompress.checks.gates import Gate
@@ -94,6 +95,7 @@ def default_outputs(
     return output, report
 
 
+@paused_gc()  # a command makes many long-lived objects and no cycles
 def quantize_file(
     input_path: str | Path,
     options: QuantizeOptions | None = None,
@@ -144,6 +146,7 @@ def quantize_file(
     return QuantizeResult(artifact_path, report_path, result)
 
 
+@paused_gc()
 def inspect(path: str | Path) -> Inspection:
     """List a weight file's or an artifact's tensors; for artifacts, with bits and error."""
     from qcompress.inspect import inspect as run
@@ -151,6 +154,7 @@ def inspect(path: str | Path) -> Inspection:
     return run(path)
 
 
+@paused_gc()
 def verify(
     artifact_path: str | Path, *, against: str | Path | None = None, gates: list[Gate] | None = None
 ) -> VerifyResult:
@@ -164,6 +168,7 @@ def verify(
     return run(artifact_path, against=against, gates=gates)
 
 
+@paused_gc()
 def compare(a: str | Path, b: str | Path, *, gates: list[Gate] | None = None) -> CompareResult:
     """Per-tensor error of B against A (any formats, artifacts dequantized), checked by gates."""
     from qcompress.checks.compare import compare as run
@@ -178,6 +183,7 @@ def load_plan(path: str | Path) -> Plan:
     return run(path)
 
 
+@paused_gc()
 def export(
     input_path: str | Path,
     output: str | Path,

@@ -20,8 +20,6 @@ Errors while writing name the output the user gave, never the hidden temporary.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -29,6 +27,7 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from qcompress.errors import QCompressError, UsageError
 
@@ -226,6 +225,8 @@ def _renameat2_noreplace(tmp: Path, out: Path) -> bool:
     rc = func(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(out), _RENAME_NOREPLACE)
     if rc == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err == errno.EEXIST:
         raise FileExistsError(err, os.strerror(err), str(out))
@@ -237,8 +238,13 @@ def _renameat2_noreplace(tmp: Path, out: Path) -> bool:
 _RENAMEAT2: list[object] = []
 
 
-def _libc_renameat2() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """libc's ``renameat2``, looked up once; None where there is none (glibc < 2.28, macOS)."""
+def _libc_renameat2() -> Any:
+    """libc's ``renameat2``, looked up once; None where there is none (glibc < 2.28, macOS).
+    ctypes is imported here, by the first rename: every command that opens a file imports this
+    module, and ctypes costs start-up time that ``inspect`` does not need."""
+    import ctypes
+    import ctypes.util
+
     if not _RENAMEAT2:
         func = None
         with contextlib.suppress(OSError, AttributeError, TypeError):

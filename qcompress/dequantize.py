@@ -21,6 +21,7 @@ from qcompress.formats import format_for_output, write_weights
 from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, write_index
+from qcompress.malloc import paused_gc
 
 if TYPE_CHECKING:
     from qcompress.quantize.pipeline import Progress
@@ -58,6 +59,7 @@ def _output_dtype(dtype: str, requested: str, fmt: str) -> tuple[str, str | None
     return dtype, None
 
 
+@paused_gc()
 def dequantize_file(
     artifact_path: str | Path,
     output: str | Path,

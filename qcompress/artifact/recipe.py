@@ -17,7 +17,6 @@ cols, groups, packing, stored names) are then checked by ``Artifact`` rebuilding
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 from collections.abc import Callable
@@ -56,6 +55,8 @@ ARTIFACT_SUFFIX = ".qc.safetensors"  # what quantize names its outputs by defaul
 
 
 def _sha256(data: memoryview) -> bytes:
+    import hashlib  # on first use, as xxhash below: inspecting a file never hashes
+
     return hashlib.sha256(data).digest()
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import io
 import lzma
+import os
 import struct
 import tokenize
 import zipfile
@@ -33,6 +34,7 @@ from qcompress.formats._common import (
     check_names,
     dtype_name,
     one_line,
+    read_exactly,
     require_regular_file,
     to_dtype,
 )
@@ -87,6 +89,10 @@ class NpzReader(WeightReader):
             ) from exc
         except _ZIP_ERRORS as exc:
             raise FormatError(f"{self.path}: corrupt npz (zip) file: {one_line(exc)}") from exc
+        # Stored C-order members whose local header was checked: (file offset of the array
+        # data, CRC-32 of the .npy header) for ``read`` to read the data with one pread.
+        self._direct: dict[str, tuple[int, int]] = {}
+        self._arrays: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # shape, file dtype
         with closed_on_error(self._zip):
             self._infos, self._members = self._index()
 
@@ -111,9 +117,14 @@ class NpzReader(WeightReader):
             name = entry.filename[: -len(".npy")]
             if name in members:
                 raise FormatError(f"{self.path}: zip member {entry.filename!r} appears twice")
-            with self._member(entry, f"member {entry.filename!r}") as fh:
-                shape, dtype = _read_npy_header(fh)
-                header_end = fh.tell()
+            try:
+                shape, dtype, header_end = self._member_header(entry)
+            except OSError as exc:
+                raise self._os_error(exc, entry.filename) from exc
+            except _ZIP_ERRORS as exc:
+                raise FormatError(
+                    f"{self.path}: corrupt npz member {entry.filename!r}: {one_line(exc)}"
+                ) from exc
             if dtype.hasobject:
                 raise FormatError(
                     f"{self.path}: tensor {name!r} holds pickled Python objects; "
@@ -136,7 +147,41 @@ class NpzReader(WeightReader):
                 )
             infos.append(info)
             members[name] = entry
+            self._arrays[name] = (shape, dtype)
         return infos, members
+
+    def _member_header(self, entry: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype, int]:
+        """Shape, dtype and the header's length of one member's ``.npy`` header.
+
+        A stored member with a plain local header (what ``np.savez`` writes) is read with one
+        ``pread`` of its local header and first bytes: ``ZipFile.open`` costs ten Python calls
+        and several reads per member, most of the time of listing 100k tiny tensors. Anything
+        else (compressed, flagged, a local header that does not match the directory) goes
+        through ``ZipFile.open``, which raises what it always raised."""
+        if entry.compress_type == zipfile.ZIP_STORED and not entry.flag_bits & ~_UTF8_FLAG:
+            name = entry.orig_filename.encode("utf-8" if entry.flag_bits else "cp437", "replace")
+            want = _LOCAL_HEADER.size + len(name) + _LOCAL_EXTRA_GUESS + _NPY_HEAD_GUESS
+            fd = self._zip.fp.fileno() if self._zip.fp is not None else -1
+            head = os.pread(fd, want, entry.header_offset) if fd >= 0 else b""
+            if len(head) >= _LOCAL_HEADER.size:
+                fields = _LOCAL_HEADER.unpack_from(head)
+                start = _LOCAL_HEADER.size + fields[-2] + fields[-1]
+                data = head[start : start + min(_NPY_HEAD_GUESS, entry.file_size)]
+                if (
+                    fields[0] == zipfile.stringFileHeader
+                    and head[_LOCAL_HEADER.size : _LOCAL_HEADER.size + fields[-2]] == name
+                    and len(data) == min(_NPY_HEAD_GUESS, entry.file_size)
+                ) and _npy_header_length(data) <= len(data):  # the whole header was read
+                    fh = io.BytesIO(data)
+                    shape, dtype = _read_npy_header(fh)
+                    end = fh.tell()
+                    if not _parse_npy_header_full(data[:end])[1]:  # C order: read directly
+                        crc = zlib.crc32(data[:end])
+                        self._direct[entry.filename] = (entry.header_offset + start + end, crc)
+                    return shape, dtype, end
+        with self._zip.open(entry) as fh:
+            shape, dtype = _read_npy_header(fh)
+            return shape, dtype, fh.tell()
 
     def _check_declared_size(self, entry: zipfile.ZipInfo) -> None:
         """Refuse a member whose declared size its compressed bytes cannot hold (a zip bomb's
@@ -190,6 +235,9 @@ class NpzReader(WeightReader):
     def read(self, name: str) -> np.ndarray:
         """Read and decompress one member; a bad CRC or short member is a FormatError."""
         member = self._lookup(self._members, name)
+        direct = self._direct.get(member.filename)
+        if direct is not None:
+            return self._read_direct(name, *direct)
         try:
             with self._member(member, f"member for tensor {name!r}") as fh:
                 array = np.lib.format.read_array(fh, allow_pickle=False)
@@ -197,6 +245,29 @@ class NpzReader(WeightReader):
                     raise ValueError("member has bytes after the array data")
         except MemoryError:
             raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
+        if array.dtype.byteorder not in "=|":
+            array = array.astype(array.dtype.newbyteorder("="))
+        return array
+
+    def _read_direct(self, name: str, offset: int, header_crc: int) -> np.ndarray:
+        """A stored member's array read with one ``pread`` (``np.lib.format.read_array`` parses
+        the header again with ``ast`` for every member: most of quantizing 100k tiny tensors),
+        checked against the member's CRC-32 as zipfile checks it."""
+        member = self._members[name]
+        shape, dtype = self._arrays[name]
+        try:
+            array = np.empty(shape, dtype=dtype)
+        except MemoryError:
+            raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        if self._zip.fp is None:
+            raise InputError(f"{self.path}: reader is closed")
+        read_exactly(self._zip.fp.fileno(), data, offset, self.path)
+        if zlib.crc32(data, header_crc) != member.CRC:
+            raise FormatError(
+                f"{self.path}: corrupt npz member for tensor {name!r}: "
+                f"Bad CRC-32 for file {member.filename!r}"
+            )
         if array.dtype.byteorder not in "=|":
             array = array.astype(array.dtype.newbyteorder("="))
         return array
@@ -209,6 +280,19 @@ class NpzReader(WeightReader):
 
 
 _NPY_MAX_HEADER = 10_000  # numpy's own limit on a .npy header's length
+_LOCAL_HEADER = struct.Struct(zipfile.structFileHeader)  # a zip member's local header
+_UTF8_FLAG = 0x800  # the only general-purpose flag the one-read header path accepts
+_LOCAL_EXTRA_GUESS = 64  # local "extra" bytes read along (numpy writes none, zip64 20)
+_NPY_HEAD_GUESS = 512  # .npy header bytes read along (numpy pads its headers to 64 or 128)
+
+
+def _npy_header_length(data: bytes) -> int:
+    """Bytes of the ``.npy`` header that ``data`` starts with, as far as its prefix tells (more
+    than ``data`` holds when it is cut short)."""
+    if len(data) < 12:
+        return len(data) + 1
+    wide = data[6:7] in (b"\x02", b"\x03")
+    return (12 if wide else 10) + int.from_bytes(data[8:12] if wide else data[8:10], "little")
 
 
 def _read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
@@ -222,21 +306,27 @@ def _read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     return _parse_npy_header(prefix + size_bytes + header)
 
 
-@functools.lru_cache(maxsize=4096)
 def _parse_npy_header(raw: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a whole ``.npy`` header (see :func:`_parse_npy_header_full`)."""
+    shape, _fortran, dtype = _parse_npy_header_full(raw)
+    return shape, dtype
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_npy_header_full(raw: bytes) -> tuple[tuple[int, ...], bool, np.dtype]:
     """Parse a whole ``.npy`` header with numpy's ``read_array_header_*`` (``ast.literal_eval``,
     no code runs); what it raises (ValueError) is raised again for every member, uncached."""
     fh = io.BytesIO(raw)
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
     elif version == (2, 0):
-        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
     else:
         # 3.0 only differs from 2.0 by allowing UTF-8 field names of structured dtypes, which
         # are refused anyway; numpy's reader for it is private and has moved between releases.
         raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
-    return tuple(int(d) for d in shape), dtype
+    return tuple(int(d) for d in shape), bool(fortran), dtype
 
 
 def write_npz(

@@ -16,8 +16,10 @@ check both against the package in each direction.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,15 +59,26 @@ DTYPE_CODES: dict[str, str] = {
 }
 # safetensors dtype code -> numpy dtype name.
 CODE_DTYPES: dict[str, str] = {code: name for name, code in DTYPE_CODES.items()}
+# safetensors dtype code -> bytes per element: a table, so that sizing a header's entries
+# needs neither a numpy dtype lookup per tensor nor ml_dtypes for bfloat16 and float8.
+_ITEMSIZES: dict[str, int] = {
+    code: 2 if name == "bfloat16" else 1 if name.startswith("float8") else np.dtype(name).itemsize
+    for name, code in DTYPE_CODES.items()
+}
 
 # The reference implementation refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100_000_000
 _LEN = struct.Struct("<Q")
+_REUSE_MIN_BYTES = 1 << 20  # read buffers at least this big are reused (SafetensorsReader._buffer)
+_SPARE_BUFFERS = 4  # how many: tensors in flight under --jobs, plus one being read
+_UNUSED_REFS = 3  # getrefcount of a pooled buffer nobody uses: the pool, the loop, the argument
 
 
 def tensor_nbytes(info: TensorInfo) -> int:
     """Bytes ``info``'s tensor occupies in the data section (itemsize × elements)."""
-    return to_dtype(info.dtype).itemsize * info.size
+    code = DTYPE_CODES.get(info.dtype)
+    itemsize = _ITEMSIZES[code] if code else to_dtype(info.dtype).itemsize
+    return itemsize * math.prod(info.shape)
 
 
 def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | None = None) -> bytes:
@@ -73,37 +86,44 @@ def encode_header(infos: Sequence[TensorInfo], metadata: Mapping[str, str] | Non
     order, ``__metadata__`` first. Padded with spaces to a multiple of 8 so every tensor whose
     offset is a multiple of its itemsize lands aligned. Deterministic: compact separators,
     metadata keys sorted, no timestamps. Raises UsageError for a duplicate or reserved name
-    and for a dtype safetensors cannot hold."""
-    parts: list[str] = []
+    and for a dtype safetensors cannot hold.
+
+    The whole header is one call to json's C encoder (one call per entry cost more than the
+    rest of writing a model of 100k tiny tensors); the text is what per-entry encoding gave."""
+    header: dict[str, Any] = {}
     if metadata:
         for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ValueError(f"safetensors __metadata__ must map str to str, got {key!r}")
-        parts.append('"__metadata__":' + _dumps(dict(metadata), sort_keys=True))
-    seen: set[str] = set()
+        header["__metadata__"] = dict(sorted(metadata.items()))
     offset = 0
     for info in infos:
-        if info.name in seen:
-            raise UsageError(f"tensor name {info.name!r} appears twice")
-        if info.name == "__metadata__":
-            raise UsageError(
-                "tensor '__metadata__' has the name safetensors reserves for its metadata; "
-                "write .npz or .h5 instead, or rename the tensor"
-            )
-        seen.add(info.name)
+        name = info.name
+        if name in header:
+            if name == "__metadata__":
+                raise _reserved_name()
+            raise UsageError(f"tensor name {name!r} appears twice")
+        if name == "__metadata__":
+            raise _reserved_name()
         code = DTYPE_CODES.get(info.dtype)
         if code is None:
             raise UsageError(
-                f"tensor {info.name!r} has dtype {info.dtype}, which safetensors cannot store "
+                f"tensor {name!r} has dtype {info.dtype}, which safetensors cannot store "
                 f"(supported: {', '.join(DTYPE_CODES)})"
             )
-        end = offset + tensor_nbytes(info)
-        entry = {"dtype": code, "shape": list(info.shape), "data_offsets": [offset, end]}
-        parts.append(_dumps(info.name) + ":" + _dumps(entry))
+        end = offset + _ITEMSIZES[code] * math.prod(info.shape)
+        header[name] = {"dtype": code, "shape": list(info.shape), "data_offsets": [offset, end]}
         offset = end
-    header = ("{" + ",".join(parts) + "}").encode("utf-8")
-    header += b" " * (-len(header) % 8)
-    return _LEN.pack(len(header)) + header
+    text = _dumps(header).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return _LEN.pack(len(text)) + text
+
+
+def _reserved_name() -> UsageError:
+    return UsageError(
+        "tensor '__metadata__' has the name safetensors reserves for its metadata; "
+        "write .npz or .h5 instead, or rename the tensor"
+    )
 
 
 def write_safetensors(
@@ -152,6 +172,7 @@ class SafetensorsReader(WeightReader):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._fh = None
+        self._spare: list[np.ndarray] = []  # see _buffer
         require_regular_file(self.path)
         try:
             fh = open(self.path, "rb")  # noqa: SIM115 - kept open for read(); closed in close()
@@ -224,7 +245,7 @@ class SafetensorsReader(WeightReader):
                 )
             entries.append((begin, end, index, info))
 
-        entries.sort(key=lambda e: (e[0], e[1], e[2]))
+        entries.sort()  # (begin, end, index): the index is unique, so infos are never compared
         position = 0
         previous = None
         for begin, end, _, info in entries:
@@ -275,8 +296,8 @@ class SafetensorsReader(WeightReader):
     def _parse_entry(self, name: str, entry: Any) -> tuple[TensorInfo, int, int]:
         if not isinstance(entry, dict):
             raise self._corrupt(f"tensor {name!r} must be an object, got {type(entry).__name__}")
-        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
-        if missing:
+        if "dtype" not in entry or "shape" not in entry or "data_offsets" not in entry:
+            missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
             raise self._corrupt(f"tensor {name!r} lacks {', '.join(missing)}")
         code = entry["dtype"]
         if not isinstance(code, str) or code not in CODE_DTYPES:
@@ -284,28 +305,32 @@ class SafetensorsReader(WeightReader):
                 f"tensor {name!r} has unknown dtype {code!r} (supported: {', '.join(CODE_DTYPES)})"
             )
         shape = entry["shape"]
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        # type() is int: JSON gives plain ints, and excludes bool (True is an int instance)
+        if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
             raise self._corrupt(
                 f"tensor {name!r} shape must be a list of non-negative integers, got {shape!r}"
             )
         offsets = entry["data_offsets"]
         if (
-            not isinstance(offsets, list)
+            type(offsets) is not list
             or len(offsets) != 2
-            or not all(_is_count(o) for o in offsets)
-            or offsets[0] > offsets[1]
+            or not (type(offsets[0]) is int and type(offsets[1]) is int)
+            or not 0 <= offsets[0] <= offsets[1]
         ):
             raise self._corrupt(
                 f"tensor {name!r} data_offsets must be [begin, end] with "
                 f"0 <= begin <= end, got {offsets!r}"
             )
-        check_empty_shape(self.path, name, tuple(shape), to_dtype(CODE_DTYPES[code]))
-        info = TensorInfo(name, tuple(shape), CODE_DTYPES[code])
+        shape = tuple(shape)
+        if 0 in shape:
+            check_empty_shape(self.path, name, shape, to_dtype(CODE_DTYPES[code]))
+        info = TensorInfo(name, shape, CODE_DTYPES[code])
         begin, end = offsets
-        need = tensor_nbytes(info)
+        need = _ITEMSIZES[code] * math.prod(shape)
         if end - begin != need:
             raise self._corrupt(
-                f"tensor {name!r} has {end - begin} data bytes but {code} {shape} needs {need}"
+                f"tensor {name!r} has {end - begin} data bytes but {code} {list(shape)} "
+                f"needs {need}"
             )
         return info, begin, end
 
@@ -318,18 +343,37 @@ class SafetensorsReader(WeightReader):
         if self._fh is None:
             raise InputError(f"{self.path}: reader is closed")
         try:
-            flat = np.empty(info.size, dtype=dtype)
+            buffer = self._buffer(end - begin)
         except MemoryError:
             raise InputError(f"{self.path}: not enough memory to read tensor {name!r}") from None
-        read_exactly(
-            self._fh.fileno(), memoryview(flat.view(np.uint8)), self._data_start + begin, self.path
-        )
-        return flat.reshape(info.shape)
+        read_exactly(self._fh.fileno(), memoryview(buffer), self._data_start + begin, self.path)
+        return buffer.view(dtype).reshape(info.shape)
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """``nbytes`` bytes to read a tensor into: a large buffer an earlier ``read`` returned
+        and nobody holds any more, else a new one.
+
+        Why: a large new array is fresh pages from the kernel, each faulted in while ``pread``
+        fills it, which took half of reading a page-cached 64 MB tensor. A buffer is reused
+        only when its reference count shows that no array, view or memoryview of it is left
+        (the pool's own reference and ``getrefcount``'s argument), so every array ``read``
+        returns is the caller's alone for as long as anything holds it."""
+        if nbytes < _REUSE_MIN_BYTES:
+            return np.empty(nbytes, dtype=np.uint8)
+        for buffer in self._spare:
+            if buffer.nbytes == nbytes and sys.getrefcount(buffer) <= _UNUSED_REFS:
+                return buffer
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        self._spare.append(buffer)
+        if len(self._spare) > _SPARE_BUFFERS:
+            self._spare.pop(0)
+        return buffer
 
     def metadata(self) -> dict[str, Any]:
         return {"format": "safetensors", "__metadata__": dict(self._meta)}
 
     def close(self) -> None:
+        self._spare.clear()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -346,10 +390,6 @@ def _file_dtype(name: str) -> np.dtype:
 _NUMPY_MULTIBYTE = frozenset(
     ["float64", "float32", "float16", "int64", "int32", "int16", "uint64", "uint32", "uint16"]
 )
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _sniff(head: bytes) -> bool:

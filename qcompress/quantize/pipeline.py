@@ -12,7 +12,9 @@ the largest tensor, never with the model.
 
 from __future__ import annotations
 
+import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -80,6 +82,9 @@ def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
     if x.size == 0 or dtype_name(x.dtype) not in FLOAT_DTYPES:
         return None, None
     x = x.astype(np.float32, copy=False)
+    lo, hi = x.min(), x.max()  # a NaN propagates and an Inf is an extreme: finite means all are
+    if math.isfinite(lo) and math.isfinite(hi):
+        return float(lo), float(hi)
     finite_mask = np.isfinite(x)
     finite = x if finite_mask.all() else x[finite_mask]
     if finite.size == 0:
@@ -245,6 +250,7 @@ def quantize_single(
     infos = reader.tensor_infos()
     check_storable(reader.path, infos)
     plans = [decide_tensor(info, reader.layout, options) for info in infos]
+    _prefetch_kernels(plans)
     check_outputs([artifact_path, report_path], [reader.path], force)
     decided = decide_budget(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans
@@ -283,6 +289,27 @@ def quantize_single(
             report["warnings"] = decided.warnings
         tmp_report.write_text(dumps(report))
     return report
+
+
+def _prefetch_kernels(plans: list[TensorDecision]) -> threading.Thread | None:
+    """Start loading the compiled kernels in a thread when a tensor will need them.
+
+    Why: importing numba and loading its cache takes about 0.6 s, which otherwise starts when the
+    first large tensor is quantized, after it was read; here it overlaps the reading of the
+    first tensors and the input's SHA-256. The thread is not a daemon, so an early error still
+    lets it finish before the interpreter exits."""
+    from qcompress.engine import jit
+
+    if not any(
+        p.action == QUANTIZED and p.info.size >= jit.MIN_ELEMENTS and p.info.dtype != "float64"
+        for p in plans
+    ):
+        return None
+    thread = threading.Thread(
+        target=jit.use_fast, args=(jit.MIN_ELEMENTS,), name="qcompress-kernels"
+    )
+    thread.start()
+    return thread
 
 
 def _confirm(tmp_artifact: Path) -> None:
