@@ -66,6 +66,8 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
                 "axis": None if q is None else q.axis,
                 "group_size": None if q is None else q.group_size,
                 "stored_bytes": art.stored_bytes(e),
+                "raw_stored_bytes": art.raw_bytes(e),  # before the entropy stage
+                "entropy_coder": "+".join(dict.fromkeys(art.coders(e).values())) or None,
                 "mse": float(row[0]),
                 "max_abs_error": float(row[1]),
                 "sqnr_db": sqnr_or_none(float(row[2])),
@@ -82,6 +84,9 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
         "parameters": sum(t["parameters"] for t in tensors),
         "bits_per_weight": (
             8 * sum(t["stored_bytes"] for t in quantized) / q_params if q_params else None
+        ),
+        "bits_per_weight_before_entropy": (
+            8 * sum(t["raw_stored_bytes"] for t in quantized) / q_params if q_params else None
         ),
         "by_width": _by_width(quantized),
         "tensors": tensors,

@@ -252,6 +252,9 @@ def _inspect_summary(out: Any, result: dict[str, Any], artifact: bool) -> None:
     )
     if artifact and result["bits_per_weight"]:
         summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
+        before = result.get("bits_per_weight_before_entropy")
+        if before and before != result["bits_per_weight"]:
+            summary += f" ({before:.2f} before the entropy stage)"
     out.print(summary, highlight=False)
     if artifact and len(result.get("by_width", [])) > 1:
         q_params = sum(w["parameters"] for w in result["by_width"])
