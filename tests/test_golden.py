@@ -41,13 +41,13 @@ GOLDEN: dict[str, str] = {
     "sample/bits8": "573e2c883005fea4ee2a3634115e99a5d397000b4c565cf3d7c690eba620d56c",
     "sample/bits4": "2363f0e996bee5a7816ddbf7f2eeb75b0cf8934907994e7c979b3fffbcb12d1c",
     "sample/bits2": "6e29ddc98bc9fe500eb5878671dfd3456dab00b729de27a782120d32b9d8842a",
-    "sample/bits4-plain": "5108ca0a190473eb3b074d742dcacaa8b43bd592bd651f99e2c559cf4456886b",
     "sample/bpw3": "9e2bf707b9e26d62a8ecc390d609a0f445da67fb3db030e270689b9fedeade68",
-    "generated/bits8": "a7d404dcb1a9ac56625a09544d1c2e3c78d9eb6a109b45679234d1307a99fe47",
-    "generated/bits4": "4057f32cef81c2667eddd267b7eadc4bd63c292d1b55ccf05a59ae3b7fc34e9b",
-    "generated/bits2": "00a9f8f048fe3041fd76dc73aa7527551ce5255fa8f5fa23de2d85550bb1f8e4",
+    "sample/bits4-plain": "5108ca0a190473eb3b074d742dcacaa8b43bd592bd651f99e2c559cf4456886b",
+    "generated/bits8": "0cf425cc1292a9f12d846f533c3e93b41af8df6ec088ab488fa70d7f62ea49a3",
+    "generated/bits4": "b9b7be24ea95b2fa989279fa937b1c1ccb406fcad715f3d336d1c46049ccfaf5",
+    "generated/bits2": "819fc654174f3fed063975ed0b4fcc14edcff109c137fbbb21803c8d4febc4eb",
+    "generated/bpw3": "3bf80483c37dccd92dc454b95f424d18ed86670a1d52bdb8daa3a22a75b283ea",
     "generated/bits4-plain": "0345a69bde7b422197cb4ce2d0e89776f3e07cc7b2cde3212fddf7ac26d9970c",
-    "generated/bpw3": "5bc07a7a546d796aa3cfc15214c8bcd5163dd6484c8cb15768afcf582f1b0e41",
 }
 
 
