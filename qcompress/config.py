@@ -41,6 +41,8 @@ LOW_BIT_DEFAULTS: dict[int, tuple[int, int]] = {b: (32, 6) for b in BITS if b < 
 """(group size, scale bits) chosen below 8 bits, from benchmarks/quality.py (README, Quality):
 groups of 32 with affine codes, an MSE range search and 6-bit second-level scale and min codes
 beat GGUF's Q4_0/Q5_0 by more than 1 dB at fewer bits per weight."""
+ENTROPY_MODES: tuple[str, ...] = ("auto", "none")
+"""--entropy: entropy-code every stored tensor where that saves bytes, or store all plainly."""
 SCALE_BITS_CHOICES: tuple[int, ...] = (0, *SCALE_BITS)
 """--scale-bits values: 0 keeps float scales, else the second level's code width."""
 
@@ -187,6 +189,22 @@ KNOBS: tuple[Knob, ...] = (
         None,
         "Choose bits per tensor: the fewest reaching DB; tensors that cannot stay float.",
     ),
+    Knob(
+        "entropy",
+        "entropy",
+        str,
+        "auto",
+        "auto: entropy-code stored codes and compress kept floats where that saves bytes; "
+        "none: plain packed codes, for readers that slice them directly.",
+        ENTROPY_MODES,
+    ),
+    Knob(
+        "lossless",
+        "lossless",
+        bool,
+        False,
+        "Quantize nothing: store every float tensor losslessly compressed (exact bytes back).",
+    ),
 )
 DEFAULTS: dict[str, Knob] = {k.name: k for k in KNOBS}
 """Knob by report/plan name: ``DEFAULTS["min_elements"].default`` is 1024."""
@@ -215,9 +233,11 @@ class QuantizeOptions:
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.quantize.plan_file.load_plan
     target_bpw: float | None = None  # choose bits per tensor: at most this many bits per weight
     min_sqnr: float | None = None  # choose bits per tensor: the fewest that reach this SQNR (dB)
+    entropy: str = "auto"  # the entropy stage: "auto" codes where it saves bytes, "none" never
+    lossless: bool = False  # keep every float tensor, losslessly compressed
 
     def __post_init__(self) -> None:
-        for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype"):
+        for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype", "entropy"):
             _check_choice(_BY_FIELD[field], getattr(self, field))
         _check_choice(_BY_FIELD["scale_bits"], self.scale_bits)
         if self.scale_bits and self.scale_dtype != "float32":
@@ -231,6 +251,10 @@ class QuantizeOptions:
             if problem:
                 raise UsageError(f"{knob.flag} {getattr(self, field)}: {problem}")
         self._check_budget()
+        if self.lossless and self.entropy == "none":
+            raise UsageError("--lossless compresses float tensors; it needs --entropy auto")
+        if self.lossless and self.budget:
+            raise UsageError(f"--lossless quantizes nothing, so {self.budget} chooses nothing")
 
     def _check_budget(self) -> None:
         if self.target_bpw is not None and self.min_sqnr is not None:
@@ -280,6 +304,8 @@ class QuantizeOptions:
             "plan": plan,
             "target_bpw": self.target_bpw,
             "min_sqnr": self.min_sqnr,
+            "entropy": self.entropy,
+            "lossless": self.lossless,
         }
 
     def with_settings(self, settings: tuple[tuple[str, object], ...]) -> QuantizeOptions:

@@ -42,6 +42,8 @@ class ArtifactTensor(TensorInfo):
     axis: int | None
     group_size: int | None
     stored_bytes: int
+    raw_stored_bytes: int  # before the entropy stage
+    entropy_coder: str | None
     mse: float
     max_abs_error: float
     sqnr_db: float | None
@@ -100,6 +102,7 @@ class ArtifactInspection(_Inspection):
     file_bytes: int
     parameters: int
     bits_per_weight: float | None
+    bits_per_weight_before_entropy: float | None
     by_width: tuple[WidthShare, ...]
     tensors: tuple[ArtifactTensor, ...]
 
@@ -156,6 +159,8 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
                 action=e.action,
                 **quant_fields(e.quantized, _RECIPE_COLUMNS),
                 stored_bytes=art.stored_bytes(e),
+                raw_stored_bytes=art.raw_bytes(e),
+                entropy_coder="+".join(dict.fromkeys(art.coders(e).values())) or None,
                 mse=float(row[0]),
                 max_abs_error=float(row[1]),
                 sqnr_db=sqnr_or_none(float(row[2])),
@@ -172,6 +177,9 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
         parameters=sum(t.parameters for t in tensors),
         bits_per_weight=(
             8 * sum(t.stored_bytes for t in quantized) / q_params if q_params else None
+        ),
+        bits_per_weight_before_entropy=(
+            8 * sum(t.raw_stored_bytes for t in quantized) / q_params if q_params else None
         ),
         by_width=_by_width(quantized),
         tensors=tuple(tensors),

@@ -161,6 +161,8 @@ class TensorReport:
     stored_bytes: int
     decided_by: str
     candidates: list[dict[str, Any]] | None
+    entropy_coder: str | None = None
+    raw_stored_bytes: int | None = None  # before the entropy stage; stored_bytes is after it
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -183,6 +185,8 @@ def tensor_report(
     stored_bytes: int,
     decided_by: str,
     candidates: list[dict[str, Any]] | None,
+    entropy_coder: str | None = None,
+    raw_stored_bytes: int | None = None,
 ) -> TensorReport:
     """One tensor's report line from its recipe entry and what quantizing it measured."""
     e, s = recipe_entry, recipe_entry.quantized
@@ -206,6 +210,8 @@ def tensor_report(
         stored_bytes=stored_bytes,
         decided_by=decided_by,
         candidates=candidates,
+        entropy_coder=entropy_coder,
+        raw_stored_bytes=stored_bytes if raw_stored_bytes is None else raw_stored_bytes,
     )
 
 

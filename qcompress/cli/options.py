@@ -127,6 +127,8 @@ QUANTIZE_SETTINGS = (
     "plan_path",
     "target_bpw",
     "min_sqnr",
+    "entropy",
+    "lossless",
 )
 """The parameters ``quantize_options`` adds, which ``quantize_settings`` turns into options."""
 
@@ -210,6 +212,19 @@ quantize_options = _stack(
         type=float,
         metavar="DB",
         help="Choose bits per tensor: the fewest reaching DB; tensors that cannot stay float.",
+    ),
+    click.option(
+        "--entropy",
+        type=click.Choice(["auto", "none"]),
+        default="auto",
+        show_default=True,
+        help="auto: entropy-code stored codes and compress kept floats where that saves bytes; "
+        "none: plain packed codes, for readers that slice them directly.",
+    ),
+    click.option(
+        "--lossless",
+        is_flag=True,
+        help="Quantize nothing: store every float tensor losslessly compressed (exact bytes back).",
     ),
 )
 """What to quantize and how: every field of ``api.QuantizeOptions``, in --help order."""

@@ -249,6 +249,9 @@ def _inspect_summary(out: Any, result: Any, artifact: bool) -> None:
     )
     if artifact and result.bits_per_weight:
         summary += f", {result.bits_per_weight:.2f} bits per quantized weight"
+        before = result.bits_per_weight_before_entropy
+        if before and before != result.bits_per_weight:
+            summary += f" ({before:.2f} before the entropy stage)"
     out.print(summary, highlight=False)
     if artifact and len(result.by_width) > 1:
         q_params = sum(w.parameters for w in result.by_width)
