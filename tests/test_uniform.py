@@ -73,7 +73,7 @@ def test_max_rel_error_is_relative_to_the_value_range(x: np.ndarray, rel: float)
     x64 = x.astype(np.float64)
     span = float(x64.max() - x64.min())
     err = np.abs(x64 - uniform_dequantize(u).astype(np.float64))
-    assert float(err.max()) <= rel * span or span == 0 and float(err.max()) == 0.0
+    assert float(err.max()) <= rel * span or (span == 0 and float(err.max()) == 0.0)
 
 
 @settings(max_examples=150, deadline=None)

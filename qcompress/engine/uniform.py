@@ -260,7 +260,10 @@ def _bounded_steps(
 ) -> tuple[np.ndarray, np.ndarray, Sums]:
     """Steps 2E (float32, at most 2E), tightened row by row until every |x - x_hat| <= E. A
     bound of 0 (a constant row under a relative bound) takes the row's value as its step."""
-    first = [_f32_step(2.0 * b) if b > 0 else (m or np.float32(1)) for b, m in zip(bound, row_max)]
+    first = [
+        _f32_step(2.0 * b) if b > 0 else (m or np.float32(1))
+        for b, m in zip(bound, row_max, strict=True)
+    ]
     step = np.array(first, np.float32).reshape(-1, 1)
     # Float32 rounding of x * (1 / step) and of code * step adds at most a few units in the last
     # place of the largest code to step / 2: shrink the failing rows' steps by 2^-22, 2^-20, ...
