@@ -25,6 +25,7 @@ from qcompress.engine.spec import ErrorStats, QuantizedTensor
 
 if TYPE_CHECKING:
     from qcompress.artifact.recipe import TensorRecipe
+    from qcompress.engine.uniform import UniformTensor
 
 LIST_LIMIT = 64  # parameter lists longer than this are summarised in the report
 
@@ -104,6 +105,9 @@ class Measured:
     clip_max: float | None = None
     scale: list[float] | dict[str, Any] | None = None
     zero_point: list[float] | dict[str, Any] | None = None
+    mode: str | None = None
+    code_bits: int | None = None
+    entropy_bits: float | None = None
 
 
 def measured(
@@ -127,6 +131,33 @@ def measured(
         None
         if q.zero_point is None or stored.zero_point is None
         else _values(q.zero_point, stored.zero_point),
+    )
+
+
+def measured_uniform(
+    recipe_entry: TensorRecipe,
+    x_min: float | None,
+    x_max: float | None,
+    u: UniformTensor,
+    stats: ErrorStats,
+) -> Measured:
+    """The report's numbers for a tensor with variable-rate codes: its steps (as ``scale``),
+    the width of its stored codes and their order-0 entropy, the bits an ideal coder spends."""
+    from qcompress.engine.uniform import code_entropy
+
+    s = recipe_entry.uniform
+    assert s is not None
+    return Measured(
+        x_min,
+        x_max,
+        stats,
+        x_min,
+        x_max,  # no clipping: the grid covers every value
+        _values(u.step, s.step),
+        None,
+        "variable-rate",
+        8 * u.codes.dtype.itemsize,
+        code_entropy(u.codes),
     )
 
 
@@ -160,6 +191,9 @@ class TensorReport:
     stored_bytes: int
     decided_by: str
     candidates: list[dict[str, Any]] | None
+    mode: str | None = None
+    code_bits: int | None = None
+    entropy_bits: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -176,6 +210,8 @@ def tensor_report(
 ) -> TensorReport:
     """One tensor's report line from its recipe entry and what quantizing it measured."""
     e, s = recipe_entry, recipe_entry.quantized
+    u = recipe_entry.uniform
+    fixed = s is not None
     return TensorReport(
         name=e.name,
         shape=list(e.shape),
@@ -184,8 +220,8 @@ def tensor_report(
         reason=e.reason,
         bits=None if s is None else s.bits,
         scheme=None if s is None else s.scheme,
-        granularity=None if s is None else s.granularity,
-        axis=None if s is None else s.axis,
+        granularity=u.granularity if u is not None else None if s is None else s.granularity,
+        axis=u.axis if u is not None else None if s is None else s.axis,
         group_size=None if s is None else s.group_size,
         range=None if s is None else s.range,
         scale_bits=None if s is None else s.scale_bits,
@@ -202,6 +238,9 @@ def tensor_report(
         stored_bytes=stored_bytes,
         decided_by=decided_by,
         candidates=candidates,
+        mode="fixed-rate" if fixed else m.mode,
+        code_bits=s.bits if fixed else m.code_bits,
+        entropy_bits=m.entropy_bits,
     )
 
 

@@ -16,7 +16,12 @@ from qcompress.errors import UsageError
 from qcompress.quantize import plan_file
 from qcompress.report import TensorReport, dumps, json_safe, schema
 
-NULLABLE = {int: ["integer", "null"], float: ["number", "null"], str: ["string", "null"]}
+NULLABLE = {
+    int: ["integer", "null"],
+    float: ["number", "null"],
+    str: ["string", "null"],
+    bool: ["boolean", "null"],
+}
 
 
 def options_schema() -> dict[str, object]:

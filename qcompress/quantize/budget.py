@@ -38,6 +38,7 @@ from qcompress.engine.spec import NonFiniteError, QuantSpec
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.quantize.policy import TensorDecision, keep_warnings, non_finite_error
+from qcompress.quantize.varrate import resolve_code_dtypes
 from qcompress.report import finite_or_none
 
 
@@ -90,6 +91,7 @@ def decide_budget(
     decisions.warnings = keep_warnings(options, (p.info.name for p in plans))
     if options.plan is not None:
         decisions.warnings += options.plan.warnings(p.info.name for p in plans)
+    decisions.plans = plans = resolve_code_dtypes(reader, list(plans), jobs=jobs)
     if not options.budget:
         return decisions
     with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="qc-measure") as pool:

@@ -24,13 +24,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from qcompress import engine
-from qcompress.artifact.layout import build_recipe, quantized_arrays
+from qcompress.artifact.layout import build_recipe, quantized_arrays, uniform_arrays
 from qcompress.artifact.reader import Artifact, is_artifact
 from qcompress.artifact.recipe import FLOAT_DTYPES, QUANTIZED, STATS_COLUMNS, TensorRecipe
 from qcompress.artifact.writer import ArtifactWriter
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats, NonFiniteError
+from qcompress.engine.uniform import UniformSpec, uniform_quantize_with_error
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import DTYPE_CODES
 from qcompress.formats._common import dtype_name
@@ -43,6 +44,7 @@ from qcompress.report import (
     build_report,
     dumps,
     measured,
+    measured_uniform,
     sha256_file,
     tensor_report,
 )
@@ -97,6 +99,8 @@ def quantize_one(
         x_min, x_max = min_max(x)
         assert entry.stored is not None
         return TensorResult([(entry.stored, x)], measured(entry, x_min, x_max, None, EXACT))
+    if isinstance(plan.spec, UniformSpec):
+        return _quantize_uniform(path, plan, entry, x)
     assert plan.spec is not None
     try:
         # Fused: the error is measured tile by tile while the codes are in cache, rather than
@@ -108,6 +112,19 @@ def quantize_one(
     x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
     stored = quantized_arrays(entry, q)
     return TensorResult(stored, measured(entry, x_min, x_max, q, stats))
+
+
+def _quantize_uniform(
+    path: object, plan: TensorDecision, entry: TensorRecipe, x: np.ndarray
+) -> TensorResult:
+    """Variable-rate codes: the same codes the measuring pass found (deterministic)."""
+    assert isinstance(plan.spec, UniformSpec)
+    try:
+        u, stats = uniform_quantize_with_error(x, plan.spec)
+    except NonFiniteError as e:
+        raise non_finite_error(path, plan.info.name, e) from None
+    x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
+    return TensorResult(uniform_arrays(entry, u), measured_uniform(entry, x_min, x_max, u, stats))
 
 
 def stream_quantize(
