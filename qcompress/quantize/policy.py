@@ -65,7 +65,8 @@ def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) ->
     target = None if pinned else (resolved.error_target or options.error_target)
     if target is not None:
         spec = _uniform_spec(info, layout, resolved, target)
-        return TensorDecision(info, QUANTIZED, f"{reason}; {target[2]}", spec, decided_by)
+        by = target[2] if decided_by == "options" else decided_by
+        return TensorDecision(info, QUANTIZED, f"{reason}; {target[2]}", spec, by)
     if options.budget and not pinned:
         candidates = candidate_specs(info, layout, resolved)
         return TensorDecision(info, QUANTIZED, reason, candidates[0], options.budget, candidates)
