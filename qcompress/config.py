@@ -178,7 +178,8 @@ KNOBS: tuple[Knob, ...] = (
         "target_bpw",
         float,
         None,
-        "Choose bits per tensor: least total error at <= X bits per quantized weight.",
+        "Choose codes per tensor (fixed- or variable-rate): least total error at <= X bits per "
+        "weight over every float tensor stored (quantized and kept).",
     ),
     Knob(
         "min_sqnr",

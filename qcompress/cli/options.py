@@ -206,7 +206,8 @@ quantize_options = _stack(
         "--target-bpw",
         type=float,
         metavar="X",
-        help="Choose bits per tensor: least total error at <= X bits per quantized weight.",
+        help="Choose codes per tensor (fixed- or variable-rate): least total error at <= X bits "
+        "per weight over every float tensor stored (quantized and kept).",
     ),
     click.option(
         "--min-sqnr",

@@ -287,8 +287,8 @@ def _sqnr_steps(
     in IEEE arithmetic), so every machine takes the same steps."""
     n = rows.shape[0]
     per_row = spec.granularity == "channel"
-    need = _exp10(float(spec.value) / 10.0)  # signal / error the target asks for
-    close = _exp10((float(spec.value) + SQNR_SLACK_DB) / 10.0)
+    need = exp10(float(spec.value) / 10.0)  # signal / error the target asks for
+    close = exp10((float(spec.value) + SQNR_SLACK_DB) / 10.0)
 
     def by_group(v: np.ndarray) -> np.ndarray:
         return v.astype(np.float64) if per_row else np.array([math.fsum(v.tolist())])
@@ -335,7 +335,7 @@ def _sqnr_steps(
     raise BoundError(f"SQNR {spec.value:g} dB is beyond float32 resolution of the tensor's values")
 
 
-def _exp10(x: float) -> float:
+def exp10(x: float) -> float:
     """10^x, the same float on every machine (decimal arithmetic, rounded once; see
     ``metrics.decibels``): steps derived from it are stored."""
     return float(_DB_CONTEXT.power(decimal.Decimal(10), decimal.Decimal(x)))

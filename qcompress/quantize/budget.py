@@ -35,10 +35,11 @@ from qcompress.engine.bit_allocation import (
     rel_error_to_sqnr,
 )
 from qcompress.engine.spec import NonFiniteError, QuantSpec
+from qcompress.engine.uniform import UniformSpec
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.quantize.policy import TensorDecision, keep_warnings, non_finite_error
-from qcompress.quantize.varrate import resolve_code_dtypes
+from qcompress.quantize.varrate import measure_uniform, resolve_code_dtypes, step_ladder
 from qcompress.report import finite_or_none
 
 
@@ -46,7 +47,7 @@ from qcompress.report import finite_or_none
 class Measured:
     """One candidate of one tensor: its spec, relative error and the bytes it would store."""
 
-    spec: QuantSpec
+    spec: QuantSpec | UniformSpec
     rel_error: float
     stored_bytes: int
 
@@ -68,9 +69,11 @@ class Decisions:
         weights = max(plan.info.size, 1)
         return [
             {
-                "bits": m.spec.bits,
+                "bits": m.spec.bits if isinstance(m.spec, QuantSpec) else None,
                 "granularity": m.spec.granularity,
-                "group_size": m.spec.group_size if m.spec.granularity == "group" else None,
+                "group_size": m.spec.group_size
+                if isinstance(m.spec, QuantSpec) and m.spec.granularity == "group"
+                else None,
                 "rel_error": m.rel_error,
                 "sqnr_db": finite_or_none(rel_error_to_sqnr(m.rel_error)),
                 "stored_bytes": m.stored_bytes,
@@ -97,15 +100,17 @@ def decide_budget(
     with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="qc-measure") as pool:
         for plan in plans:
             if plan.candidates:
-                decisions.measured[plan.info.name] = _measure(reader, plan, pool)
+                variable = options.target_bpw is not None and not options.fixed_rate
+                decisions.measured[plan.info.name] = _measure(reader, plan, pool, variable)
     decisions.plans = _choose(reader, plans, decisions.measured, options)
     return decisions
 
 
 def _measure(
-    reader: WeightReader, plan: TensorDecision, pool: ThreadPoolExecutor
+    reader: WeightReader, plan: TensorDecision, pool: ThreadPoolExecutor, variable: bool
 ) -> list[Measured]:
-    """Read the tensor once; quantize it with every candidate; keep only error and size."""
+    """Read the tensor once; quantize it with every candidate (and, when ``variable``, at every
+    step of :func:`varrate.step_ladder`); keep only error and size."""
     name = plan.info.name
     x = reader.read(name)
 
@@ -118,7 +123,14 @@ def _measure(
         return Measured(spec, rel, stored_nbytes(plan.info, spec))
 
     try:
-        return list(pool.map(one, plan.candidates))
+        fixed = list(pool.map(one, plan.candidates))
+        if not variable:
+            return fixed
+        try:
+            ladder = step_ladder(x, plan.candidates[0].axis)
+        except NonFiniteError as e:
+            raise non_finite_error(reader.path, name, e) from None
+        return fixed + [m for m in pool.map(measure_uniform, [x] * len(ladder), ladder) if m]
     finally:
         reader.release(name)
 
@@ -146,11 +158,18 @@ def _choose(
                         p.info.size, [8 * m.stored_bytes for m in ms], [m.rel_error for m in ms]
                     )
                 )
+        # Kept float tensors are stored too: they count, at their size and no error.
+        curves += [
+            ErrorCurve.of(p.info.size, [8 * stored_nbytes(p.info, None)], [0])
+            for p in plans
+            if p.action == KEPT
+        ]
         try:
             allocation = allocate_bits(curves, options.target_bpw)
         except BudgetError as e:
             raise UsageError(f"{reader.path}: --target-bpw {options.target_bpw:g}: {e}") from None
-        chosen = dict(zip((p.info.name for p in quantized), _picks(allocation), strict=True))
+        picks = _picks(allocation)[: len(quantized)]
+        chosen = dict(zip((p.info.name for p in quantized), picks, strict=True))
     else:
         assert options.min_sqnr is not None
         undecided = [p for p in quantized if p.info.name in measured]
@@ -175,10 +194,12 @@ def _choose(
             out.append(dataclasses.replace(p, action=KEPT, reason=note, spec=None))
         else:
             m = ms[k]
-            why = (
-                f"{note}: {m.spec.bits} bits {m.spec.granularity}, "
-                f"SQNR {rel_error_to_sqnr(m.rel_error):.1f} dB"
+            what = (
+                f"{m.spec.bits} bits {m.spec.granularity}"
+                if isinstance(m.spec, QuantSpec)
+                else f"variable-rate step {m.spec.value:.4g}"
             )
+            why = f"{note}: {what}, SQNR {rel_error_to_sqnr(m.rel_error):.1f} dB"
             out.append(dataclasses.replace(p, reason=why, spec=m.spec))
     return out
 

@@ -9,13 +9,31 @@ its dtype; the streaming pass re-quantizes it (deterministic: the same codes) an
 from __future__ import annotations
 
 import dataclasses
+import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
+import numpy as np
+
+from qcompress.engine.metrics import error_stats
 from qcompress.engine.spec import NonFiniteError
-from qcompress.engine.uniform import BoundError, UniformSpec, uniform_quantize
+from qcompress.engine.uniform import (
+    BoundError,
+    UniformSpec,
+    exp10,
+    uniform_quantize,
+    uniform_quantize_with_error,
+)
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.quantize.policy import TensorDecision, non_finite_error
+
+if TYPE_CHECKING:
+    from qcompress.quantize.budget import Measured
+
+LADDER_DB = tuple(range(8, 49))
+"""SQNR (dB) of the variable-rate steps a --target-bpw budget measures per tensor: 1 dB apart,
+so the allocation across tensors can land within a fraction of a dB of any budget."""
 
 
 def resolve_code_dtypes(
@@ -56,3 +74,44 @@ def resolve_code_dtypes(
         for i, plan in zip(todo, pool.map(one, todo), strict=True):
             out[i] = plan
     return out
+
+
+def step_ladder(x: np.ndarray, axis: int) -> list[UniformSpec]:
+    """One variable-rate candidate per :data:`LADDER_DB`: the step that gives about that SQNR
+    (D ~ step^2 / 12, from the tensor's power summed in the engine's fixed order)."""
+    power = error_stats(x, np.zeros_like(x)).mse if x.size else 0.0
+    if not math.isfinite(power):
+        from qcompress.engine.codec import _as_float32, _non_finite_message
+
+        raise NonFiniteError(_non_finite_message(x, _as_float32(x)))
+    if power == 0:
+        return [UniformSpec("step", 1.0, "tensor", axis)]
+    return [
+        UniformSpec("step", math.sqrt(12.0 * power) * exp10(-db / 20.0), "tensor", axis)
+        for db in LADDER_DB
+    ]
+
+
+def measure_uniform(x: np.ndarray, spec: UniformSpec) -> Measured | None:
+    """A budget's candidate: the step's relative error and the bytes the artifact stores for it
+    (codes priced by :func:`stored_code_nbytes`, plus the step), its code dtype resolved; None
+    where the step needs codes wider than 32 bits."""
+    from qcompress.quantize.budget import Measured
+
+    try:
+        u, stats = uniform_quantize_with_error(x, spec)
+    except BoundError:
+        return None
+    rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
+    resolved = dataclasses.replace(spec, code_dtype=u.codes.dtype.name)
+    return Measured(resolved, rel, stored_code_nbytes(u.codes) + u.step.nbytes)
+
+
+def stored_code_nbytes(codes: np.ndarray) -> int:
+    """Bytes the artifact stores for a code stream: after the entropy stage when there is one
+    (``engine.entropy.coded_nbytes``, never more than the plain codes), else the plain codes."""
+    try:
+        from qcompress.engine.entropy import coded_nbytes
+    except ImportError:
+        return int(codes.nbytes)
+    return min(int(codes.nbytes), int(coded_nbytes(codes)))
