@@ -88,7 +88,9 @@ def main() -> None:
         enc = min(_timed(lambda: uniform_quantize_with_error(x, spec)) for _ in range(3))
         u, _ = uniform_quantize_with_error(x, spec)
         dec = min(_timed(lambda: uniform_dequantize(u)) for _ in range(3))
-        print(f"{name}: encode {x.nbytes / enc / 1e6:.0f} MB/s, decode {x.nbytes / dec / 1e6:.0f} MB/s")
+        print(
+            f"{name}: encode {x.nbytes / enc / 1e6:.0f} MB/s, decode {x.nbytes / dec / 1e6:.0f} MB/s"
+        )
 
 
 def _timed(fn) -> float:  # type: ignore[no-untyped-def]

@@ -284,9 +284,10 @@ class QuantizeOptions:
             raise UsageError(f"--target-bpw {self.target_bpw}: must be a positive number")
         if self.min_sqnr is not None and not math.isfinite(self.min_sqnr):
             raise UsageError(f"--min-sqnr {self.min_sqnr}: must be a finite number of dB")
-        if self.budget and self.plan is not None and self.plan.sets("bits"):
+        chooser = self.budget or (self.error_target and self.error_target[2])
+        if chooser and self.plan is not None and self.plan.sets("bits"):
             raise UsageError(
-                f"{self.plan.path}: [default] sets bits, which {self.budget} chooses; "
+                f"{self.plan.path}: [default] sets bits, which {chooser} chooses; "
                 "remove it (set bits in a [[rule]] to pin tensors)"
             )
 

@@ -79,6 +79,8 @@ class Decisions:
                 "stored_bytes": m.stored_bytes,
                 "bits_per_weight": 8 * m.stored_bytes / weights,
                 "chosen": plan.action == QUANTIZED and m.spec == plan.spec,
+                "mode": "fixed-rate" if isinstance(m.spec, QuantSpec) else "variable-rate",
+                "step": None if isinstance(m.spec, QuantSpec) else m.spec.value,
             }
             for m in measured
         ]

@@ -107,11 +107,18 @@ def measure_uniform(x: np.ndarray, spec: UniformSpec) -> Measured | None:
     return Measured(resolved, rel, stored_code_nbytes(u.codes) + u.step.nbytes)
 
 
+ENTROPY_STAGE = False
+"""Whether the artifact writer entropy-codes stored code streams. The entropy engine is here
+(``engine.entropy``) but the writer does not use it yet: until it does, a budget prices codes at
+their plain size, which is what the file stores. The merge of the writer's entropy stage sets
+this True (or replaces it with the writer's own rule)."""
+
+
 def stored_code_nbytes(codes: np.ndarray) -> int:
-    """Bytes the artifact stores for a code stream: after the entropy stage when there is one
-    (``engine.entropy.coded_nbytes``, never more than the plain codes), else the plain codes."""
-    try:
-        from qcompress.engine.entropy import coded_nbytes
-    except ImportError:
+    """Bytes the artifact stores for a code stream: after the entropy stage when the writer has
+    one (``engine.entropy.coded_nbytes``: exact, never more than the plain codes), else plain."""
+    if not ENTROPY_STAGE:
         return int(codes.nbytes)
+    from qcompress.engine.entropy import coded_nbytes
+
     return min(int(codes.nbytes), int(coded_nbytes(codes)))
