@@ -51,7 +51,7 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
     stats = art.stats()
     tensors = []
     for e, row in zip(art.entries, stats, strict=True):
-        info, q = e.info, e.quantized
+        info, q, u = e.info, e.quantized, e.uniform
         tensors.append(
             {
                 "name": e.name,
@@ -62,9 +62,10 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
                 "action": e.action,
                 "bits": None if q is None else q.bits,
                 "scheme": None if q is None else q.scheme,
-                "granularity": None if q is None else q.granularity,
-                "axis": None if q is None else q.axis,
+                "granularity": u.granularity if u else None if q is None else q.granularity,
+                "axis": u.axis if u else None if q is None else q.axis,
                 "group_size": None if q is None else q.group_size,
+                "mode": "variable-rate" if u else None if q is None else "fixed-rate",
                 "stored_bytes": art.stored_bytes(e),
                 "mse": float(row[0]),
                 "max_abs_error": float(row[1]),
@@ -73,17 +74,25 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
         )
     quantized = [t for t in tensors if t["action"] == QUANTIZED]
     q_params = sum(t["parameters"] for t in quantized)
+    floats = [t for t in tensors if t["action"] != "passthrough"]
+    f_params = sum(t["parameters"] for t in floats)
+    file_bytes = _total_bytes(art)
     return {
         "path": str(path),
         "kind": "artifact",
         "format": "safetensors",
         "source_format": art.source["format"],
-        "file_bytes": _total_bytes(art),
+        "file_bytes": file_bytes,
         "parameters": sum(t["parameters"] for t in tensors),
         "bits_per_weight": (
             8 * sum(t["stored_bytes"] for t in quantized) / q_params if q_params else None
         ),
-        "by_width": _by_width(quantized),
+        # What --target-bpw counts (every stored float tensor), and the whole file per weight.
+        "float_bits_per_weight": (
+            8 * sum(t["stored_bytes"] for t in floats) / f_params if f_params else None
+        ),
+        "file_bits_per_weight": 8 * file_bytes / f_params if f_params else None,
+        "by_width": _by_width([t for t in quantized if t["bits"] is not None]),
         "tensors": tensors,
     }
 

@@ -251,6 +251,9 @@ def totals(entries: list[dict[str, Any]], overall: ErrorStats, artifact_bytes: i
     q_params = sum(math.prod(e["shape"]) for e in quantized)
     q_bytes = sum(e["stored_bytes"] for e in quantized)
     original = sum(e["original_bytes"] for e in entries)
+    floats = [e for e in entries if e["action"] != "passthrough"]
+    f_params = sum(math.prod(e["shape"]) for e in floats)
+    f_bytes = sum(e["stored_bytes"] for e in floats)
     return {
         "tensors": len(entries),
         "quantized_tensors": len(quantized),
@@ -260,6 +263,9 @@ def totals(entries: list[dict[str, Any]], overall: ErrorStats, artifact_bytes: i
         "artifact_bytes": artifact_bytes,
         "compression_ratio": original / artifact_bytes if artifact_bytes else None,
         "bits_per_weight": 8 * q_bytes / q_params if q_params else None,
+        # what --target-bpw counts: every float tensor stored (quantized and kept)
+        "float_bits_per_weight": 8 * f_bytes / f_params if f_params else None,
+        "file_bits_per_weight": 8 * artifact_bytes / f_params if f_params else None,
         "quantized_original_bytes": sum(e["original_bytes"] for e in quantized),
         "quantized_stored_bytes": q_bytes,
         **{f"overall_{k}": v for k, v in error_fields(overall).items()},

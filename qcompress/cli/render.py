@@ -126,6 +126,12 @@ def totals(report: dict[str, Any], where: str) -> None:
         f"({t['compression_ratio']:.2f}x), "
         f"{t['quantized_tensors']}/{t['tensors']} tensors quantized"
         + (f" at {bpw:.2f} bits/weight" if bpw else "")
+        + (
+            f" ({t['float_bits_per_weight']:.2f} over stored floats, "
+            f"{t['file_bits_per_weight']:.2f} for the file)"
+            if t.get("float_bits_per_weight")
+            else ""
+        )
         + f", overall SQNR {fmt_sqnr(t['overall_sqnr_db'])} dB; {where}"
     )
 
@@ -252,6 +258,11 @@ def _inspect_summary(out: Any, result: dict[str, Any], artifact: bool) -> None:
     )
     if artifact and result["bits_per_weight"]:
         summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
+    if artifact and result.get("float_bits_per_weight"):
+        summary += (
+            f", {result['float_bits_per_weight']:.2f} per stored float weight "
+            f"({result['file_bits_per_weight']:.2f} for the whole file)"
+        )
     out.print(summary, highlight=False)
     if artifact and len(result.get("by_width", [])) > 1:
         q_params = sum(w["parameters"] for w in result["by_width"])
