@@ -259,9 +259,10 @@ def _inspect_summary(out: Any, result: dict[str, Any], artifact: bool) -> None:
     if artifact and result["bits_per_weight"]:
         summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
     if artifact and result.get("float_bits_per_weight"):
-        summary += (
-            f", {result['float_bits_per_weight']:.2f} per stored float weight "
-            f"({result['file_bits_per_weight']:.2f} for the whole file)"
+        out.print(
+            f"{result['float_bits_per_weight']:.2f} bits per stored float weight "
+            f"(what --target-bpw counts), {result['file_bits_per_weight']:.2f} for the whole file",
+            highlight=False,
         )
     out.print(summary, highlight=False)
     if artifact and len(result.get("by_width", [])) > 1:
