@@ -156,3 +156,23 @@ def test_a_corrupt_uniform_recipe_is_refused(tmp_path: Path) -> None:
     ]:
         with pytest.raises(RecipeError, match=why):
             check_entry({**entry, field: value})
+
+
+def test_sharded_checkpoint_keeps_the_bound(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from tests.test_sharded import SAMPLES, make_checkpoint
+
+    index = make_checkpoint(tmp_path / "ckpt")
+    result = run("quantize", index, "--max-abs-error", 0.01, "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {t["mode"] for t in report["tensors"] if t["action"] == "quantized"} == {"variable-rate"}
+    artifact_index = index.parent / "model.qc.safetensors.index.json"
+    assert run("verify", artifact_index, "--against", index, "--max-abs-error", 0.01).exit_code == 0
+    single = tmp_path / "single.safetensors"
+    assert run("dequantize", artifact_index, "-o", single).exit_code == 0
+    original, restored = load_file(SAMPLES / "digits_mlp.safetensors"), load_file(single)
+    for name, x in original.items():
+        if x.dtype.kind == "f":
+            assert float(np.abs(x.astype(np.float64) - restored[name]).max()) <= 0.01
