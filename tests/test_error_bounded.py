@@ -176,3 +176,21 @@ def test_sharded_checkpoint_keeps_the_bound(tmp_path: Path) -> None:
     for name, x in original.items():
         if x.dtype.kind == "f":
             assert float(np.abs(x.astype(np.float64) - restored[name]).max()) <= 0.01
+
+
+def test_every_command_reads_a_variable_rate_artifact(tmp_path: Path) -> None:
+    src, art, _ = _quantize(tmp_path, "npz", "--max-abs-error", BOUND)
+    info = json.loads(run("inspect", art, "--json").stdout)
+    modes = {t["name"]: t["mode"] for t in info["tensors"]}
+    assert modes["dense/kernel"] == "variable-rate" and modes["bias"] is None
+    assert info["float_bits_per_weight"] <= info["file_bits_per_weight"]
+    for args in (
+        ("inspect", art, "--tensor", "dense/kernel", "--histogram"),
+        ("inspect", art, "--errors"),
+        ("compare", src, art, "--max-abs-error", BOUND),
+        ("export", art, "--to", "gguf", "-o", tmp_path / "m.gguf"),
+        ("report", tmp_path / "model.qc.json", "--html", tmp_path / "r.html"),
+    ):
+        result = run(*args)
+        assert result.exit_code == 0, (args, result.output)
+    assert " vr " in run("inspect", art, "--errors").output
