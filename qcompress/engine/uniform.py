@@ -174,19 +174,25 @@ def _row_max_err(exact: np.ndarray, codes: np.ndarray, step: np.ndarray) -> np.n
     return np.abs(exact.astype(np.float64) - xhat.astype(np.float64)).max(axis=1)
 
 
-def _rows_f32(x: np.ndarray, spec: UniformSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The row view in float32 (what is encoded) and in its own precision (what errors are
-    measured against: the float32 view itself unless the input is float64)."""
+def _rows_f32(x: np.ndarray, spec: UniformSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The row view in float32 (what is encoded), in its own precision (what errors are
+    measured against: the float32 view itself unless the input is float64), and each row's
+    largest |x|. NonFiniteError for NaN or Inf, found from the extremes (NaN propagates through
+    max and min), so finiteness costs no pass of its own."""
     from qcompress.engine.codec import _as_float32, _non_finite_message
     from qcompress.engine.rows import to_rows
 
     x = np.asarray(x)
     xf = _as_float32(x)
-    if not np.isfinite(xf).all():
-        raise NonFiniteError(_non_finite_message(x, xf))
     rows = to_rows(xf, spec.rows_spec)
+    if rows.size:
+        row_max = np.maximum(rows.max(axis=1), -rows.min(axis=1))
+    else:
+        row_max = np.zeros(rows.shape[0], np.float32)
+    if not np.isfinite(row_max).all():
+        raise NonFiniteError(_non_finite_message(x, xf))
     exact = rows if x.dtype != np.float64 else to_rows(x, spec.rows_spec)
-    return rows, exact
+    return rows, exact, row_max
 
 
 def uniform_quantize(x: np.ndarray, spec: UniformSpec) -> UniformTensor:
@@ -205,12 +211,8 @@ def uniform_quantize_with_error(
         raise ValueError(f"granularity {spec.granularity!r} is not one of {UNIFORM_GRANULARITIES}")
     if not (math.isfinite(spec.value) and spec.value > 0):
         raise ValueError(f"{spec.target} target {spec.value!r} is not a positive number")
-    rows, exact = _rows_f32(x, spec)
+    rows, exact, row_max = _rows_f32(x, spec)
     shape = tuple(int(d) for d in np.shape(x))
-    if rows.size:
-        row_max = np.maximum(rows.max(axis=1), -rows.min(axis=1))
-    else:
-        row_max = np.zeros(rows.shape[0], np.float32)
     if spec.target == "sqnr":
         step, codes, sums = _sqnr_steps(rows, exact, row_max, spec)
     elif spec.target == "step":
