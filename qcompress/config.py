@@ -65,6 +65,7 @@ class Knob:
     minimum: float | None = None
     maximum: float | None = None
     plan: str = ""
+    positive: bool = False  # a float that must be finite and > 0 (an error bound)
 
     @property
     def flag(self) -> str:
@@ -80,6 +81,12 @@ class Knob:
             return None
         if self.type is int and (not isinstance(value, int) or isinstance(value, bool)):
             return "must be an integer"
+        if self.positive and (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not (math.isfinite(value) and value > 0)
+        ):
+            return "must be a positive number"
         if self.minimum is not None and self.maximum is not None:
             if not self.minimum <= value <= self.maximum:  # type: ignore[operator]
                 return f"must be from {self.minimum} to {self.maximum}"
@@ -197,6 +204,7 @@ KNOBS: tuple[Knob, ...] = (
         "Guarantee |w - w_hat| <= E for every quantized weight, in the fewest bits "
         "(variable-rate codes).",
         plan="setting",
+        positive=True,
     ),
     Knob(
         "max_rel_error",
@@ -206,6 +214,7 @@ KNOBS: tuple[Knob, ...] = (
         "Guarantee |w - w_hat| <= R times each tensor's value range (max - min), in the fewest "
         "bits (variable-rate codes).",
         plan="setting",
+        positive=True,
     ),
     Knob(
         "fixed_rate",

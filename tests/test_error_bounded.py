@@ -194,3 +194,17 @@ def test_every_command_reads_a_variable_rate_artifact(tmp_path: Path) -> None:
         result = run(*args)
         assert result.exit_code == 0, (args, result.output)
     assert " vr " in run("inspect", art, "--errors").output
+
+
+def test_a_plan_rule_sets_a_bound_for_its_tensors(tmp_path: Path) -> None:
+    plan = tmp_path / "p.toml"
+    plan.write_text('[[rule]]\nmatch = "heavy/*"\nmax_abs_error = 0.001\n')
+    _, _, report = _quantize(tmp_path, "npz", "--plan", plan)
+    by_name = {t["name"]: t for t in report["tensors"]}
+    assert by_name["heavy/kernel"]["mode"] == "variable-rate"
+    assert by_name["heavy/kernel"]["max_abs_error"] <= 0.001
+    assert by_name["dense/kernel"]["mode"] == "fixed-rate"
+    plan.write_text('[[rule]]\nmatch = "heavy/*"\nmax_abs_error = -1\n')
+    src = tmp_path / "model.npz"
+    result = run("quantize", src, "--plan", plan, "--force")
+    assert_clean_error(result, "p.toml: line 3", "max_abs_error = -1", "positive")
