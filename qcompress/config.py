@@ -41,6 +41,8 @@ LOW_BIT_DEFAULTS: dict[int, tuple[int, int]] = {b: (32, 6) for b in BITS if b < 
 """(group size, scale bits) chosen below 8 bits, from benchmarks/quality.py (README, Quality):
 groups of 32 with affine codes, an MSE range search and 6-bit second-level scale and min codes
 beat GGUF's Q4_0/Q5_0 by more than 1 dB at fewer bits per weight."""
+ENTROPY_MODES: tuple[str, ...] = ("auto", "none")
+"""--entropy: entropy-code every stored tensor where that saves bytes, or store all plainly."""
 SCALE_BITS_CHOICES: tuple[int, ...] = (0, *SCALE_BITS)
 """--scale-bits values: 0 keeps float scales, else the second level's code width."""
 
@@ -223,6 +225,22 @@ KNOBS: tuple[Knob, ...] = (
         False,
         "Only fixed-rate codes (sliceable, exportable): --min-sqnr then chooses bits per code.",
     ),
+    Knob(
+        "entropy",
+        "entropy",
+        str,
+        "auto",
+        "auto: entropy-code stored codes and compress kept floats where that saves bytes; "
+        "none: plain packed codes, for readers that slice them directly.",
+        ENTROPY_MODES,
+    ),
+    Knob(
+        "lossless",
+        "lossless",
+        bool,
+        False,
+        "Quantize nothing: store every float tensor losslessly compressed (exact bytes back).",
+    ),
 )
 DEFAULTS: dict[str, Knob] = {k.name: k for k in KNOBS}
 """Knob by report/plan name: ``DEFAULTS["min_elements"].default`` is 1024."""
@@ -254,9 +272,11 @@ class QuantizeOptions:
     max_abs_error: float | None = None  # variable-rate codes with |w - w_hat| <= this
     max_rel_error: float | None = None  # the same, relative to each tensor's value range
     fixed_rate: bool = False  # fixed-rate codes only: --min-sqnr chooses bits
+    entropy: str = "auto"  # the entropy stage: "auto" codes where it saves bytes, "none" never
+    lossless: bool = False  # keep every float tensor, losslessly compressed
 
     def __post_init__(self) -> None:
-        for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype"):
+        for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype", "entropy"):
             _check_choice(_BY_FIELD[field], getattr(self, field))
         _check_choice(_BY_FIELD["scale_bits"], self.scale_bits)
         if self.scale_bits and self.scale_dtype != "float32":
@@ -270,6 +290,10 @@ class QuantizeOptions:
             if problem:
                 raise UsageError(f"{knob.flag} {getattr(self, field)}: {problem}")
         self._check_budget()
+        if self.lossless and self.entropy == "none":
+            raise UsageError("--lossless compresses float tensors; it needs --entropy auto")
+        if self.lossless and self.budget:
+            raise UsageError(f"--lossless quantizes nothing, so {self.budget} chooses nothing")
 
     def _check_budget(self) -> None:
         given = [
@@ -348,6 +372,8 @@ class QuantizeOptions:
             "max_abs_error": self.max_abs_error,
             "max_rel_error": self.max_rel_error,
             "fixed_rate": self.fixed_rate,
+            "entropy": self.entropy,
+            "lossless": self.lossless,
         }
 
     def with_settings(self, settings: tuple[tuple[str, object], ...]) -> QuantizeOptions:

@@ -67,6 +67,8 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
                 "group_size": None if q is None else q.group_size,
                 "mode": "variable-rate" if u else None if q is None else "fixed-rate",
                 "stored_bytes": art.stored_bytes(e),
+                "raw_stored_bytes": art.raw_bytes(e),  # before the entropy stage
+                "entropy_coder": "+".join(dict.fromkeys(art.coders(e).values())) or None,
                 "mse": float(row[0]),
                 "max_abs_error": float(row[1]),
                 "sqnr_db": sqnr_or_none(float(row[2])),
@@ -86,6 +88,9 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> dict[str, 
         "parameters": sum(t["parameters"] for t in tensors),
         "bits_per_weight": (
             8 * sum(t["stored_bytes"] for t in quantized) / q_params if q_params else None
+        ),
+        "bits_per_weight_before_entropy": (
+            8 * sum(t["raw_stored_bytes"] for t in quantized) / q_params if q_params else None
         ),
         # What --target-bpw counts (every stored float tensor), and the whole file per weight.
         "float_bits_per_weight": (

@@ -194,6 +194,8 @@ class TensorReport:
     mode: str | None = None
     code_bits: int | None = None
     entropy_bits: float | None = None
+    entropy_coder: str | None = None
+    raw_stored_bytes: int | None = None  # before the entropy stage; stored_bytes is after it
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -207,6 +209,8 @@ def tensor_report(
     stored_bytes: int,
     decided_by: str,
     candidates: list[dict[str, Any]] | None,
+    entropy_coder: str | None = None,
+    raw_stored_bytes: int | None = None,
 ) -> TensorReport:
     """One tensor's report line from its recipe entry and what quantizing it measured."""
     e, s = recipe_entry, recipe_entry.quantized
@@ -241,6 +245,8 @@ def tensor_report(
         mode="fixed-rate" if fixed else m.mode,
         code_bits=s.bits if fixed else m.code_bits,
         entropy_bits=m.entropy_bits,
+        entropy_coder=entropy_coder,
+        raw_stored_bytes=stored_bytes if raw_stored_bytes is None else raw_stored_bytes,
     )
 
 

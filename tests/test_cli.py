@@ -64,14 +64,18 @@ def test_quantize_sample_8bit_writes_artifact_and_valid_report(sample: Path) -> 
     ) / 2 * (1 + 1e-5)
 
 
-def test_artifact_is_plain_safetensors(sample: Path) -> None:
-    assert run("quantize", sample, "--quiet").exit_code == 0
+@pytest.mark.parametrize("entropy", ["none", "auto"])
+def test_artifact_is_plain_safetensors(sample: Path, entropy: str) -> None:
+    assert run("quantize", sample, "--quiet", "--entropy", entropy).exit_code == 0
     artifact = sample.with_name("digits_mlp.qc.safetensors")
     with safe_open(str(artifact), framework="numpy") as f:
         keys = set(f.keys())
         assert {"fc1.weight.qcodes", "fc1.weight.qscale", "fc1.bias", "classes"} <= keys
         codes = f.get_tensor("fc1.weight.qcodes")
-        assert codes.dtype == np.int8 and codes.shape == (128, 64)
+        if entropy == "none":  # plain codes, sliceable
+            assert codes.dtype == np.int8 and codes.shape == (128, 64)
+        else:  # an entropy-coded stream, smaller than the 128 x 64 codes
+            assert codes.dtype == np.uint8 and codes.ndim == 1 and codes.size < 128 * 64
         assert "qcompress" in f.metadata()
         np.testing.assert_array_equal(f.get_tensor("classes"), np.arange(10))
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from qcompress import __version__, engine
+from qcompress.artifact import coding
 from qcompress.artifact.layout import build_recipe
 from qcompress.artifact.recipe import (
     FORMAT_VERSION,
@@ -143,11 +144,26 @@ class Artifact:
             raise FormatError(f"{self.path}: recipe entries are inconsistent; the file was altered")
         n_stored = len(expected)
         digest = self._digest
+        self._raw_infos = {i.name: i for i in expected}
+        self._coded: dict[str, str] = self.recipe.coded
+        for name, coder in self._coded.items():
+            raw_info = self._raw_infos.get(name)
+            why = "is not a stored tensor" if raw_info is None or name == STATS_TENSOR else None
+            why = why or coding.check_coded(coder, raw_info)  # type: ignore[arg-type]
+            if why:
+                raise FormatError(f"{self.path}: corrupt qcompress recipe (coded {name!r}: {why})")
         expected.append(TensorInfo(digest.tensor, (n_stored + 1, digest.size), "uint8"))
         for info in expected:
             actual = self._infos.get(info.name)
             if actual is None:
                 raise FormatError(f"{self.path}: stored tensor {info.name!r} is missing")
+            if info.name in self._coded:
+                if actual.dtype != "uint8" or len(actual.shape) != 1:
+                    raise FormatError(
+                        f"{self.path}: stored tensor {info.name!r} is {actual.dtype} "
+                        f"{list(actual.shape)}, the recipe needs a coded uint8 stream"
+                    )
+                continue
             if actual.shape != info.shape or actual.dtype != info.dtype:
                 raise FormatError(
                     f"{self.path}: stored tensor {info.name!r} is {actual.dtype} "
@@ -168,12 +184,33 @@ class Artifact:
         self.close()
 
     def _checked(self, name: str) -> np.ndarray:
+        """A stored tensor, checksum verified, decoded from its coded stream if it has one."""
         array = self._reader.read(name)
         if self._digest_of(array) != self._digests[self._row[name]]:
             raise FormatError(
                 f"{self.path}: checksum mismatch in stored tensor {name!r}; the artifact is corrupt"
             )
-        return array
+        return self._decoded(name, array)
+
+    def _decoded(self, name: str, array: np.ndarray) -> np.ndarray:
+        coder = self._coded.get(name)
+        if coder is None:
+            return array
+        try:
+            return coding.decode(array, self._raw_infos[name], coder)
+        except coding.CodingError as err:
+            raise FormatError(
+                f"{self.path}: stored tensor {name!r} does not decode ({err}); "
+                "the artifact is corrupt"
+            ) from None
+
+    def coders(self, entry: TensorRecipe) -> dict[str, str]:
+        """The coder of each of ``entry``'s stored tensors that is entropy-coded."""
+        return {n: self._coded[n] for n in entry.stored_names if n in self._coded}
+
+    def raw_bytes(self, entry: TensorRecipe) -> int:
+        """Bytes ``entry``'s stored tensors hold before the entropy stage."""
+        return sum(self._raw_infos[n].nbytes for n in entry.stored_names)
 
     @property
     def source(self) -> dict[str, Any]:
@@ -198,6 +235,7 @@ class Artifact:
         NaN scale), for every stored tensor not in ``skip`` (those whose checksum failed: they
         are reported as such). Reads only codes and scales whose values matter; ``verify``
         calls this so that it proves what ``dequantize`` will do."""
+        checked: set[str] = set()
         for entry in self.entries:
             s = entry.quantized
             if s is None:
@@ -206,8 +244,13 @@ class Artifact:
             roles["super"] = s.super
             for role, name in roles.items():
                 if name and name not in skip and _value_checked(s, role):
-                    self._check_values(entry, role, self._reader.read(name))
+                    self._check_values(entry, role, self._decoded(name, self._reader.read(name)))
                     self._reader.release(name)
+                    checked.add(name)
+        for name in self._coded:  # every coded stream must decode, whatever its values
+            if name not in skip and name not in checked:
+                self._decoded(name, self._reader.read(name))
+                self._reader.release(name)
 
     def _check_values(self, entry: TensorRecipe, role: str, array: np.ndarray) -> None:
         assert entry.quantized is not None

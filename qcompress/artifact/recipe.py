@@ -17,6 +17,7 @@ cols, groups, packing, stored names) are then checked by ``Artifact`` rebuilding
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
@@ -52,7 +53,11 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 """Source dtypes that can be quantized; anything else is passed through."""
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: SHA-256 checksums; 2: the algorithm the recipe names
+CODED_VERSION = 3
+"""The version of an artifact whose recipe has a ``coded`` map (entropy-coded stored tensors):
+older readers would misread those tensors, so they must refuse the file. An artifact with no
+coded tensor stays version 2, byte for byte what it was."""
+READABLE_VERSIONS = (1, 2, 3)  # 1: SHA-256 checksums; 2: the algorithm the recipe names; 3: coded
 METADATA_KEY = "qcompress"
 STATS_TENSOR = "__qcompress__/stats"
 RECIPE_ROW = "__recipe__"
@@ -269,9 +274,12 @@ class Recipe:
     tensors: tuple[TensorRecipe, ...]
     stats: dict[str, Any]
     integrity: dict[str, Any]
+    coded: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Stored tensor -> its coder (``qcompress.artifact.coding.STAGES``), for those stored as a
+    coded uint8 stream; absent from the JSON when empty."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "format_version": self.format_version,
             "tool": self.tool,
             "source": self.source,
@@ -279,6 +287,9 @@ class Recipe:
             "stats": self.stats,
             "integrity": self.integrity,
         }
+        if self.coded:
+            out["coded"] = dict(self.coded)
+        return out
 
     @classmethod
     def from_json(cls, recipe: Any) -> Recipe:
@@ -292,6 +303,7 @@ class Recipe:
             tuple(TensorRecipe.from_json(e) for e in recipe["tensors"]),
             recipe.get("stats", {}),
             recipe["integrity"],
+            dict(recipe.get("coded", {})),
         )
 
 
@@ -325,6 +337,14 @@ def check_recipe(recipe: Any) -> None:
     for entry in entries:
         check_entry(entry)
     check_source(recipe.get("source"), [e["name"] for e in entries])
+    if "coded" in recipe:
+        coded = recipe["coded"]
+        if recipe.get("format_version") != CODED_VERSION:
+            raise RecipeError(f"'coded' needs format version {CODED_VERSION}")
+        if not isinstance(coded, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in coded.items()
+        ):
+            raise RecipeError("'coded' must map stored tensor names to coder names")
 
 
 def check_entry(entry: Any) -> None:

@@ -73,6 +73,12 @@ class ShardedArtifact:
     def stored_bytes(self, entry: TensorRecipe) -> int:
         return self._owner[entry.name].stored_bytes(entry)
 
+    def raw_bytes(self, entry: TensorRecipe) -> int:
+        return self._owner[entry.name].raw_bytes(entry)
+
+    def coders(self, entry: TensorRecipe) -> dict[str, str]:
+        return self._owner[entry.name].coders(entry)
+
     def quantized(self, entry: TensorRecipe) -> QuantizedTensor:
         return self._owner[entry.name].quantized(entry)
 

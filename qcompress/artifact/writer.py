@@ -1,25 +1,33 @@
 """Streams an artifact to disk: the header first, then each stored tensor as it is ready.
 
 The writer takes the recipe and the stored tensors' infos up front (their sizes follow from
-:mod:`qcompress.artifact.layout`), so the header, and with it every offset, is final before the
-first byte of payload. It writes through a :class:`Sink` (a binary file by default), the seam a
-stage whose sizes are known only after encoding (entropy coding) will use: such a stage wraps the
-sink, or reserves the header and rewrites it at ``finish``. No such stage exists yet.
+:mod:`qcompress.artifact.layout`), so without the entropy stage the header, and with it every
+offset, is final before the first byte of payload. With it (``coded=True``), a stored tensor may
+arrive as a coded stream whose size is known only then: the writer reserves a header of spaces
+big enough for any outcome (a coded stream is never larger than its raw tensor, so no offset or
+shape grows by more than the digits the bound allows), streams the payload behind it, and at
+``finish`` writes the real header, padded with JSON whitespace to the reserved length. The file's
+SHA-256 is then taken by reading the finished file back (the page cache holds it): the header,
+which comes first, is known only at the end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from qcompress.artifact import coding
 from qcompress.artifact import recipe as recipe_table
 from qcompress.artifact.recipe import (
+    CODED_VERSION,
     METADATA_KEY,
     STATS_COLUMNS,
     STATS_TENSOR,
@@ -38,6 +46,7 @@ class Sink(Protocol):
     """Where the artifact's bytes go: a binary file opened for writing is one."""
 
     def write(self, data: bytes | memoryview, /) -> int: ...
+    def seek(self, offset: int, /) -> int: ...
     def flush(self) -> None: ...
     def fileno(self) -> int: ...
     def close(self) -> None: ...
@@ -62,14 +71,30 @@ class ArtifactWriter:
     """
 
     def __init__(
-        self, path: Path, recipe: Recipe, stored: list[TensorInfo], sink: Sink | None = None
+        self,
+        path: Path,
+        recipe: Recipe,
+        stored: list[TensorInfo],
+        sink: Sink | None = None,
+        *,
+        coded: bool = False,
     ) -> None:
-        """``sink``: where to write instead of a new file at ``path`` (the writer owns it)."""
+        """``sink``: where to write instead of a new file at ``path`` (the writer owns it).
+        ``coded``: stored tensors may come entropy-coded (``write(..., coder=...)``)."""
+        self._path = Path(path)
+        self._recipe = recipe
         self._recipe_text = recipe_json(recipe.to_json())
         self._stored = stored
+        self._coded_mode = coded
+        self._coders: dict[str, str] = {}
+        self._written: list[TensorInfo] = []
         self._digest = recipe_table.current_digest()
         checksum = TensorInfo(self._digest.tensor, (len(stored) + 1, self._digest.size), "uint8")
-        header = encode_header([*stored, checksum], {METADATA_KEY: self._recipe_text})
+        self._checksum_info = checksum
+        if coded:
+            header = self._reserved_header()
+        else:
+            header = encode_header([*stored, checksum], {METADATA_KEY: self._recipe_text})
         self._file: Sink = sink if sink is not None else open(path, "wb")  # noqa: SIM115 - closed in finish()/close()
         self._file.write(header)
         self._file_hash = hashlib.sha256(header)
@@ -81,6 +106,32 @@ class ArtifactWriter:
         self._digests: list[bytes] = []
         self._next = 0
         self.sha256 = ""  # of the whole file, once finished
+
+    def _reserved_header(self) -> bytes:
+        """Spaces for the largest header any coding outcome can need: the recipe with every
+        stored tensor coded by the longest coder name, every tensor at its raw size, and room
+        for a coded tensor's ``"U8",[nbytes]`` printing longer than its raw dtype and shape."""
+        longest = max(coding.STAGES, key=len)
+        bound = replace(
+            self._recipe,
+            format_version=CODED_VERSION,
+            coded={i.name: longest for i in self._stored if i.name != STATS_TENSOR},
+        )
+        text = recipe_json(bound.to_json())
+        head = encode_header([*self._stored, self._checksum_info], {METADATA_KEY: text})
+        size = len(head) - 8 + sum(len(str(i.nbytes)) + 8 for i in self._stored)
+        size += -size % 8
+        self._reserved = size
+        return struct.pack("<Q", size) + b" " * size
+
+    def _final_header(self) -> bytes:
+        """The real header of a coded-mode artifact, padded to the reserved length."""
+        meta = {METADATA_KEY: self._recipe_text}
+        head = encode_header([*self._written, self._checksum_info], meta)
+        body = head[8:].rstrip(b" ")
+        if len(body) > self._reserved:
+            raise AssertionError("artifact header outgrew its reserved space")
+        return struct.pack("<Q", self._reserved) + body + b" " * (self._reserved - len(body))
 
     def _hash_file(self, chunks: list[memoryview]) -> None:
         for chunk in chunks:
@@ -101,17 +152,29 @@ class ArtifactWriter:
             future.result()
             self._backlog_bytes -= nbytes
 
-    def write(self, name: str, array: np.ndarray) -> None:
-        """Append the next stored tensor; it must be the one the recipe expects next."""
+    def write(self, name: str, array: np.ndarray, coder: str | None = None) -> None:
+        """Append the next stored tensor; it must be the one the recipe expects next, raw, or
+        (``coder``, in coded mode) the uint8 stream that coder made of it."""
         info = self._stored[self._next]
-        if name != info.name or array.shape != info.shape or dtype_name(array.dtype) != info.dtype:
+        if coder is None:
+            actual = info
+            raw = array.shape == info.shape and dtype_name(array.dtype) == info.dtype
+        else:
+            actual = coding.coded_info(info.name, array)
+            fits = coding.check_coded(coder, info) is None and array.dtype == np.uint8
+            raw = self._coded_mode and fits and array.ndim == 1 and array.nbytes <= info.nbytes
+        if name != info.name or not raw:
             raise AssertionError(
-                f"artifact writer expected {info}, got {name} {array.shape} {array.dtype}"
+                f"artifact writer expected {info}, got {name} {array.shape} {array.dtype} {coder}"
             )
+        if coder is not None:
+            self._coders[name] = coder
+        self._written.append(actual)
         data = memoryview(_as_bytes(array))
         self._file.write(data)
         self._digests.append(self._digest.fn(data))
-        self._queue_file_hash(data)
+        if not self._coded_mode:
+            self._queue_file_hash(data)
         self._next += 1
 
     def finish(self, stats: np.ndarray) -> None:
@@ -122,8 +185,21 @@ class ArtifactWriter:
         )
         if self._next != len(self._stored):
             raise AssertionError("artifact writer finished before every tensor was written")
+        if self._coded_mode and self._coders:
+            final = replace(self._recipe, format_version=CODED_VERSION, coded=dict(self._coders))
+            self._recipe_text = recipe_json(final.to_json())
         tail = b"".join([*self._digests, self._digest.fn(memoryview(self._recipe_text.encode()))])
         self._file.write(tail)
+        if self._coded_mode:
+            self._file.flush()
+            self._file.seek(0)
+            self._file.write(self._final_header())
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.close()
+            with open(self._path, "rb") as fh:
+                self.sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+            return
         self._queue_file_hash(memoryview(tail))
         self._queue_file_hash(None)
         self.sha256 = self._file_hash.hexdigest()

@@ -130,6 +130,8 @@ QUANTIZE_SETTINGS = (
     "max_abs_error",
     "max_rel_error",
     "fixed_rate",
+    "entropy",
+    "lossless",
 )
 """The parameters ``quantize_options`` adds, which ``quantize_settings`` turns into options."""
 
@@ -235,6 +237,19 @@ quantize_options = _stack(
         is_flag=True,
         help="Only fixed-rate codes (sliceable, exportable): --min-sqnr then chooses bits per "
         "code.",
+    ),
+    click.option(
+        "--entropy",
+        type=click.Choice(["auto", "none"]),
+        default="auto",
+        show_default=True,
+        help="auto: entropy-code stored codes and compress kept floats where that saves bytes; "
+        "none: plain packed codes, for readers that slice them directly.",
+    ),
+    click.option(
+        "--lossless",
+        is_flag=True,
+        help="Quantize nothing: store every float tensor losslessly compressed (exact bytes back).",
     ),
 )
 """What to quantize and how: every field of ``api.QuantizeOptions``, in --help order."""

@@ -258,6 +258,9 @@ def _inspect_summary(out: Any, result: dict[str, Any], artifact: bool) -> None:
     )
     if artifact and result["bits_per_weight"]:
         summary += f", {result['bits_per_weight']:.2f} bits per quantized weight"
+        before = result.get("bits_per_weight_before_entropy")
+        if before and before != result["bits_per_weight"]:
+            summary += f" ({before:.2f} before the entropy stage)"
     if artifact and result.get("float_bits_per_weight"):
         out.print(
             f"{result['float_bits_per_weight']:.2f} bits per stored float weight "

@@ -123,8 +123,7 @@ def decode(stream: np.ndarray, info: CodedInfo, threads: int = 1) -> np.ndarray:
     raw = np.ascontiguousarray(stream, dtype=np.uint8).reshape(-1)
     head, offsets, table, words = _parse(raw, info)
     out = np.empty(info.count, dtype=info.dtype)
-    slot2tok = np.repeat(np.arange(table.freq.size, dtype=np.int32), table.freq)
-    cum = np.concatenate(([0], np.cumsum(table.freq)[:-1])).astype(np.int64)
+    slots = _slot_table(table.freq)
     base = table.buckets << table.shift
     chunk = head["chunk"]
     n_chunks = offsets.size - 1
@@ -138,9 +137,7 @@ def decode(stream: np.ndarray, info: CodedInfo, threads: int = 1) -> np.ndarray:
                 words[lo_w:hi_w],
                 np.int64(table.lo),
                 np.int64(table.shift),
-                slot2tok,
-                table.freq,
-                cum,
+                slots,
                 base,
                 np.int64(table.escape),
                 np.int64(table.ebits),
@@ -152,6 +149,14 @@ def decode(stream: np.ndarray, info: CodedInfo, threads: int = 1) -> np.ndarray:
     if not all(ok):
         raise CorruptStreamError("an entropy-coded chunk does not decode (corrupt stream)")
     return out
+
+
+def _slot_table(freq: np.ndarray) -> np.ndarray:
+    """The decoder's per-slot table (see ``rans_kernels.decode_chunk``)."""
+    tok = np.repeat(np.arange(freq.size, dtype=np.int64), freq)
+    cum = np.concatenate(([0], np.cumsum(freq)[:-1])).astype(np.int64)
+    offset = np.arange(SCALE, dtype=np.int64) - cum[tok]
+    return (freq[tok] << 32) | (offset << 16) | tok
 
 
 # --- choosing the table ------------------------------------------------------------------------
@@ -256,6 +261,7 @@ def _encode_with(x: np.ndarray, table: _Table, threads: int) -> np.ndarray:
     real = np.arange(n_tok) != table.escape
     tokmap[table.buckets[real]] = np.flatnonzero(real).astype(np.int32)
     cum = np.concatenate(([0], np.cumsum(table.freq)[:-1])).astype(np.int64)
+    rcp = 1.0 / table.freq.astype(np.float64)
     starts = range(0, n, CHUNK)
 
     def run(start: int) -> np.ndarray:
@@ -268,6 +274,7 @@ def _encode_with(x: np.ndarray, table: _Table, threads: int) -> np.ndarray:
             np.int64(table.shift),
             tokmap,
             table.freq,
+            rcp,
             cum,
             np.int64(table.escape),
             np.int64(table.ebits),

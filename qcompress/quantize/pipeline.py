@@ -24,9 +24,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from qcompress import engine
+from qcompress.artifact import coding
 from qcompress.artifact.layout import build_recipe, quantized_arrays, uniform_arrays
 from qcompress.artifact.reader import Artifact, is_artifact
-from qcompress.artifact.recipe import FLOAT_DTYPES, QUANTIZED, STATS_COLUMNS, TensorRecipe
+from qcompress.artifact.recipe import (
+    FLOAT_DTYPES,
+    PASSTHROUGH,
+    QUANTIZED,
+    STATS_COLUMNS,
+    TensorRecipe,
+)
 from qcompress.artifact.writer import ArtifactWriter
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.config import QuantizeOptions
@@ -70,10 +77,13 @@ def default_jobs() -> int:
 
 @dataclass(frozen=True)
 class TensorResult:
-    """One tensor, done: the stored tensors to append (in order) and what was measured."""
+    """One tensor, done: the stored tensors to append (in order, each with the coder of the
+    entropy stage that holds it, or None: stored plainly), their bytes before that stage, and
+    what was measured."""
 
-    stored: list[tuple[str, np.ndarray]]
+    stored: list[tuple[str, np.ndarray, str | None]]
     measured: Measured
+    raw_bytes: int = 0
 
 
 def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
@@ -89,18 +99,26 @@ def min_max(x: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def quantize_one(
-    path: object, plan: TensorDecision, entry: TensorRecipe, x: np.ndarray, *, threads: int = 1
+    path: object,
+    plan: TensorDecision,
+    entry: TensorRecipe,
+    x: np.ndarray,
+    *,
+    threads: int = 1,
+    entropy: bool = False,
 ) -> TensorResult:
     """Quantize (or keep) one tensor: the arrays the artifact stores for it, and its error.
 
-    ``threads`` > 1 splits a large tensor's rows over threads; the bytes do not depend on it."""
+    ``threads`` > 1 splits a large tensor's rows over threads; the bytes do not depend on it.
+    ``entropy``: pass every stored tensor but a passed-through one through the entropy stage."""
     name = plan.info.name
     if plan.action != QUANTIZED:
         x_min, x_max = min_max(x)
         assert entry.stored is not None
-        return TensorResult([(entry.stored, x)], measured(entry, x_min, x_max, None, EXACT))
+        m = measured(entry, x_min, x_max, None, EXACT)
+        return _coded([(entry.stored, x)], m, entropy and plan.action != PASSTHROUGH, threads)
     if isinstance(plan.spec, UniformSpec):
-        return _quantize_uniform(path, plan, entry, x)
+        return _quantize_uniform(path, plan, entry, x, entropy=entropy, threads=threads)
     assert plan.spec is not None
     try:
         # Fused: the error is measured tile by tile while the codes are in cache, rather than
@@ -111,20 +129,39 @@ def quantize_one(
     # Quantized means finite (checked by the engine), so no NaN mask: plain min and max.
     x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
     stored = quantized_arrays(entry, q)
-    return TensorResult(stored, measured(entry, x_min, x_max, q, stats))
+    return _coded(stored, measured(entry, x_min, x_max, q, stats), entropy, threads)
+
+
+def _coded(
+    stored: list[tuple[str, np.ndarray]], m: Measured, entropy: bool, threads: int
+) -> TensorResult:
+    """The result, each stored tensor through the entropy stage when ``entropy`` (in the worker
+    thread, so coding overlaps the next tensors' quantization)."""
+    raw = sum(a.nbytes for _, a in stored)
+    if not entropy:
+        return TensorResult([(n, a, None) for n, a in stored], m, raw)
+    return TensorResult([(n, *coding.code(a, threads)) for n, a in stored], m, raw)
 
 
 def _quantize_uniform(
-    path: object, plan: TensorDecision, entry: TensorRecipe, x: np.ndarray
+    path: object,
+    plan: TensorDecision,
+    entry: TensorRecipe,
+    x: np.ndarray,
+    *,
+    entropy: bool,
+    threads: int,
 ) -> TensorResult:
-    """Variable-rate codes: the same codes the measuring pass found (deterministic)."""
+    """Variable-rate codes: the same codes the measuring pass found (deterministic), through
+    the entropy stage like any stored tensor."""
     assert isinstance(plan.spec, UniformSpec)
     try:
         u, stats = uniform_quantize_with_error(x, plan.spec)
     except NonFiniteError as e:
         raise non_finite_error(path, plan.info.name, e) from None
     x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
-    return TensorResult(uniform_arrays(entry, u), measured_uniform(entry, x_min, x_max, u, stats))
+    m = measured_uniform(entry, x_min, x_max, u, stats)
+    return _coded(uniform_arrays(entry, u), m, entropy, threads)
 
 
 def stream_quantize(
@@ -135,6 +172,7 @@ def stream_quantize(
     *,
     jobs: int = 1,
     progress: Progress | None = None,
+    entropy: bool = False,
 ) -> tuple[list[TensorReport], list[ErrorStats]]:
     """Quantize every decided tensor into ``writer`` in order and finish the artifact; each
     tensor's report line (built once, as it is written) and its error."""
@@ -144,9 +182,12 @@ def stream_quantize(
 
     def finish(plan: TensorDecision, result: TensorResult) -> None:
         stored_bytes = 0
-        for stored_name, array in result.stored:
-            writer.write(stored_name, array)
+        coders: list[str] = []
+        for stored_name, array, coder in result.stored:
+            writer.write(stored_name, array, coder)
             stored_bytes += array.nbytes
+            if coder is not None and coder not in coders:
+                coders.append(coder)
         reader.release(plan.info.name)
         entry = entries[len(reports)]  # finished in order
         reports.append(
@@ -157,6 +198,8 @@ def stream_quantize(
                 stored_bytes=stored_bytes,
                 decided_by=plan.decided_by,
                 candidates=decided.candidates_for(plan),
+                entropy_coder="+".join(coders) or None,
+                raw_stored_bytes=result.raw_bytes,
             )
         )
         stats.append(result.measured.stats)
@@ -170,9 +213,10 @@ def stream_quantize(
         # the threads instead (the engine's chunks depend only on the shape, not on ``jobs``).
         for plan, entry in work:
             x = reader.read(plan.info.name)
-            finish(plan, quantize_one(reader.path, plan, entry, x, threads=jobs))
+            result = quantize_one(reader.path, plan, entry, x, threads=jobs, entropy=entropy)
+            finish(plan, result)
     else:
-        _in_threads(reader, work, jobs, finish)
+        _in_threads(reader, work, jobs, finish, entropy)
     writer.finish(np.array([stats_row(s) for s in stats], dtype=np.float64))
     return reports, stats
 
@@ -182,6 +226,7 @@ def _in_threads(
     work: Any,
     jobs: int,
     finish: Callable[[TensorDecision, TensorResult], None],
+    entropy: bool = False,
 ) -> None:
     """Read in order, compute in ``jobs`` threads, finish in order."""
     pending: deque[tuple[TensorDecision, Future[TensorResult]]] = deque()
@@ -189,7 +234,8 @@ def _in_threads(
         try:
             for plan, entry in work:
                 x = reader.read(plan.info.name)
-                pending.append((plan, pool.submit(quantize_one, reader.path, plan, entry, x)))
+                job = pool.submit(quantize_one, reader.path, plan, entry, x, entropy=entropy)
+                pending.append((plan, job))
                 while len(pending) >= jobs:
                     done_plan, future = pending.popleft()
                     finish(done_plan, future.result())
@@ -265,9 +311,16 @@ def quantize_single(
         atomic_outputs([artifact_path, report_path], force) as (tmp_artifact, tmp_report),
     ):
         input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
-        with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
+        entropy = options.entropy == "auto"
+        with ArtifactWriter(tmp_artifact, recipe, stored, coded=entropy) as writer:
             entries, stats = stream_quantize(
-                reader, decided, recipe.tensors, writer, jobs=jobs, progress=progress
+                reader,
+                decided,
+                recipe.tensors,
+                writer,
+                jobs=jobs,
+                progress=progress,
+                entropy=entropy,
             )
         _confirm(tmp_artifact)
         report = build_report(

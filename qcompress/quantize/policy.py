@@ -48,6 +48,8 @@ def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) ->
         return TensorDecision(
             info, PASSTHROUGH, f"{info.dtype} is not a float dtype: stored unchanged"
         )
+    if options.lossless:
+        return TensorDecision(info, KEPT, "--lossless: kept, losslessly compressed")
     plan = options.plan
     rule = plan.rule_for(info.name) if plan is not None else None
     decided_by = _decided_by(plan, rule)
