@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompress import engine
-from qcompress.artifact.layout import stored_nbytes
-from qcompress.artifact.recipe import KEPT, QUANTIZED
+from qcompress.artifact.layout import quantized_arrays, quantized_layout, stored_nbytes
+from qcompress.artifact.recipe import KEPT, QUANTIZED, TensorRecipe
 from qcompress.config import QuantizeOptions
 from qcompress.engine.bit_allocation import (
     Allocation,
@@ -39,7 +39,12 @@ from qcompress.engine.uniform import UniformSpec
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.quantize.policy import TensorDecision, keep_warnings, non_finite_error
-from qcompress.quantize.varrate import measure_uniform, resolve_code_dtypes, step_ladder
+from qcompress.quantize.varrate import (
+    measure_uniform,
+    priced_nbytes,
+    resolve_code_dtypes,
+    step_ladder,
+)
 from qcompress.report import finite_or_none
 
 
@@ -103,26 +108,38 @@ def decide_budget(
         for plan in plans:
             if plan.candidates:
                 variable = options.target_bpw is not None and not options.fixed_rate
-                decisions.measured[plan.info.name] = _measure(reader, plan, pool, variable)
+                entropy = options.entropy != "none"
+                decisions.measured[plan.info.name] = _measure(reader, plan, pool, variable, entropy)
     decisions.plans = _choose(reader, plans, decisions.measured, options)
     return decisions
 
 
 def _measure(
-    reader: WeightReader, plan: TensorDecision, pool: ThreadPoolExecutor, variable: bool
+    reader: WeightReader,
+    plan: TensorDecision,
+    pool: ThreadPoolExecutor,
+    variable: bool,
+    entropy: bool,
 ) -> list[Measured]:
     """Read the tensor once; quantize it with every candidate (and, when ``variable``, at every
-    step of :func:`varrate.step_ladder`); keep only error and size."""
+    step of :func:`varrate.step_ladder`); keep only error and the bytes the artifact would
+    store, after the entropy stage when ``entropy`` (exact: the writer's own coder)."""
     name = plan.info.name
     x = reader.read(name)
 
     def one(spec: QuantSpec) -> Measured:
         try:
-            stats = engine.error_stats(x, engine.dequantize(engine.quantize(x, spec)))
+            q = engine.quantize(x, spec)
+            stats = engine.error_stats(x, engine.dequantize(q))
         except NonFiniteError as e:
             raise non_finite_error(reader.path, name, e) from None
         rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
-        return Measured(spec, rel, stored_nbytes(plan.info, spec))
+        if not entropy:
+            return Measured(spec, rel, stored_nbytes(plan.info, spec))
+        layout, _ = quantized_layout(plan.info, spec)
+        entry = TensorRecipe(name, plan.info.dtype, plan.info.shape, QUANTIZED, "", None, layout)
+        arrays = [a for _, a in quantized_arrays(entry, q)]
+        return Measured(spec, rel, priced_nbytes(arrays, entropy))
 
     try:
         fixed = list(pool.map(one, plan.candidates))
@@ -132,7 +149,9 @@ def _measure(
             ladder = step_ladder(x, plan.candidates[0].axis)
         except NonFiniteError as e:
             raise non_finite_error(reader.path, name, e) from None
-        return fixed + [m for m in pool.map(measure_uniform, [x] * len(ladder), ladder) if m]
+        flags = [entropy] * len(ladder)
+        found = pool.map(measure_uniform, [x] * len(ladder), ladder, flags)
+        return fixed + [m for m in found if m]
     finally:
         reader.release(name)
 

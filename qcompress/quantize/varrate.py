@@ -92,10 +92,10 @@ def step_ladder(x: np.ndarray, axis: int) -> list[UniformSpec]:
     ]
 
 
-def measure_uniform(x: np.ndarray, spec: UniformSpec) -> Measured | None:
+def measure_uniform(x: np.ndarray, spec: UniformSpec, entropy: bool) -> Measured | None:
     """A budget's candidate: the step's relative error and the bytes the artifact stores for it
-    (codes priced by :func:`stored_code_nbytes`, plus the step), its code dtype resolved; None
-    where the step needs codes wider than 32 bits."""
+    (codes and step priced by :func:`priced_nbytes`), its code dtype resolved; None where the
+    step needs codes wider than 32 bits."""
     from qcompress.quantize.budget import Measured
 
     try:
@@ -104,21 +104,14 @@ def measure_uniform(x: np.ndarray, spec: UniformSpec) -> Measured | None:
         return None
     rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
     resolved = dataclasses.replace(spec, code_dtype=u.codes.dtype.name)
-    return Measured(resolved, rel, stored_code_nbytes(u.codes) + u.step.nbytes)
+    return Measured(resolved, rel, priced_nbytes([u.codes, u.step], entropy))
 
 
-ENTROPY_STAGE = False
-"""Whether the artifact writer entropy-codes stored code streams. The entropy engine is here
-(``engine.entropy``) but the writer does not use it yet: until it does, a budget prices codes at
-their plain size, which is what the file stores. The merge of the writer's entropy stage sets
-this True (or replaces it with the writer's own rule)."""
+def priced_nbytes(arrays: list[np.ndarray], entropy: bool) -> int:
+    """Exactly the bytes the artifact stores for these stored tensors: each one through the
+    entropy stage (``artifact.coding.code``, the writer's own rule) when ``entropy``, else plain."""
+    if not entropy:
+        return sum(int(a.nbytes) for a in arrays)
+    from qcompress.artifact import coding
 
-
-def stored_code_nbytes(codes: np.ndarray) -> int:
-    """Bytes the artifact stores for a code stream: after the entropy stage when the writer has
-    one (``engine.entropy.coded_nbytes``: exact, never more than the plain codes), else plain."""
-    if not ENTROPY_STAGE:
-        return int(codes.nbytes)
-    from qcompress.engine.entropy import coded_nbytes
-
-    return min(int(codes.nbytes), int(coded_nbytes(codes)))
+    return sum(int(coding.code(a)[0].nbytes) for a in arrays)
