@@ -151,7 +151,7 @@ def _measure(
             raise non_finite_error(reader.path, name, e) from None
         flags = [entropy] * len(ladder)
         found = pool.map(measure_uniform, [x] * len(ladder), ladder, flags)
-        return fixed + [m for m in found if m]
+        return fixed + [Measured(*m) for m in found if m]
     finally:
         reader.release(name)
 

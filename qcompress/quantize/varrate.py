@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,9 +26,6 @@ from qcompress.engine.uniform import (
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.quantize.policy import TensorDecision, non_finite_error
-
-if TYPE_CHECKING:
-    from qcompress.quantize.budget import Measured
 
 LADDER_DB = tuple(range(8, 49))
 """SQNR (dB) of the variable-rate steps a --target-bpw budget measures per tensor: 1 dB apart,
@@ -92,19 +88,19 @@ def step_ladder(x: np.ndarray, axis: int) -> list[UniformSpec]:
     ]
 
 
-def measure_uniform(x: np.ndarray, spec: UniformSpec, entropy: bool) -> Measured | None:
-    """A budget's candidate: the step's relative error and the bytes the artifact stores for it
-    (codes and step priced by :func:`priced_nbytes`), its code dtype resolved; None where the
-    step needs codes wider than 32 bits."""
-    from qcompress.quantize.budget import Measured
-
+def measure_uniform(
+    x: np.ndarray, spec: UniformSpec, entropy: bool
+) -> tuple[UniformSpec, float, int] | None:
+    """A budget's candidate: the spec with its code dtype resolved, the step's relative error,
+    and the bytes the artifact stores for it (codes and step priced by :func:`priced_nbytes`);
+    None where the step needs codes wider than 32 bits."""
     try:
         u, stats = uniform_quantize_with_error(x, spec)
     except BoundError:
         return None
     rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
     resolved = dataclasses.replace(spec, code_dtype=u.codes.dtype.name)
-    return Measured(resolved, rel, priced_nbytes([u.codes, u.step], entropy))
+    return resolved, rel, priced_nbytes([u.codes, u.step], entropy)
 
 
 def priced_nbytes(arrays: list[np.ndarray], entropy: bool) -> int:
