@@ -89,7 +89,7 @@ def synthetic_benchmark(work: Path) -> bool:
     uniform = []
     for label, options in uniform_settings():
         report = _quantize(path, work / "u.qc.safetensors", options)
-        uniform.append((report["totals"]["bits_per_weight"], total_rel_error(report), label))
+        uniform.append((report["totals"]["float_bits_per_weight"], total_rel_error(report), label))
     uniform.sort()
     print("\nSynthetic transformer (Student-t and Gaussian matrices): total relative error")
     print(
@@ -98,7 +98,7 @@ def synthetic_benchmark(work: Path) -> bool:
     ok = True
     for bpw, err, label in uniform:
         report = _quantize(path, work / "m.qc.safetensors", api.QuantizeOptions(target_bpw=bpw))
-        m_bpw, m_err = report["totals"]["bits_per_weight"], total_rel_error(report)
+        m_bpw, m_err = report["totals"]["float_bits_per_weight"], total_rel_error(report)
         # The best uniform setting that fits the same budget, whichever width it is. At the
         # cheapest budget every tensor must take its cheapest setting: mixed can only tie there.
         best = min(e for b, e, _ in uniform if b <= bpw)
@@ -139,7 +139,7 @@ def sample_benchmark(work: Path, target: float = 3.0) -> bool:
     ]:
         out = work / f"s{len(rows)}.qc.safetensors"
         report = _quantize(SAMPLE, out, options)
-        bpw = report["totals"]["bits_per_weight"]
+        bpw = report["totals"]["float_bits_per_weight"]
         rows.append((label, bpw, total_rel_error(report), _accuracy(score, out)))
     for label, bpw, err, acc in sorted(rows, key=lambda r: r[1]):
         print(f"{label:<22}{bpw:>12.3f}{err:>12.4f}{acc:>10.4f}")

@@ -67,6 +67,7 @@ class Knob:
     minimum: float | None = None
     maximum: float | None = None
     plan: str = ""
+    positive: bool = False  # a float that must be finite and > 0 (an error bound)
 
     @property
     def flag(self) -> str:
@@ -82,6 +83,12 @@ class Knob:
             return None
         if self.type is int and (not isinstance(value, int) or isinstance(value, bool)):
             return "must be an integer"
+        if self.positive and (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not (math.isfinite(value) and value > 0)
+        ):
+            return "must be a positive number"
         if self.minimum is not None and self.maximum is not None:
             if not self.minimum <= value <= self.maximum:  # type: ignore[operator]
                 return f"must be from {self.minimum} to {self.maximum}"
@@ -180,14 +187,43 @@ KNOBS: tuple[Knob, ...] = (
         "target_bpw",
         float,
         None,
-        "Choose bits per tensor: least total error at <= X bits per quantized weight.",
+        "Choose codes per tensor (fixed- or variable-rate): least total error at <= X bits per "
+        "weight over every float tensor stored (quantized and kept).",
     ),
     Knob(
         "min_sqnr",
         "min_sqnr",
         float,
         None,
-        "Choose bits per tensor: the fewest reaching DB; tensors that cannot stay float.",
+        "Reach DB per tensor in the fewest bits: variable-rate codes, or with --fixed-rate the "
+        "fewest bits per code (tensors that cannot stay float).",
+    ),
+    Knob(
+        "max_abs_error",
+        "max_abs_error",
+        float,
+        None,
+        "Guarantee |w - w_hat| <= E for every quantized weight, in the fewest bits "
+        "(variable-rate codes).",
+        plan="setting",
+        positive=True,
+    ),
+    Knob(
+        "max_rel_error",
+        "max_rel_error",
+        float,
+        None,
+        "Guarantee |w - w_hat| <= R times each tensor's value range (max - min), in the fewest "
+        "bits (variable-rate codes).",
+        plan="setting",
+        positive=True,
+    ),
+    Knob(
+        "fixed_rate",
+        "fixed_rate",
+        bool,
+        False,
+        "Only fixed-rate codes (sliceable, exportable): --min-sqnr then chooses bits per code.",
     ),
     Knob(
         "entropy",
@@ -233,6 +269,9 @@ class QuantizeOptions:
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.quantize.plan_file.load_plan
     target_bpw: float | None = None  # choose bits per tensor: at most this many bits per weight
     min_sqnr: float | None = None  # choose bits per tensor: the fewest that reach this SQNR (dB)
+    max_abs_error: float | None = None  # variable-rate codes with |w - w_hat| <= this
+    max_rel_error: float | None = None  # the same, relative to each tensor's value range
+    fixed_rate: bool = False  # fixed-rate codes only: --min-sqnr chooses bits
     entropy: str = "auto"  # the entropy stage: "auto" codes where it saves bytes, "none" never
     lossless: bool = False  # keep every float tensor, losslessly compressed
 
@@ -257,17 +296,31 @@ class QuantizeOptions:
             raise UsageError(f"--lossless quantizes nothing, so {self.budget} chooses nothing")
 
     def _check_budget(self) -> None:
-        if self.target_bpw is not None and self.min_sqnr is not None:
-            raise UsageError("--target-bpw and --min-sqnr: give one budget, not both")
+        given = [
+            f"--{k.replace('_', '-')}"
+            for k in ("target_bpw", "min_sqnr", "max_abs_error", "max_rel_error")
+            if getattr(self, k) is not None
+        ]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)}: give one budget, not both")
+        for field in ("max_abs_error", "max_rel_error"):
+            value = getattr(self, field)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{_BY_FIELD[field].flag} {value}: must be a positive number")
+            if value is not None and self.fixed_rate:
+                raise UsageError(
+                    f"{_BY_FIELD[field].flag} needs variable-rate codes; drop --fixed-rate"
+                )
         if self.target_bpw is not None and not (
             math.isfinite(self.target_bpw) and self.target_bpw > 0
         ):
             raise UsageError(f"--target-bpw {self.target_bpw}: must be a positive number")
         if self.min_sqnr is not None and not math.isfinite(self.min_sqnr):
             raise UsageError(f"--min-sqnr {self.min_sqnr}: must be a finite number of dB")
-        if self.budget and self.plan is not None and self.plan.sets("bits"):
+        chooser = self.budget or (self.error_target and self.error_target[2])
+        if chooser and self.plan is not None and self.plan.sets("bits"):
             raise UsageError(
-                f"{self.plan.path}: [default] sets bits, which {self.budget} chooses; "
+                f"{self.plan.path}: [default] sets bits, which {chooser} chooses; "
                 "remove it (set bits in a [[rule]] to pin tensors)"
             )
 
@@ -276,8 +329,20 @@ class QuantizeOptions:
         """The budget that chooses bits per tensor, as the user wrote it, or None."""
         if self.target_bpw is not None:
             return f"--target-bpw {self.target_bpw:g}"
-        if self.min_sqnr is not None:
+        if self.min_sqnr is not None and self.fixed_rate:
             return f"--min-sqnr {self.min_sqnr:g}"
+        return None
+
+    @property
+    def error_target(self) -> tuple[str, float, str] | None:
+        """The error target of variable-rate codes (``engine.uniform`` target, value, and the
+        option as written), or None for fixed-rate codes."""
+        if self.max_abs_error is not None:
+            return "abs", self.max_abs_error, f"--max-abs-error {self.max_abs_error:g}"
+        if self.max_rel_error is not None:
+            return "rel", self.max_rel_error, f"--max-rel-error {self.max_rel_error:g}"
+        if self.min_sqnr is not None and not self.fixed_rate:
+            return "sqnr", self.min_sqnr, f"--min-sqnr {self.min_sqnr:g}"
         return None
 
     def defaults(self) -> dict[str, object]:
@@ -304,6 +369,9 @@ class QuantizeOptions:
             "plan": plan,
             "target_bpw": self.target_bpw,
             "min_sqnr": self.min_sqnr,
+            "max_abs_error": self.max_abs_error,
+            "max_rel_error": self.max_rel_error,
+            "fixed_rate": self.fixed_rate,
             "entropy": self.entropy,
             "lossless": self.lossless,
         }

@@ -116,6 +116,9 @@ def _artifact_tensor(
     the scales and zero-points: each grid spans (lowest code - zero) x scale to (highest code -
     zero) x scale. A single grid (per tensor) gives every level it has; many grids give the
     distinct values the tensor decodes to."""
+    if entry.uniform is not None:  # no clipping: the grid covers every value, step apart
+        values = art.tensor(entry)
+        return values, None, None
     if entry.quantized is None:
         return art.stored_tensor(entry), None, None
     q = art.quantized(entry)

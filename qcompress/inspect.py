@@ -41,6 +41,7 @@ class ArtifactTensor(TensorInfo):
     granularity: str | None
     axis: int | None
     group_size: int | None
+    mode: str | None  # fixed-rate or variable-rate; None in float
     stored_bytes: int
     raw_stored_bytes: int  # before the entropy stage
     entropy_coder: str | None
@@ -103,6 +104,8 @@ class ArtifactInspection(_Inspection):
     parameters: int
     bits_per_weight: float | None
     bits_per_weight_before_entropy: float | None
+    float_bits_per_weight: float | None
+    file_bits_per_weight: float | None
     by_width: tuple[WidthShare, ...]
     tensors: tuple[ArtifactTensor, ...]
 
@@ -148,7 +151,10 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
     stats = art.stats()
     tensors = []
     for e, row in zip(art.entries, stats, strict=True):
-        info = e.info
+        info, u = e.info, e.uniform
+        fields = quant_fields(e.quantized, _RECIPE_COLUMNS)
+        if u is not None:
+            fields.update(granularity=u.granularity, axis=u.axis)
         tensors.append(
             ArtifactTensor(
                 name=e.name,
@@ -157,7 +163,8 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
                 parameters=info.size,
                 bytes=info.nbytes,
                 action=e.action,
-                **quant_fields(e.quantized, _RECIPE_COLUMNS),
+                **fields,
+                mode="variable-rate" if u else None if e.quantized is None else "fixed-rate",
                 stored_bytes=art.stored_bytes(e),
                 raw_stored_bytes=art.raw_bytes(e),
                 entropy_coder="+".join(dict.fromkeys(art.coders(e).values())) or None,
@@ -168,12 +175,15 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
         )
     quantized = [t for t in tensors if t.action == QUANTIZED]
     q_params = sum(t.parameters for t in quantized)
+    floats = [t for t in tensors if t.action != "passthrough"]
+    f_params = sum(t.parameters for t in floats)
+    file_bytes = _total_bytes(art)
     return ArtifactInspection(
         path=path,
         kind="artifact",
         format="safetensors",
         source_format=art.source["format"],
-        file_bytes=_total_bytes(art),
+        file_bytes=file_bytes,
         parameters=sum(t.parameters for t in tensors),
         bits_per_weight=(
             8 * sum(t.stored_bytes for t in quantized) / q_params if q_params else None
@@ -181,7 +191,12 @@ def _inspect_artifact(path: Path, art: Artifact | ShardedArtifact) -> ArtifactIn
         bits_per_weight_before_entropy=(
             8 * sum(t.raw_stored_bytes for t in quantized) / q_params if q_params else None
         ),
-        by_width=_by_width(quantized),
+        # What --target-bpw counts (every stored float tensor), and the whole file per weight.
+        float_bits_per_weight=(
+            8 * sum(t.stored_bytes for t in floats) / f_params if f_params else None
+        ),
+        file_bits_per_weight=8 * file_bytes / f_params if f_params else None,
+        by_width=_by_width([t for t in quantized if t.bits is not None]),
         tensors=tuple(tensors),
     )
 

@@ -24,6 +24,7 @@ from qcompress.engine.spec import ErrorStats, QuantizedTensor
 
 if TYPE_CHECKING:
     from qcompress.artifact.recipe import Stored, TensorRecipe
+    from qcompress.engine.uniform import UniformTensor
 
 LIST_LIMIT = 64  # parameter lists longer than this are summarised in the report
 
@@ -105,6 +106,9 @@ class Measured:
     clip_max: float | None = None
     scale: list[float] | dict[str, Any] | None = None
     zero_point: list[float] | dict[str, Any] | None = None
+    mode: str | None = None
+    code_bits: int | None = None
+    entropy_bits: float | None = None
 
 
 def measured(
@@ -128,6 +132,33 @@ def measured(
         None
         if q.zero_point is None or stored.zero_point is None
         else _values(q.zero_point, stored.zero_point),
+    )
+
+
+def measured_uniform(
+    recipe_entry: TensorRecipe,
+    x_min: float | None,
+    x_max: float | None,
+    u: UniformTensor,
+    stats: ErrorStats,
+) -> Measured:
+    """The report's numbers for a tensor with variable-rate codes: its steps (as ``scale``),
+    the width of its stored codes and their order-0 entropy, the bits an ideal coder spends."""
+    from qcompress.engine.uniform import code_entropy
+
+    s = recipe_entry.uniform
+    assert s is not None
+    return Measured(
+        x_min,
+        x_max,
+        stats,
+        x_min,
+        x_max,  # no clipping: the grid covers every value
+        _values(u.step, s.step),
+        None,
+        "variable-rate",
+        8 * u.codes.dtype.itemsize,
+        code_entropy(u.codes),
     )
 
 
@@ -161,6 +192,9 @@ class TensorReport:
     stored_bytes: int
     decided_by: str
     candidates: list[dict[str, Any]] | None
+    mode: str | None = None
+    code_bits: int | None = None
+    entropy_bits: float | None = None
     entropy_coder: str | None = None
     raw_stored_bytes: int | None = None  # before the entropy stage; stored_bytes is after it
 
@@ -190,13 +224,18 @@ def tensor_report(
 ) -> TensorReport:
     """One tensor's report line from its recipe entry and what quantizing it measured."""
     e, s = recipe_entry, recipe_entry.quantized
+    u = recipe_entry.uniform
+    fixed = s is not None
     return TensorReport(
         name=e.name,
         shape=list(e.shape),
         dtype=e.dtype,
         action=e.action,
         reason=e.reason,
-        **quant_fields(s),
+        **{
+            **quant_fields(s),
+            **({} if u is None else {"granularity": u.granularity, "axis": u.axis}),
+        },
         original_min=m.original_min,
         original_max=m.original_max,
         clip_min=m.clip_min,
@@ -210,6 +249,9 @@ def tensor_report(
         stored_bytes=stored_bytes,
         decided_by=decided_by,
         candidates=candidates,
+        mode="fixed-rate" if fixed else m.mode,
+        code_bits=s.bits if fixed else m.code_bits,
+        entropy_bits=m.entropy_bits,
         entropy_coder=entropy_coder,
         raw_stored_bytes=stored_bytes if raw_stored_bytes is None else raw_stored_bytes,
     )
@@ -222,6 +264,9 @@ def totals(entries: list[dict[str, Any]], overall: ErrorStats, artifact_bytes: i
     q_params = sum(math.prod(e["shape"]) for e in quantized)
     q_bytes = sum(e["stored_bytes"] for e in quantized)
     original = sum(e["original_bytes"] for e in entries)
+    floats = [e for e in entries if e["action"] != "passthrough"]
+    f_params = sum(math.prod(e["shape"]) for e in floats)
+    f_bytes = sum(e["stored_bytes"] for e in floats)
     return {
         "tensors": len(entries),
         "quantized_tensors": len(quantized),
@@ -231,6 +276,9 @@ def totals(entries: list[dict[str, Any]], overall: ErrorStats, artifact_bytes: i
         "artifact_bytes": artifact_bytes,
         "compression_ratio": original / artifact_bytes if artifact_bytes else None,
         "bits_per_weight": 8 * q_bytes / q_params if q_params else None,
+        # what --target-bpw counts: every float tensor stored (quantized and kept)
+        "float_bits_per_weight": 8 * f_bytes / f_params if f_params else None,
+        "file_bits_per_weight": 8 * artifact_bytes / f_params if f_params else None,
         "quantized_original_bytes": sum(e["original_bytes"] for e in quantized),
         "quantized_stored_bytes": q_bytes,
         **{f"overall_{k}": v for k, v in error_fields(overall).items()},

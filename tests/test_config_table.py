@@ -94,6 +94,8 @@ def test_plan_keys_derive_from_the_table() -> None:
         "range": "range_method",
         "scale_dtype": "scale_dtype",
         "scale_bits": "scale_bits",
+        "max_abs_error": "max_abs_error",
+        "max_rel_error": "max_rel_error",
     }
     assert plan_file.DEFAULT_ONLY == {"min_elements": "min_elements"}
 

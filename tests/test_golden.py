@@ -34,6 +34,8 @@ SETTINGS: dict[str, tuple[str, ...]] = {
     "bits2": ("--bits", "2"),
     "bpw3": ("--target-bpw", "3"),
     "bits4-plain": ("--bits", "4", "--entropy", "none"),  # the bytes from before the stage
+    "abs": ("--max-abs-error", "0.01"),  # variable-rate codes, a proven bound
+    "sqnr": ("--min-sqnr", "25"),  # variable-rate codes, a step from the power
 }
 
 # model/setting -> SHA-256 of the artifact. Regenerate: see the module docstring.

@@ -25,11 +25,13 @@ from qcompress.artifact.recipe import (
     Recipe,
     Stored,
     TensorRecipe,
+    UniformStored,
 )
 from qcompress.engine import n_groups, pack_codes, packed_nbytes
 from qcompress.engine.level2 import n_blocks as level2_blocks
 from qcompress.engine.packing import packing_for
 from qcompress.engine.spec import SUPER_BLOCK, QuantizedTensor, QuantSpec
+from qcompress.engine.uniform import UniformSpec, UniformTensor
 from qcompress.errors import InputError
 from qcompress.formats.base import TensorInfo
 
@@ -45,7 +47,7 @@ class Placement(Protocol):
     @property
     def reason(self) -> str: ...
     @property
-    def spec(self) -> QuantSpec | None: ...
+    def spec(self) -> QuantSpec | UniformSpec | None: ...
 
 
 def row_shape(shape: tuple[int, ...], spec: QuantSpec) -> tuple[int, int]:
@@ -106,6 +108,34 @@ def quantized_layout(info: TensorInfo, spec: QuantSpec) -> tuple[Stored, list[Te
     return layout, stored
 
 
+def uniform_layout(info: TensorInfo, spec: UniformSpec) -> tuple[UniformStored, list[TensorInfo]]:
+    """How ``info`` with variable-rate codes is stored: codes (rows, cols) in the dtype the
+    measuring pass found (``spec.code_dtype``), then steps (rows, 1) float32."""
+    assert spec.code_dtype is not None, "variable-rate codes need their dtype before the header"
+    rows, cols = row_shape(info.shape, spec.rows_spec)
+    codes = TensorInfo(f"{info.name}.ucodes", (rows, cols), spec.code_dtype)
+    step = TensorInfo(f"{info.name}.ustep", (rows, 1), "float32")
+    layout = UniformStored(
+        target=spec.target,
+        target_value=spec.value,
+        granularity=spec.granularity,
+        axis=None if spec.granularity == "tensor" else spec.axis,
+        rows=rows,
+        cols=cols,
+        code_dtype=spec.code_dtype,
+        codes=codes.name,
+        step=step.name,
+    )
+    return layout, [codes, step]
+
+
+def uniform_arrays(entry: TensorRecipe, u: UniformTensor) -> list[tuple[str, np.ndarray]]:
+    """The stored tensors (name, array) of one tensor with variable-rate codes."""
+    s = entry.uniform
+    assert s is not None
+    return [(s.codes, u.codes), (s.step, u.step)]
+
+
 def quantized_arrays(entry: TensorRecipe, q: QuantizedTensor) -> list[tuple[str, np.ndarray]]:
     """The stored tensors (name, array), in payload order, that hold one quantized tensor."""
     s = entry.quantized
@@ -145,15 +175,27 @@ def build_recipe(
                 "for qcompress; rename it"
             )
         info = plan.info
-        if plan.action == QUANTIZED:
+        uniform: UniformStored | None = None
+        layout: Stored | None = None
+        if plan.action == QUANTIZED and isinstance(plan.spec, UniformSpec):
+            uniform, infos = uniform_layout(info, plan.spec)
+            stored_as: str | None = None
+        elif plan.action == QUANTIZED:
             assert plan.spec is not None
             layout, infos = quantized_layout(info, plan.spec)
-            stored_as: str | None = None
+            stored_as = None
         else:
-            layout, infos, stored_as = None, [info], info.name
+            infos, stored_as = [info], info.name
         entries.append(
             TensorRecipe(
-                info.name, info.dtype, info.shape, plan.action, plan.reason, stored_as, layout
+                info.name,
+                info.dtype,
+                info.shape,
+                plan.action,
+                plan.reason,
+                stored_as,
+                layout,
+                uniform,
             )
         )
         stored.extend(infos)
@@ -181,9 +223,11 @@ def build_recipe(
     return recipe, stored
 
 
-def stored_nbytes(info: TensorInfo, spec: QuantSpec | None) -> int:
+def stored_nbytes(info: TensorInfo, spec: QuantSpec | UniformSpec | None) -> int:
     """Bytes the artifact spends on ``info``: its stored tensors quantized with ``spec``, or the
     tensor itself when ``spec`` is None (kept or passed through)."""
     if spec is None:
         return info.nbytes
+    if isinstance(spec, UniformSpec):
+        return sum(t.nbytes for t in uniform_layout(info, spec)[1])
     return sum(t.nbytes for t in quantized_layout(info, spec)[1])

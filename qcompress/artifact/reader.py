@@ -30,6 +30,7 @@ from qcompress.artifact.recipe import (
 from qcompress.artifact.writer import _as_bytes
 from qcompress.engine import decode_level2, unpack_codes
 from qcompress.engine.spec import Level2, QuantizedTensor, QuantSpec
+from qcompress.engine.uniform import UniformSpec, UniformTensor, uniform_dequantize
 from qcompress.errors import FormatError, InputError
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import SafetensorsReader
@@ -42,7 +43,7 @@ class _Placed:
     info: TensorInfo
     action: str
     reason: str
-    spec: QuantSpec | None
+    spec: QuantSpec | UniformSpec | None
 
 
 class Artifact:
@@ -119,7 +120,11 @@ class Artifact:
                     TensorInfo(e.name, e.shape, e.dtype),
                     e.action,
                     e.reason,
-                    None if e.quantized is None else e.quantized.spec,
+                    e.uniform.spec
+                    if e.uniform is not None
+                    else None
+                    if e.quantized is None
+                    else e.quantized.spec,
                 )
                 for e in self.entries
             ]
@@ -296,6 +301,19 @@ class Artifact:
         super_min = None if mins is None else supers[:, 1]
         return Level2(codes(s.scale), mins, supers[:, 0], super_min)
 
+    def uniform(self, entry: TensorRecipe) -> UniformTensor:
+        """A tensor's variable-rate codes and steps, checksums verified."""
+        self._require_intact_recipe()
+        s = entry.uniform
+        assert s is not None, f"{entry.name} has no variable-rate codes"
+        step = self._checked(s.step)
+        if not (np.isfinite(step).all() and (step > 0).all()):
+            raise FormatError(
+                f"{self.path}: tensor {entry.name!r}: {s.step!r} holds a step that is not a "
+                "positive finite number, so no value decodes"
+            )
+        return UniformTensor(self._checked(s.codes), step, s.spec, entry.shape)
+
     def stored_tensor(self, entry: TensorRecipe) -> np.ndarray:
         """A kept or passed-through tensor exactly as it was, checksum verified."""
         self._require_intact_recipe()
@@ -305,6 +323,8 @@ class Artifact:
     def tensor(self, entry: TensorRecipe) -> np.ndarray:
         """The original tensor as the artifact holds it: dequantized when quantized, else
         exactly as stored. Every reader of float values (dequantize, verify, compare) uses it."""
+        if entry.uniform is not None:
+            return uniform_dequantize(self.uniform(entry))
         if entry.quantized is not None:
             return engine.dequantize(self.quantized(entry))
         return self.stored_tensor(entry)

@@ -36,6 +36,12 @@ from qcompress.engine.spec import (
     SUPER_BLOCK,
     QuantSpec,
 )
+from qcompress.engine.uniform import (
+    CODE_DTYPES,
+    UNIFORM_GRANULARITIES,
+    UNIFORM_TARGETS,
+    UniformSpec,
+)
 from qcompress.formats import FORMATS
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import DTYPE_CODES
@@ -152,6 +158,37 @@ _LEVEL2_FIELDS = ("scale_bits", "super_block", "super")  # in the JSON only with
 _QUANTIZED_FIELDS = tuple(f.name for f in fields(Stored) if f.name not in _LEVEL2_FIELDS)
 
 
+UNIFORM_MODE = "uniform"
+"""A quantized entry's ``mode`` for variable-rate codes; fixed-rate entries have no ``mode``."""
+
+
+@dataclass(frozen=True)
+class UniformStored:
+    """How a tensor quantized with variable-rate codes (``engine.uniform``) is stored: integer
+    codes (rows, cols) and one float32 step per row ((rows, 1)); x_hat = code * step. ``target``
+    and ``target_value`` say what fixed the step (for the report; decoding needs only the step)."""
+
+    target: str
+    target_value: float
+    granularity: str
+    axis: int | None
+    rows: int
+    cols: int
+    code_dtype: str
+    codes: str
+    step: str
+
+    @property
+    def spec(self) -> UniformSpec:
+        """The engine spec the tensor was quantized with."""
+        return UniformSpec(
+            self.target, self.target_value, self.granularity, self.axis or 0, self.code_dtype
+        )
+
+
+_UNIFORM_FIELDS = tuple(f.name for f in fields(UniformStored))
+
+
 @dataclass(frozen=True)
 class TensorRecipe:
     """One original tensor's entry in the recipe: kept or passed through as ``stored``, or
@@ -164,6 +201,7 @@ class TensorRecipe:
     reason: str
     stored: str | None = None
     quantized: Stored | None = None
+    uniform: UniformStored | None = None
 
     @property
     def info(self) -> TensorInfo:
@@ -174,6 +212,8 @@ class TensorRecipe:
     def stored_names(self) -> list[str]:
         """The stored tensors that hold this tensor, in payload order."""
         q = self.quantized
+        if self.uniform is not None:
+            return [self.uniform.codes, self.uniform.step]
         if q is None:
             return [self.stored] if self.stored else []
         return [n for n in (q.codes, q.scale, q.zero_point, q.super) if n]
@@ -188,6 +228,11 @@ class TensorRecipe:
             "reason": self.reason,
         }
         q = self.quantized
+        if self.uniform is not None:
+            out["mode"] = UNIFORM_MODE
+            for field in _UNIFORM_FIELDS:
+                out[field] = getattr(self.uniform, field)
+            return out
         if q is None:
             out["stored"] = self.stored
             return out
@@ -201,8 +246,10 @@ class TensorRecipe:
     @classmethod
     def from_json(cls, entry: dict[str, Any]) -> TensorRecipe:
         """An entry already checked by :func:`check_entry` (a missing key is a KeyError)."""
-        quantized = None
-        if entry["action"] == QUANTIZED:
+        quantized = uniform = None
+        if entry["action"] == QUANTIZED and entry.get("mode") == UNIFORM_MODE:
+            uniform = UniformStored(**{f: entry[f] for f in _UNIFORM_FIELDS})
+        elif entry["action"] == QUANTIZED:
             level2 = {f: entry[f] for f in _LEVEL2_FIELDS} if "scale_bits" in entry else {}
             quantized = Stored(**{f: entry[f] for f in _QUANTIZED_FIELDS}, **level2)
         return cls(
@@ -213,6 +260,7 @@ class TensorRecipe:
             entry["reason"],
             entry.get("stored"),
             quantized,
+            uniform,
         )
 
 
@@ -328,8 +376,38 @@ def check_entry(entry: Any) -> None:
         raise bad("dtype", "is a float dtype, which is never passed through")
     if action == KEPT and dtype not in FLOAT_DTYPES:
         raise bad("dtype", "is not a float dtype, so it cannot be kept in float")
-    if action == QUANTIZED:
+    if action == QUANTIZED and "mode" in entry:
+        _check_uniform(entry, bad)
+    elif action == QUANTIZED:
         _check_quantized(entry, bad)
+
+
+def _check_uniform(entry: dict[str, Any], bad: Any) -> None:
+    """A variable-rate entry: its mode, target, granularity, axis and code dtype against the
+    engine's table (``engine.uniform``); rows, cols and stored names are rebuilt by ``Artifact``."""
+    if entry["mode"] != UNIFORM_MODE:
+        raise bad("mode", f"is not {UNIFORM_MODE!r}")
+    if entry["dtype"] not in FLOAT_DTYPES:
+        raise bad("dtype", "is not a float dtype, so it cannot have been quantized")
+    for field, allowed in (
+        ("target", UNIFORM_TARGETS),
+        ("granularity", UNIFORM_GRANULARITIES),
+        ("code_dtype", CODE_DTYPES),
+    ):
+        if entry.get(field) not in allowed:
+            raise bad(field, f"is not one of {', '.join(allowed)}")
+    value = entry.get("target_value")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise bad("target_value", "is not a positive number")
+    if not math.isfinite(value):
+        raise bad("target_value", "is not finite")
+    ndim = len(entry["shape"])
+    axis = entry.get("axis")
+    if entry["granularity"] == "tensor":
+        if axis is not None:
+            raise bad("axis", "must be null for one step per tensor")
+    elif not _is_int(axis) or not 0 <= axis < ndim:
+        raise bad("axis", f"is not an axis of a {ndim}-D tensor (0 to {ndim - 1})")
 
 
 def _check_quantized(entry: dict[str, Any], bad: Any) -> None:

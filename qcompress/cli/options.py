@@ -127,6 +127,9 @@ QUANTIZE_SETTINGS = (
     "plan_path",
     "target_bpw",
     "min_sqnr",
+    "max_abs_error",
+    "max_rel_error",
+    "fixed_rate",
     "entropy",
     "lossless",
 )
@@ -205,13 +208,35 @@ quantize_options = _stack(
         "--target-bpw",
         type=float,
         metavar="X",
-        help="Choose bits per tensor: least total error at <= X bits per quantized weight.",
+        help="Choose codes per tensor (fixed- or variable-rate): least total error at <= X bits "
+        "per weight over every float tensor stored (quantized and kept).",
     ),
     click.option(
         "--min-sqnr",
         type=float,
         metavar="DB",
-        help="Choose bits per tensor: the fewest reaching DB; tensors that cannot stay float.",
+        help="Reach DB per tensor in the fewest bits: variable-rate codes, or with --fixed-rate "
+        "the fewest bits per code (tensors that cannot stay float).",
+    ),
+    click.option(
+        "--max-abs-error",
+        type=float,
+        metavar="E",
+        help="Guarantee |w - w_hat| <= E for every quantized weight, in the fewest bits "
+        "(variable-rate codes).",
+    ),
+    click.option(
+        "--max-rel-error",
+        type=float,
+        metavar="R",
+        help="Guarantee |w - w_hat| <= R times each tensor's value range (max - min), in the "
+        "fewest bits (variable-rate codes).",
+    ),
+    click.option(
+        "--fixed-rate",
+        is_flag=True,
+        help="Only fixed-rate codes (sliceable, exportable): --min-sqnr then chooses bits per "
+        "code.",
     ),
     click.option(
         "--entropy",
@@ -235,9 +260,13 @@ def quantize_settings(ctx: click.Context, params: dict[str, Any]) -> Any:
     from ``params``). An explicit --bits beside a budget is a UsageError: the budget chooses."""
     api = _api()
     p = {name: params.pop(name) for name in QUANTIZE_SETTINGS}
-    budget = p["target_bpw"] is not None or p["min_sqnr"] is not None
+    budgets = ("target_bpw", "min_sqnr", "max_abs_error", "max_rel_error")
+    budget = any(p[k] is not None for k in budgets)
     if budget and ctx.get_parameter_source("bits") == click.core.ParameterSource.COMMANDLINE:
-        raise api.UsageError("--bits: a budget (--target-bpw, --min-sqnr) chooses bits per tensor")
+        raise api.UsageError(
+            "--bits: a budget (--target-bpw, --min-sqnr, --max-abs-error, --max-rel-error) "
+            "chooses the codes per tensor"
+        )
     plan_path = p.pop("plan_path")
     return api.QuantizeOptions(
         **{

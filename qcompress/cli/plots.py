@@ -111,7 +111,8 @@ def error_lines(rows: list[dict[str, Any]], *, fancy: bool, width: int) -> list[
                 bar += "▌"
             value = f"{sqnr:.1f} dB"
         style = "red" if sqnr is not None and sqnr < 20 else "green"
-        out.append((f"{name:<{names}} {r['bits']:>2}b {bar} {value}", style))
+        bits = "vr" if r["bits"] is None else f"{r['bits']:>2}b"  # vr: variable-rate codes
+        out.append((f"{name:<{names}} {bits:>3} {bar} {value}", style))
     return out
 
 

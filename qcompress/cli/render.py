@@ -126,6 +126,12 @@ def totals(report: dict[str, Any], where: str) -> None:
         f"({t['compression_ratio']:.2f}x), "
         f"{t['quantized_tensors']}/{t['tensors']} tensors quantized"
         + (f" at {bpw:.2f} bits/weight" if bpw else "")
+        + (
+            f" ({t['float_bits_per_weight']:.2f} over stored floats, "
+            f"{t['file_bits_per_weight']:.2f} for the file)"
+            if t.get("float_bits_per_weight")
+            else ""
+        )
         + f", overall SQNR {fmt_sqnr(t['overall_sqnr_db'])} dB; {where}"
     )
 
@@ -252,6 +258,12 @@ def _inspect_summary(out: Any, result: Any, artifact: bool) -> None:
         before = result.bits_per_weight_before_entropy
         if before and before != result.bits_per_weight:
             summary += f" ({before:.2f} before the entropy stage)"
+    if artifact and result.float_bits_per_weight:
+        out.print(
+            f"{result.float_bits_per_weight:.2f} bits per stored float weight "
+            f"(what --target-bpw counts), {result.file_bits_per_weight:.2f} for the whole file",
+            highlight=False,
+        )
     out.print(summary, highlight=False)
     if artifact and len(result.by_width) > 1:
         q_params = sum(w.parameters for w in result.by_width)

@@ -136,8 +136,8 @@ def allocate_bits(curves: Sequence[ErrorCurve], target_bpw: float) -> Allocation
     if cheapest > budget:
         raise BudgetError(
             f"even the smallest setting of every tensor needs {cheapest / total_weights:.4f} "
-            f"bits per weight, more than the target {target_bpw:g}; raise the target, or keep "
-            "tensors in float (which do not count towards it)"
+            f"bits per weight, more than the target {target_bpw:g}; raise the target (kept "
+            "float tensors count towards it)"
         )
     hulls = [lower_hull(c.bits, c.errors) for c in curves]
     greedy = _spend_rest(curves, _lagrangian(curves, hulls, budget), budget)

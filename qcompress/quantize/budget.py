@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qcompress import engine
-from qcompress.artifact.layout import stored_nbytes
-from qcompress.artifact.recipe import KEPT, QUANTIZED
+from qcompress.artifact.layout import quantized_arrays, quantized_layout, stored_nbytes
+from qcompress.artifact.recipe import KEPT, QUANTIZED, TensorRecipe
 from qcompress.config import QuantizeOptions
 from qcompress.engine.bit_allocation import (
     Allocation,
@@ -35,9 +35,16 @@ from qcompress.engine.bit_allocation import (
     rel_error_to_sqnr,
 )
 from qcompress.engine.spec import NonFiniteError, QuantSpec
+from qcompress.engine.uniform import UniformSpec
 from qcompress.errors import UsageError
 from qcompress.formats.base import WeightReader
 from qcompress.quantize.policy import TensorDecision, keep_warnings, non_finite_error
+from qcompress.quantize.varrate import (
+    measure_uniform,
+    priced_nbytes,
+    resolve_code_dtypes,
+    step_ladder,
+)
 from qcompress.report import finite_or_none
 
 
@@ -45,7 +52,7 @@ from qcompress.report import finite_or_none
 class Measured:
     """One candidate of one tensor: its spec, relative error and the bytes it would store."""
 
-    spec: QuantSpec
+    spec: QuantSpec | UniformSpec
     rel_error: float
     stored_bytes: int
 
@@ -67,14 +74,18 @@ class Decisions:
         weights = max(plan.info.size, 1)
         return [
             {
-                "bits": m.spec.bits,
+                "bits": m.spec.bits if isinstance(m.spec, QuantSpec) else None,
                 "granularity": m.spec.granularity,
-                "group_size": m.spec.group_size if m.spec.granularity == "group" else None,
+                "group_size": m.spec.group_size
+                if isinstance(m.spec, QuantSpec) and m.spec.granularity == "group"
+                else None,
                 "rel_error": m.rel_error,
                 "sqnr_db": finite_or_none(rel_error_to_sqnr(m.rel_error)),
                 "stored_bytes": m.stored_bytes,
                 "bits_per_weight": 8 * m.stored_bytes / weights,
                 "chosen": plan.action == QUANTIZED and m.spec == plan.spec,
+                "mode": "fixed-rate" if isinstance(m.spec, QuantSpec) else "variable-rate",
+                "step": None if isinstance(m.spec, QuantSpec) else m.spec.value,
             }
             for m in measured
         ]
@@ -90,33 +101,57 @@ def decide_budget(
     decisions.warnings = keep_warnings(options, (p.info.name for p in plans))
     if options.plan is not None:
         decisions.warnings += options.plan.warnings(p.info.name for p in plans)
+    decisions.plans = plans = resolve_code_dtypes(reader, list(plans), jobs=jobs)
     if not options.budget:
         return decisions
     with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="qc-measure") as pool:
         for plan in plans:
             if plan.candidates:
-                decisions.measured[plan.info.name] = _measure(reader, plan, pool)
+                variable = options.target_bpw is not None and not options.fixed_rate
+                entropy = options.entropy != "none"
+                decisions.measured[plan.info.name] = _measure(reader, plan, pool, variable, entropy)
     decisions.plans = _choose(reader, plans, decisions.measured, options)
     return decisions
 
 
 def _measure(
-    reader: WeightReader, plan: TensorDecision, pool: ThreadPoolExecutor
+    reader: WeightReader,
+    plan: TensorDecision,
+    pool: ThreadPoolExecutor,
+    variable: bool,
+    entropy: bool,
 ) -> list[Measured]:
-    """Read the tensor once; quantize it with every candidate; keep only error and size."""
+    """Read the tensor once; quantize it with every candidate (and, when ``variable``, at every
+    step of :func:`varrate.step_ladder`); keep only error and the bytes the artifact would
+    store, after the entropy stage when ``entropy`` (exact: the writer's own coder)."""
     name = plan.info.name
     x = reader.read(name)
 
     def one(spec: QuantSpec) -> Measured:
         try:
-            stats = engine.error_stats(x, engine.dequantize(engine.quantize(x, spec)))
+            q = engine.quantize(x, spec)
+            stats = engine.error_stats(x, engine.dequantize(q))
         except NonFiniteError as e:
             raise non_finite_error(reader.path, name, e) from None
         rel = stats.mse / stats.signal_power if stats.signal_power > 0 else 0.0
-        return Measured(spec, rel, stored_nbytes(plan.info, spec))
+        if not entropy:
+            return Measured(spec, rel, stored_nbytes(plan.info, spec))
+        layout, _ = quantized_layout(plan.info, spec)
+        entry = TensorRecipe(name, plan.info.dtype, plan.info.shape, QUANTIZED, "", None, layout)
+        arrays = [a for _, a in quantized_arrays(entry, q)]
+        return Measured(spec, rel, priced_nbytes(arrays, entropy))
 
     try:
-        return list(pool.map(one, plan.candidates))
+        fixed = list(pool.map(one, plan.candidates))
+        if not variable:
+            return fixed
+        try:
+            ladder = step_ladder(x, plan.candidates[0].axis)
+        except NonFiniteError as e:
+            raise non_finite_error(reader.path, name, e) from None
+        flags = [entropy] * len(ladder)
+        found = pool.map(measure_uniform, [x] * len(ladder), ladder, flags)
+        return fixed + [Measured(*m) for m in found if m]
     finally:
         reader.release(name)
 
@@ -144,11 +179,18 @@ def _choose(
                         p.info.size, [8 * m.stored_bytes for m in ms], [m.rel_error for m in ms]
                     )
                 )
+        # Kept float tensors are stored too: they count, at their size and no error.
+        curves += [
+            ErrorCurve.of(p.info.size, [8 * stored_nbytes(p.info, None)], [0])
+            for p in plans
+            if p.action == KEPT
+        ]
         try:
             allocation = allocate_bits(curves, options.target_bpw)
         except BudgetError as e:
             raise UsageError(f"{reader.path}: --target-bpw {options.target_bpw:g}: {e}") from None
-        chosen = dict(zip((p.info.name for p in quantized), _picks(allocation), strict=True))
+        picks = _picks(allocation)[: len(quantized)]
+        chosen = dict(zip((p.info.name for p in quantized), picks, strict=True))
     else:
         assert options.min_sqnr is not None
         undecided = [p for p in quantized if p.info.name in measured]
@@ -173,10 +215,12 @@ def _choose(
             out.append(dataclasses.replace(p, action=KEPT, reason=note, spec=None))
         else:
             m = ms[k]
-            why = (
-                f"{note}: {m.spec.bits} bits {m.spec.granularity}, "
-                f"SQNR {rel_error_to_sqnr(m.rel_error):.1f} dB"
+            what = (
+                f"{m.spec.bits} bits {m.spec.granularity}"
+                if isinstance(m.spec, QuantSpec)
+                else f"variable-rate step {m.spec.value:.4g}"
             )
+            why = f"{note}: {what}, SQNR {rel_error_to_sqnr(m.rel_error):.1f} dB"
             out.append(dataclasses.replace(p, reason=why, spec=m.spec))
     return out
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from qcompress import engine
 from qcompress.artifact import coding
-from qcompress.artifact.layout import build_recipe, quantized_arrays
+from qcompress.artifact.layout import build_recipe, quantized_arrays, uniform_arrays
 from qcompress.artifact.reader import Artifact, is_artifact
 from qcompress.artifact.recipe import (
     FLOAT_DTYPES,
@@ -40,6 +40,7 @@ from qcompress.artifact.writer import ArtifactWriter
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats, NonFiniteError
+from qcompress.engine.uniform import UniformSpec, uniform_quantize_with_error
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import DTYPE_CODES, FORMATS
 from qcompress.formats._common import dtype_name
@@ -53,6 +54,7 @@ from qcompress.report import (
     build_report,
     dumps,
     measured,
+    measured_uniform,
     sha256_file,
     tensor_report,
 )
@@ -121,6 +123,8 @@ def quantize_one(
         assert entry.stored is not None
         m = measured(entry, x_min, x_max, None, EXACT)
         return _coded([(entry.stored, x)], m, entropy and plan.action != PASSTHROUGH, threads)
+    if isinstance(plan.spec, UniformSpec):
+        return _quantize_uniform(path, plan, entry, x, entropy=entropy, threads=threads)
     assert plan.spec is not None
     try:
         # Fused: the error is measured tile by tile while the codes are in cache, rather than
@@ -143,6 +147,27 @@ def _coded(
     if not entropy:
         return TensorResult([(n, a, None) for n, a in stored], m, raw)
     return TensorResult([(n, *coding.code(a, threads)) for n, a in stored], m, raw)
+
+
+def _quantize_uniform(
+    path: object,
+    plan: TensorDecision,
+    entry: TensorRecipe,
+    x: np.ndarray,
+    *,
+    entropy: bool,
+    threads: int,
+) -> TensorResult:
+    """Variable-rate codes: the same codes the measuring pass found (deterministic), through
+    the entropy stage like any stored tensor."""
+    assert isinstance(plan.spec, UniformSpec)
+    try:
+        u, stats = uniform_quantize_with_error(x, plan.spec)
+    except NonFiniteError as e:
+        raise non_finite_error(path, plan.info.name, e) from None
+    x_min, x_max = (float(x.min()), float(x.max())) if x.size else (None, None)
+    m = measured_uniform(entry, x_min, x_max, u, stats)
+    return _coded(uniform_arrays(entry, u), m, entropy, threads)
 
 
 def stream_quantize(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from qcompress.artifact.recipe import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
 from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import BITS, NonFiniteError, QuantSpec
+from qcompress.engine.uniform import UniformSpec
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import default_axis
 from qcompress.formats.base import Layout, TensorInfo
@@ -32,7 +33,7 @@ class TensorDecision:
     info: TensorInfo
     action: str
     reason: str
-    spec: QuantSpec | None = None
+    spec: QuantSpec | UniformSpec | None = None
     decided_by: str = "options"
     candidates: tuple[QuantSpec, ...] = ()
 
@@ -63,6 +64,11 @@ def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) ->
             return TensorDecision(info, KEPT, kept)
     reason = "float tensor" if rule is None else f"float tensor; {rule.describe()}"
     pinned = rule is not None and any(k == "bits" for k, _ in rule.settings)
+    target = None if pinned else (resolved.error_target or options.error_target)
+    if target is not None:
+        spec = _uniform_spec(info, layout, resolved, target)
+        by = target[2] if decided_by == "options" else decided_by
+        return TensorDecision(info, QUANTIZED, f"{reason}; {target[2]}", spec, by)
     if options.budget and not pinned:
         candidates = candidate_specs(info, layout, resolved)
         return TensorDecision(info, QUANTIZED, reason, candidates[0], options.budget, candidates)
@@ -116,6 +122,17 @@ def candidate_specs(
         if options.granularity is None and spec.granularity == "group":
             specs.append(dataclasses.replace(spec, granularity="channel"))
     return tuple(dict.fromkeys(specs))
+
+
+def _uniform_spec(
+    info: TensorInfo, layout: Layout, options: QuantizeOptions, target: tuple[str, float, str]
+) -> UniformSpec:
+    """Variable-rate codes for an error target: one step per tensor (the fewest bits for a total
+    error), or per output channel with ``--granularity channel``. The code dtype is left to the
+    measuring pass (``quantize.varrate``)."""
+    granularity = "channel" if options.granularity == "channel" else "tensor"
+    axis = _spec(info, layout, options).axis
+    return UniformSpec(target[0], float(target[1]), granularity, axis)
 
 
 def _spec(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> QuantSpec:
