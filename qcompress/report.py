@@ -160,6 +160,7 @@ class TensorReport:
     stored_bytes: int
     decided_by: str
     candidates: list[dict[str, Any]] | None
+    codebook: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -202,6 +203,7 @@ def tensor_report(
         stored_bytes=stored_bytes,
         decided_by=decided_by,
         candidates=candidates,
+        codebook=None if s is None else s.codebook,
     )
 
 

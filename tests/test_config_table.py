@@ -89,6 +89,7 @@ def test_plan_keys_derive_from_the_table() -> None:
         "range": "range_method",
         "scale_dtype": "scale_dtype",
         "scale_bits": "scale_bits",
+        "codebook": "codebook",
     }
     assert plan_file.DEFAULT_ONLY == {"min_elements": "min_elements"}
 
