@@ -290,3 +290,44 @@ def test_recipe_check_covers_codebook_fields(change: dict, fragment: str) -> Non
     check_entry(good_entry())
     with pytest.raises(RecipeError, match=fragment):
         check_entry({**good_entry(), **change})
+
+
+def test_gguf_export_writes_iq4nl_codes_as_they_are(model: Path, tmp_path: Path) -> None:
+    """An artifact's iq4nl codes become IQ4_NL blocks with the same indices; the gguf package's
+    reader and dequantize give the artifact's values up to the float16 rounding of the scale."""
+    import gguf
+
+    art_path = tmp_path / "m.qc.safetensors"
+    assert run("quantize", model, "-o", art_path, "--bits", 4, "--codebook", "iq4nl").exit_code == 0
+    out = tmp_path / "m.gguf"
+    result = run("export", art_path, "--to", "gguf", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    types = {t["name"]: t["gguf_type"] for t in json.loads(result.stdout)["tensors"]}
+    assert types == {"w": "IQ4_NL", "v": "IQ4_NL", "b": "F32"}
+    reader = gguf.GGUFReader(out)
+    with Artifact(art_path) as art:
+        for t in reader.tensors:
+            if t.name == "b":
+                continue
+            entry = next(e for e in art.entries if e.name == t.name)
+            q = art.quantized(entry)
+            got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(entry.shape)
+            raw = np.asarray(t.data).reshape(-1, 18)
+            idx = np.concatenate([raw[:, 2:] & 15, raw[:, 2:] >> 4], axis=1).reshape(q.codes.shape)
+            assert np.array_equal(idx.astype(np.int16) - 8, q.codes)
+            want = art.tensor(entry)
+            bound = np.abs(want).max() * 2.0**-10
+            assert np.abs(got - want).max() <= bound
+
+
+def test_gguf_iq4nl_from_floats_matches_gguf_decode() -> None:
+    import gguf
+
+    from qcompress.engine import kquants
+
+    x = (0.02 * np.random.default_rng(5).standard_normal((8, 64))).astype(np.float32)
+    data = kquants.encode(x, "IQ4_NL")
+    ours = kquants.decode(data, "IQ4_NL")
+    theirs = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.IQ4_NL).reshape(ours.shape)
+    assert np.array_equal(ours, theirs)
+    assert 10 * np.log10((x**2).sum() / ((x - ours) ** 2).sum()) > 22
