@@ -39,14 +39,12 @@ from qcompress.engine.level2 import _per_group, _round_away
 from qcompress.engine.level2 import n_blocks as level2_blocks
 from qcompress.engine.rows import from_rows, group_len, iter_row_chunks, n_groups, to_rows
 from qcompress.engine.spec import (
-    CODEBOOK_BITS,
-    CODEBOOKS,
-    SCALE_BITS,
     SUPER_BLOCK,
     Level2,
     NonFiniteError,
     QuantizedTensor,
     QuantSpec,
+    check_codebook_spec,
 )
 
 IQ4NL_INT8: tuple[int, ...] = (
@@ -119,20 +117,6 @@ class CodebookFit:
 
     levels: np.ndarray
     rounds: int
-
-
-def check_codebook_spec(spec: QuantSpec) -> None:
-    """ValueError naming the field unless ``spec`` is a codebook spec the engine can encode."""
-    if spec.codebook not in CODEBOOKS:
-        raise ValueError(f"codebook must be one of {CODEBOOKS}, not {spec.codebook!r}")
-    if spec.bits not in CODEBOOK_BITS:
-        raise ValueError(f"codebook codes are {CODEBOOK_BITS} bits, not {spec.bits}")
-    if spec.codebook in FIXED_TABLES and spec.bits != 4:
-        raise ValueError(f"the {spec.codebook} table has 16 levels: it needs 4 bits")
-    if spec.scale_bits not in SCALE_BITS:
-        raise ValueError(f"codebook codes need second-level scale codes {SCALE_BITS}")
-    if spec.scheme != "symmetric":
-        raise ValueError("codebook codes have a signed scale and no zero-point: scheme symmetric")
 
 
 def normalise_levels(levels: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from qcompress.engine.spec import (
     SCALE_DTYPES,
     SCHEMES,
     QuantSpec,
+    check_codebook_spec,
 )
 
 
@@ -41,8 +42,6 @@ def validate_spec(spec: QuantSpec) -> None:
     if spec.granularity == "group" and spec.group_size < 1:
         raise ValueError(f"group_size must be >= 1, not {spec.group_size}")
     if spec.codebook is not None:
-        from qcompress.engine.codebook import check_codebook_spec
-
         check_codebook_spec(spec)
 
 

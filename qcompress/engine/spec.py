@@ -69,6 +69,20 @@ class QuantSpec:
     """None: evenly spaced integer codes; else codes index the table ``CODEBOOKS`` names."""
 
 
+def check_codebook_spec(spec: QuantSpec) -> None:
+    """ValueError naming the field unless ``spec`` is a codebook spec the engine can encode."""
+    if spec.codebook not in CODEBOOKS:
+        raise ValueError(f"codebook must be one of {CODEBOOKS}, not {spec.codebook!r}")
+    if spec.bits not in CODEBOOK_BITS:
+        raise ValueError(f"codebook codes are {CODEBOOK_BITS} bits, not {spec.bits}")
+    if spec.codebook != "fit" and spec.bits != 4:
+        raise ValueError(f"the {spec.codebook} table has 16 levels: it needs 4 bits")
+    if spec.scale_bits not in SCALE_BITS:
+        raise ValueError(f"codebook codes need second-level scale codes {SCALE_BITS}")
+    if spec.scheme != "symmetric":
+        raise ValueError("codebook codes have a signed scale and no zero-point: scheme symmetric")
+
+
 @dataclass(frozen=True)
 class Level2:
     """The second level: group scales (and, for affine, group minimums) as small integer codes.
