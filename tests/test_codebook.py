@@ -331,3 +331,18 @@ def test_gguf_iq4nl_from_floats_matches_gguf_decode() -> None:
     theirs = gguf.quants.dequantize(data, gguf.GGMLQuantizationType.IQ4_NL).reshape(ours.shape)
     assert np.array_equal(ours, theirs)
     assert 10 * np.log10((x**2).sum() / ((x - ours) ** 2).sum()) > 22
+
+
+def test_histogram_range_is_the_scaled_tables(model: Path, tmp_path: Path) -> None:
+    """inspect's clip range of a codebook tensor spans every decoded value (the signed scales
+    times the table's ends), not the evenly spaced code range."""
+    from qcompress.histogram import _artifact_tensor
+
+    out = tmp_path / "m.qc.safetensors"
+    assert run("quantize", model, "-o", out, "--bits", 4, "--codebook", "fit").exit_code == 0
+    with Artifact(out) as art:
+        entry = next(e for e in art.entries if e.name == "v")
+        values, clip, _ = _artifact_tensor(art, entry)
+        assert clip is not None
+        assert clip[0] <= values.min() and values.max() <= clip[1]
+        assert clip[0] == pytest.approx(values.min(), rel=0.2)
