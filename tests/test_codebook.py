@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,7 @@ from qcompress.engine.level2 import _per_group
 from qcompress.engine.rows import group_len, to_rows
 from qcompress.engine.spec import QuantSpec
 from qcompress.formats.base import TensorInfo
+from qcompress.report import schema
 from tests.samples import assert_clean_error, run
 
 
@@ -191,6 +193,7 @@ def test_cli_round_trip(model: Path, tmp_path: Path, name: str, bits: int) -> No
     result = run("quantize", model, "-o", out, "--bits", bits, "--codebook", name, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    jsonschema.validate(report, schema())
     quantized = [t for t in report["tensors"] if t["action"] == "quantized"]
     assert [t["codebook"] for t in quantized] == [name, name]
     assert report["options"]["codebook"] == name
@@ -230,7 +233,9 @@ def test_budget_considers_codebook_candidates(model: Path, tmp_path: Path) -> No
     report = json.loads(result.stdout)
     w = next(t for t in report["tensors"] if t["name"] == "w")
     assert report["totals"]["bits_per_weight"] <= 4.25
-    assert any(c["bits"] == 4 for c in w["candidates"])
+    jsonschema.validate(report, schema())
+    assert any(c.get("codebook") == "fit" for c in w["candidates"])
+    assert all(c.get("codebook") in (None, "fit") for c in w["candidates"])
     assert len(w["candidates"]) > len(
         json.loads(
             run(

@@ -65,7 +65,7 @@ class Decisions:
         if measured is None:
             return None
         weights = max(plan.info.size, 1)
-        return [
+        rows = [
             {
                 "bits": m.spec.bits,
                 "granularity": m.spec.granularity,
@@ -78,6 +78,10 @@ class Decisions:
             }
             for m in measured
         ]
+        for row, m in zip(rows, measured, strict=True):
+            if m.spec.codebook is not None:  # absent otherwise: reports stay as they were
+                row["codebook"] = m.spec.codebook
+        return rows
 
 
 def decide_budget(
@@ -173,8 +177,9 @@ def _choose(
             out.append(dataclasses.replace(p, action=KEPT, reason=note, spec=None))
         else:
             m = ms[k]
+            table = f" {m.spec.codebook} codebook" if m.spec.codebook else ""
             why = (
-                f"{note}: {m.spec.bits} bits {m.spec.granularity}, "
+                f"{note}: {m.spec.bits} bits{table} {m.spec.granularity}, "
                 f"SQNR {rel_error_to_sqnr(m.rel_error):.1f} dB"
             )
             out.append(dataclasses.replace(p, reason=why, spec=m.spec))
