@@ -351,3 +351,28 @@ def test_histogram_range_is_the_scaled_tables(model: Path, tmp_path: Path) -> No
         assert clip is not None
         assert clip[0] <= values.min() and values.max() <= clip[1]
         assert clip[0] == pytest.approx(values.min(), rel=0.2)
+
+
+GOLDEN = {
+    ("iq4nl", 4): "7ff69686d2285220",
+    ("nf4", 4): "988c139aa5a9d0a7",
+    ("fit", 4): "2dc1490dc55d46b5",
+    ("fit", 3): "25e8d0f46c771580",
+}
+
+
+@pytest.mark.parametrize(("name", "bits"), list(GOLDEN))
+def test_golden_codes(name: str, bits: int) -> None:
+    """The stored numbers (codes, scale codes, super-scales, levels) are pinned: numpy only, in
+    a fixed order, so any CPU gives these bytes."""
+    import hashlib
+
+    r = np.random.default_rng(11)
+    x = (0.02 * r.standard_t(4, (24, 200))).astype(np.float32)
+    x[0] = 0
+    x[1, :50] = 0.25
+    group, sb = (32, 7) if bits == 4 else (16, 6)
+    q = engine.quantize(x, spec_of(name, bits, group, sb))
+    parts = (q.codes, q.level2.scale_codes, q.level2.super_scale, q.levels)
+    digest = hashlib.sha256(b"".join(p.tobytes() for p in parts)).hexdigest()[:16]
+    assert digest == GOLDEN[(name, bits)]
