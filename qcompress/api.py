@@ -18,6 +18,7 @@ from qcompress.atomic import check_outputs as check_outputs
 from qcompress.checks.gates import METRICS as METRICS
 from qcompress.checks.gates import build_gates as build_gates
 from qcompress.checks.gates import shown as shown
+from qcompress.config import CODEBOOK_CHOICES as CODEBOOK_CHOICES
 from qcompress.config import DEFAULT_BITS as DEFAULT_BITS
 from qcompress.config import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
 from qcompress.config import QuantizeOptions

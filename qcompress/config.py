@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 from qcompress.engine.spec import (
     BITS,
+    CODEBOOK_BITS,
+    CODEBOOKS,
     GRANULARITIES,
     GROUP_SIZE_MAX,
     GROUP_SIZE_MIN,
@@ -43,6 +45,21 @@ groups of 32 with affine codes, an MSE range search and 6-bit second-level scale
 beat GGUF's Q4_0/Q5_0 by more than 1 dB at fewer bits per weight."""
 ENTROPY_MODES: tuple[str, ...] = ("auto", "none")
 """--entropy: entropy-code every stored tensor where that saves bytes, or store all plainly."""
+CODEBOOK_DEFAULTS: dict[int, tuple[int, int]] = {3: (16, 6), 4: (32, 7)}
+"""(group size, scale bits) of codebook codes, from benchmarks/codebook.py (README, Codebooks):
+4 bits in groups of 32 with 7-bit signed scale codes is 4.22 bits per weight; 3 bits in groups
+of 16 with 6-bit codes is 3.38."""
+CODEBOOK_CHOICES: tuple[str, ...] = ("none", *CODEBOOKS)
+
+
+def codebook_widths(codebook: str | None) -> tuple[int, ...]:
+    """The code widths a codebook has: 3 and 4 bits when fitted, 4 for a fixed 16-level table,
+    none for evenly spaced codes."""
+    if codebook in (None, "none"):
+        return ()
+    return CODEBOOK_BITS if codebook == "fit" else (4,)
+
+
 SCALE_BITS_CHOICES: tuple[int, ...] = (0, *SCALE_BITS)
 """--scale-bits values: 0 keeps float scales, else the second level's code width."""
 
@@ -165,6 +182,16 @@ KNOBS: tuple[Knob, ...] = (
         SCALE_BITS_CHOICES,
         plan="setting",
     ),
+    Knob(
+        "codebook",
+        "codebook",
+        str,
+        None,
+        "Non-uniform levels for 3/4-bit codes: iq4nl (llama.cpp's table), nf4, or fit "
+        "(Lloyd-Max per tensor); none for evenly spaced codes [default: none].",
+        CODEBOOK_CHOICES,
+        plan="setting",
+    ),
     Knob("keep", "keep", tuple, (), "Keep tensors whose name matches GLOB in float (repeatable)."),
     Knob(
         "min_elements",
@@ -264,6 +291,7 @@ class QuantizeOptions:
     range_method: str | None = None
     scale_dtype: str = DEFAULT_SCALE_DTYPE
     scale_bits: int | None = None  # None: the default for these bits; 0: float scales
+    codebook: str | None = None  # None or "none": evenly spaced codes
     keep: tuple[str, ...] = ()
     min_elements: int = DEFAULT_MIN_ELEMENTS
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.quantize.plan_file.load_plan
@@ -279,6 +307,8 @@ class QuantizeOptions:
         for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype", "entropy"):
             _check_choice(_BY_FIELD[field], getattr(self, field))
         _check_choice(_BY_FIELD["scale_bits"], self.scale_bits)
+        _check_choice(_BY_FIELD["codebook"], self.codebook)
+        self._check_codebook()
         if self.scale_bits and self.scale_dtype != "float32":
             raise UsageError(
                 f"--scale-bits {self.scale_bits} with --scale-dtype {self.scale_dtype}: scale "
@@ -294,6 +324,32 @@ class QuantizeOptions:
             raise UsageError("--lossless compresses float tensors; it needs --entropy auto")
         if self.lossless and self.budget:
             raise UsageError(f"--lossless quantizes nothing, so {self.budget} chooses nothing")
+
+    @property
+    def uses_codebook(self) -> bool:
+        """Whether codes index a non-uniform table (``--codebook`` other than none)."""
+        return self.codebook not in (None, "none")
+
+    def _check_codebook(self) -> None:
+        """A codebook's codes are 3 or 4 bits (16 levels for the fixed tables), with a signed
+        scale per group stored as a second-level code: no zero-point, no float scales."""
+        if not self.uses_codebook:
+            return
+        flag = f"--codebook {self.codebook}"
+        widths = codebook_widths(self.codebook)
+        if not self.budget and self.bits not in widths:
+            raise UsageError(
+                f"{flag} with --bits {self.bits}: its codes are "
+                f"{' or '.join(map(str, widths))} bits; use --bits {widths[-1]}"
+            )
+        if self.scheme == "affine":
+            raise UsageError(
+                f"{flag} with --scheme affine: codebook scales are signed, no zero-point"
+            )
+        if self.scale_bits == 0 or self.scale_dtype != "float32":
+            raise UsageError(
+                f"{flag}: its scales are second-level codes; drop --scale-bits 0 / --scale-dtype"
+            )
 
     def _check_budget(self) -> None:
         given = [
@@ -354,16 +410,21 @@ class QuantizeOptions:
             scale_bits = self.scale_bits
         elif self.scale_dtype != "float32":
             scale_bits = 0  # float16 scales asked for: no second level
+        codebook = self.bits in codebook_widths(self.codebook)
+        if codebook:
+            group_size, scale_bits = CODEBOOK_DEFAULTS[self.bits]
+            scale_bits = self.scale_bits or scale_bits
         plan: Path | str | None = None if self.plan is None else self.plan.path
         return {
             "bits": self.bits,
-            "scheme": self.scheme or ("affine" if low else "symmetric"),
+            "scheme": self.scheme or ("affine" if low and not codebook else "symmetric"),
             "granularity": self.granularity or ("group" if low else "channel"),
             "group_size": self.group_size or group_size,
             "axis": self.axis,
             "range": self.range_method or ("mse" if low else "minmax"),
             "scale_dtype": self.scale_dtype,
             "scale_bits": scale_bits or None,
+            "codebook": self.codebook if self.uses_codebook else None,
             "keep": list(self.keep),
             "min_elements": self.min_elements,
             "plan": plan,
@@ -383,9 +444,11 @@ class QuantizeOptions:
             return self
         import dataclasses
 
-        return dataclasses.replace(
-            self, plan=None, target_bpw=None, min_sqnr=None, **dict(settings)
-        )
+        changes = dict(settings)
+        bits = changes.get("bits", self.bits)
+        if "codebook" not in changes and bits not in codebook_widths(self.codebook):
+            changes["codebook"] = None  # a rule's width the option's codebook lacks: even codes
+        return dataclasses.replace(self, plan=None, target_bpw=None, min_sqnr=None, **changes)
 
 
 def _check_choice(knob: Knob, value: object) -> None:

@@ -127,8 +127,13 @@ def _artifact_tensor(
     scale = np.asarray(q.scale, dtype=np.float64)
     zero = 0.0 if q.zero_point is None else np.asarray(q.zero_point, dtype=np.float64)
     lo, hi = (qmin - zero) * scale, (qmax - zero) * scale
+    if q.levels is not None:  # codebook codes: each grid spans its scaled table (signed scale)
+        ends = scale[..., None] * np.asarray(q.levels, np.float64)[[0, -1]]
+        lo, hi = ends.min(axis=-1), ends.max(axis=-1)
     clip = (float(np.min(lo)), float(np.max(hi))) if scale.size else None
-    if scale.size == 1:
+    if q.levels is not None and scale.size == 1:
+        levels = np.sort(np.asarray(q.levels, np.float64) * float(scale.reshape(-1)[0]))
+    elif scale.size == 1:
         levels = (np.arange(qmin, qmax + 1, dtype=np.float64) - np.reshape(zero, -1)[0]) * float(
             scale.reshape(-1)[0]
         )

@@ -197,6 +197,7 @@ class TensorReport:
     entropy_bits: float | None = None
     entropy_coder: str | None = None
     raw_stored_bytes: int | None = None  # before the entropy stage; stored_bytes is after it
+    codebook: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -254,6 +255,7 @@ def tensor_report(
         entropy_bits=m.entropy_bits,
         entropy_coder=entropy_coder,
         raw_stored_bytes=stored_bytes if raw_stored_bytes is None else raw_stored_bytes,
+        codebook=None if s is None else s.codebook,
     )
 
 

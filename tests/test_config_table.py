@@ -96,6 +96,7 @@ def test_plan_keys_derive_from_the_table() -> None:
         "scale_bits": "scale_bits",
         "max_abs_error": "max_abs_error",
         "max_rel_error": "max_rel_error",
+        "codebook": "codebook",
     }
     assert plan_file.DEFAULT_ONLY == {"min_elements": "min_elements"}
 

@@ -85,7 +85,7 @@ def test_encode_of_decoded_values_is_close_and_ordered_by_bits(name: str) -> Non
     x = (0.02 * np.random.default_rng(0).standard_normal((64, 1024))).astype(np.float32)
     ours = sqnr(x, kquants.decode(kquants.encode(x, name), name))
     floor = {"Q4_0": 21.0, "Q4_1": 21.5, "Q5_0": 27.0, "Q5_1": 27.5, "Q8_0": 44.0}
-    floor |= {"Q4_K": 22.8, "Q5_K": 28.8, "Q6_K": 35.0}
+    floor |= {"Q4_K": 22.8, "Q5_K": 28.8, "Q6_K": 35.0, "IQ4_NL": 22.4}
     assert ours >= floor[name]
     qtype = gguf.GGMLQuantizationType[name]
     if name in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"):
@@ -111,6 +111,7 @@ GOLDEN = {
     "Q4_K": "5245fb51a6a26528",
     "Q5_K": "65fd84358a0279c0",
     "Q6_K": "e3c25528d87e4a73",
+    "IQ4_NL": "8ceeeab6b148901d",
 }
 
 

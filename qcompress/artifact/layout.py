@@ -85,6 +85,8 @@ def quantized_layout(info: TensorInfo, spec: QuantSpec) -> tuple[Stored, list[Te
             params.append(TensorInfo(f"{name}.qzero", packed, "uint8"))
         supers = (level2_blocks((rows, groups)), 1 if signed else 2)
         params.append(TensorInfo(f"{name}.qsuper", supers, "float32"))
+    if spec.codebook == "fit":  # a fitted table is stored; fixed tables live in the engine
+        params.append(TensorInfo(f"{name}.qlevels", (2**spec.bits,), "float32"))
     stored = [codes, *params]
     layout = Stored(
         bits=spec.bits,
@@ -103,7 +105,9 @@ def quantized_layout(info: TensorInfo, spec: QuantSpec) -> tuple[Stored, list[Te
         zero_point=stored[2].name if not signed else None,
         scale_bits=sb,
         super_block=None if sb is None else SUPER_BLOCK,
-        super=None if sb is None else stored[-1].name,
+        super=None if sb is None else f"{name}.qsuper",
+        codebook=spec.codebook,
+        levels=f"{name}.qlevels" if spec.codebook == "fit" else None,
     )
     return layout, stored
 
@@ -157,6 +161,9 @@ def quantized_arrays(entry: TensorRecipe, q: QuantizedTensor) -> list[tuple[str,
         stored.append((s.zero_point, pack_codes(second.min_codes, sb)))
         supers.append(second.super_min)
     stored.append((s.super, np.stack(supers, axis=1).astype(np.float32)))
+    if s.levels is not None:
+        assert q.levels is not None
+        stored.append((s.levels, np.asarray(q.levels, np.float32)))
     return stored
 
 

@@ -242,6 +242,7 @@ class Artifact:
                 continue
             roles = {"codes": s.codes, "scale": s.scale, "zero_point": s.zero_point}
             roles["super"] = s.super
+            roles["levels"] = s.levels
             for role, name in roles.items():
                 if name and name not in skip and _value_checked(s, role):
                     self._check_values(entry, role, self._decoded(name, self._reader.read(name)))
@@ -279,11 +280,31 @@ class Artifact:
             self._check_values(entry, "scale", scale)
             if zero is not None:
                 self._check_values(entry, "zero_point", zero)
+        elif spec.codebook is not None:
+            return self._codebook(entry, codes)
         else:
             second = self._level2(entry, spec.scale_bits)
             scale, zero = decode_level2(second, (rows, s.n_groups))
         unknown = np.full(scale.shape, np.nan, np.float32)  # clip range is a report-only field
         return QuantizedTensor(codes, scale, zero, unknown, unknown, spec, entry.shape, second)
+
+    def _codebook(self, entry: TensorRecipe, codes: np.ndarray) -> QuantizedTensor:
+        """A codebook tensor: signed level-2 scales and its table (stored, or the engine's)."""
+        from qcompress.engine import codebook
+
+        s = entry.quantized
+        assert s is not None and s.scale_bits is not None
+        second = self._level2(entry, s.scale_bits)
+        scale = codebook.decode_scales(second.scale_codes, second.super_scale, s.scale_bits)
+        if s.levels is None:
+            levels = codebook.table_for(s.spec)
+        else:
+            levels = self._checked(s.levels)
+            self._check_values(entry, "levels", levels)
+        unknown = np.full(scale.shape, np.nan, np.float32)
+        return QuantizedTensor(
+            codes, scale, None, unknown, unknown, s.spec, entry.shape, second, levels
+        )
 
     def _level2(self, entry: TensorRecipe, sb: int) -> Level2:
         """The stored second level of a quantized tensor, checksums verified, codes unpacked."""
@@ -348,7 +369,7 @@ def _value_checked(stored: Stored, role: str) -> bool:
     and float scales (level-2 code streams are any bytes)."""
     if role == "codes":
         return stored.packing == "base3"
-    return role == "super" or stored.scale_bits is None
+    return role in ("super", "levels") or stored.scale_bits is None
 
 
 def is_artifact(reader_metadata: dict[str, Any]) -> bool:

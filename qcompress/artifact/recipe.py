@@ -28,6 +28,8 @@ import numpy as np
 
 from qcompress.engine.packing import BASE3, packing_for
 from qcompress.engine.spec import (
+    CODEBOOK_BITS,
+    CODEBOOKS,
     GROUP_SIZE_MAX,
     GROUP_SIZE_MIN,
     MAX_ELEMENTS,
@@ -138,6 +140,11 @@ class Stored:
     scale_bits: int | None = None
     super_block: int | None = None
     super: str | None = None
+    codebook: str | None = None
+    levels: str | None = None
+    """Codebook codes (``engine.codebook``): the table's name, and the stored float32 table of a
+    fitted one (None for a fixed table, whose levels the engine holds). Absent from the JSON
+    for integer codes, so their entries are what they always were."""
 
     @property
     def spec(self) -> QuantSpec:
@@ -151,11 +158,15 @@ class Stored:
             range_method=self.range,
             scale_dtype=self.scale_dtype,
             scale_bits=self.scale_bits,
+            codebook=self.codebook,
         )
 
 
 _LEVEL2_FIELDS = ("scale_bits", "super_block", "super")  # in the JSON only with a second level
-_QUANTIZED_FIELDS = tuple(f.name for f in fields(Stored) if f.name not in _LEVEL2_FIELDS)
+_CODEBOOK_FIELDS = ("codebook", "levels")  # in the JSON only for codebook codes
+_QUANTIZED_FIELDS = tuple(
+    f.name for f in fields(Stored) if f.name not in _LEVEL2_FIELDS + _CODEBOOK_FIELDS
+)
 
 
 UNIFORM_MODE = "uniform"
@@ -216,7 +227,7 @@ class TensorRecipe:
             return [self.uniform.codes, self.uniform.step]
         if q is None:
             return [self.stored] if self.stored else []
-        return [n for n in (q.codes, q.scale, q.zero_point, q.super) if n]
+        return [n for n in (q.codes, q.scale, q.zero_point, q.super, q.levels) if n]
 
     def to_json(self) -> dict[str, Any]:
         """The entry as the recipe JSON holds it (the keys artifacts have always had)."""
@@ -241,6 +252,9 @@ class TensorRecipe:
         if q.scale_bits is not None:
             for field in _LEVEL2_FIELDS:
                 out[field] = getattr(q, field)
+        if q.codebook is not None:
+            for field in _CODEBOOK_FIELDS:
+                out[field] = getattr(q, field)
         return out
 
     @classmethod
@@ -251,6 +265,8 @@ class TensorRecipe:
             uniform = UniformStored(**{f: entry[f] for f in _UNIFORM_FIELDS})
         elif entry["action"] == QUANTIZED:
             level2 = {f: entry[f] for f in _LEVEL2_FIELDS} if "scale_bits" in entry else {}
+            if "codebook" in entry:
+                level2.update({f: entry[f] for f in _CODEBOOK_FIELDS})
             quantized = Stored(**{f: entry[f] for f in _QUANTIZED_FIELDS}, **level2)
         return cls(
             entry["name"],
@@ -436,9 +452,27 @@ def _check_quantized(entry: dict[str, Any], bad: Any) -> None:
             raise bad("scale_bits", f"is not one of {', '.join(map(str, SCALE_BITS))}")
         if entry.get("super_block") != SUPER_BLOCK or not _is_int(entry.get("super_block")):
             raise bad("super_block", f"is not {SUPER_BLOCK}")
+    if "codebook" in entry or "levels" in entry:
+        _check_codebook(entry, bad)
     packing = "none" if entry["bits"] == 8 else packing_for(entry["bits"], entry["scheme"])
     if entry.get("packing") != packing:
         raise bad("packing", f"is not {packing!r}, the packing of {entry['bits']}-bit codes")
+
+
+def _check_codebook(entry: dict[str, Any], bad: Any) -> None:
+    """A codebook entry: a known table at a width it has, signed level-2 scales, and a stored
+    table exactly when the levels were fitted (its name is checked by rebuilding the layout)."""
+    codebook = entry.get("codebook")
+    if codebook not in CODEBOOKS:
+        raise bad("codebook", f"is not one of {', '.join(CODEBOOKS)}")
+    widths = CODEBOOK_BITS if codebook == "fit" else (4,)
+    if entry["bits"] not in widths:
+        raise bad("bits", f"is not one of {', '.join(map(str, widths))} for codebook {codebook}")
+    if entry["scheme"] != "symmetric" or "scale_bits" not in entry:
+        raise bad("scheme", "must be symmetric with second-level scale codes for a codebook")
+    levels = entry.get("levels")
+    if (codebook == "fit") != isinstance(levels, str):
+        raise bad("levels", "must name the stored table exactly when the codebook is fitted")
 
 
 def check_source(source: Any, tensor_names: list[str]) -> None:
@@ -567,7 +601,7 @@ def check_stored_values(stored: Stored, role: str, array: np.ndarray) -> None:
         if array.size and int(array.max()) > 242:
             raise RecipeError(f"{getattr(stored, role)!r}: a base-3 byte exceeds 242 (3^5 - 1)")
     elif (
-        role in ("scale", "zero_point", "super")
+        role in ("scale", "zero_point", "super", "levels")
         and array.dtype.kind == "f"
         and not (np.isfinite(array).all())
     ):

@@ -287,7 +287,8 @@ def compare(
     "--type",
     "type_",
     metavar="T",
-    help="GGUF type: Q4_K (default), Q5_K, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, F16, F32, auto.",
+    help="GGUF type: Q4_K (default), Q5_K, Q6_K, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, F16, "
+    "F32, auto.",
 )
 @click.option("--bits", type=int, help="Bits per weight (GGUF: 4/5/6/8 -> Q4_K/Q5_K/Q6_K/Q8_0).")
 @click.option("--arch", metavar="A", help="GGUF general.architecture [default: qcompress].")

@@ -122,6 +122,7 @@ QUANTIZE_SETTINGS = (
     "range_method",
     "scale_dtype",
     "scale_bits",
+    "codebook",
     "keep",
     "min_elements",
     "plan_path",
@@ -183,6 +184,12 @@ quantize_options = _stack(
         type=LazyChoice(lambda: (0, *_api().SCALE_BITS)),
         help="Store group scales (and mins) as N-bit codes under float32 super-scales, 0 for "
         "float scales [default: 6 below 8 bits, 0 at 8].",
+    ),
+    click.option(
+        "--codebook",
+        type=LazyChoice(lambda: _api().CODEBOOK_CHOICES),
+        help="Non-uniform levels for 3/4-bit codes: iq4nl (llama.cpp's table), nf4, or fit "
+        "(Lloyd-Max per tensor); none for evenly spaced codes [default: none].",
     ),
     click.option(
         "--keep",

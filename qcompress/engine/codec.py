@@ -67,6 +67,10 @@ def _quantize(
     x: np.ndarray, spec: QuantSpec, *, want_stats: bool, threads: int
 ) -> tuple[QuantizedTensor, ErrorStats | None]:
     validate_spec(spec)
+    if spec.codebook is not None:
+        from qcompress.engine.codebook import quantize_codebook
+
+        return quantize_codebook(x, spec), None
     xf = _as_float32(x)
     rows = to_rows(xf, spec)
     n_rows, cols = rows.shape
@@ -277,6 +281,10 @@ def _refine_tuning() -> tuple:
 def dequantize(q: QuantizedTensor) -> np.ndarray:
     """(codes - zero_point) * scale as a C-contiguous float32 array of the original shape."""
     spec = q.spec
+    if spec.codebook is not None:
+        from qcompress.engine.codebook import dequantize_codebook
+
+        return dequantize_codebook(q)
     n_rows, cols = q.codes.shape
     expected = (n_rows, n_groups(cols, spec))
     if q.scale.shape != expected or (q.zero_point is not None and q.zero_point.shape != expected):

@@ -54,6 +54,7 @@ BLOCK_TYPES: dict[str, BlockType] = {
         BlockType("Q4_K", QK_K, 144),
         BlockType("Q5_K", QK_K, 176),
         BlockType("Q6_K", QK_K, 210),
+        BlockType("IQ4_NL", 32, 18),
     )
 }
 
@@ -313,7 +314,14 @@ _ENCODERS = {
     "Q4_K": _encode_q4_k,
     "Q5_K": _encode_q5_k,
     "Q6_K": _encode_q6_k,
+    "IQ4_NL": lambda blocks: _iq4nl().encode_blocks(blocks),
 }
+
+
+def _iq4nl() -> Any:
+    from qcompress.engine import iq4nl
+
+    return iq4nl
 
 
 # --- decoders (gguf-py's operations, in its order) --------------------------------------------
@@ -409,4 +417,5 @@ _DECODERS = {
     "Q4_K": _decode_q4_k,
     "Q5_K": _decode_q5_k,
     "Q6_K": _decode_q6_k,
+    "IQ4_NL": lambda b: _iq4nl().decode_blocks(b),
 }

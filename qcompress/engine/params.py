@@ -20,6 +20,7 @@ from qcompress.engine.spec import (
     SCALE_DTYPES,
     SCHEMES,
     QuantSpec,
+    check_codebook_spec,
 )
 
 
@@ -40,6 +41,8 @@ def validate_spec(spec: QuantSpec) -> None:
         raise ValueError(f"scale_bits must be None or one of {SCALE_BITS}, not {spec.scale_bits}")
     if spec.granularity == "group" and spec.group_size < 1:
         raise ValueError(f"group_size must be >= 1, not {spec.group_size}")
+    if spec.codebook is not None:
+        check_codebook_spec(spec)
 
 
 def code_range(bits: int, scheme: str) -> tuple[int, int]:

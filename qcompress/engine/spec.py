@@ -19,6 +19,10 @@ SCALE_DTYPES: tuple[str, ...] = ("float32", "float16")
 GROUP_SIZE_MIN, GROUP_SIZE_MAX = 16, 1024
 SCALE_BITS: tuple[int, ...] = (4, 5, 6, 7, 8)
 """Widths of the second level's integer scale (and min) codes; ``None`` keeps float scales."""
+CODEBOOKS: tuple[str, ...] = ("iq4nl", "nf4", "fit")
+"""Non-uniform tables (``engine.codebook``): llama.cpp's IQ4_NL, NF4, or per-tensor levels."""
+CODEBOOK_BITS: tuple[int, ...] = (3, 4)
+"""Widths of codebook codes (the fixed tables have 16 levels: 4 bits only)."""
 SUPER_BLOCK = 256
 """Groups per second-level block: consecutive (row, group) scales, in C order, that share one
 float32 super-scale (and one super-min). 64 bits per 256 groups costs 0.008 bits per weight at
@@ -61,6 +65,22 @@ class QuantSpec:
     range_method: str = "minmax"
     scale_dtype: str = "float32"
     scale_bits: int | None = None
+    codebook: str | None = None
+    """None: evenly spaced integer codes; else codes index the table ``CODEBOOKS`` names."""
+
+
+def check_codebook_spec(spec: QuantSpec) -> None:
+    """ValueError naming the field unless ``spec`` is a codebook spec the engine can encode."""
+    if spec.codebook not in CODEBOOKS:
+        raise ValueError(f"codebook must be one of {CODEBOOKS}, not {spec.codebook!r}")
+    if spec.bits not in CODEBOOK_BITS:
+        raise ValueError(f"codebook codes are {CODEBOOK_BITS} bits, not {spec.bits}")
+    if spec.codebook != "fit" and spec.bits != 4:
+        raise ValueError(f"the {spec.codebook} table has 16 levels: it needs 4 bits")
+    if spec.scale_bits not in SCALE_BITS:
+        raise ValueError(f"codebook codes need second-level scale codes {SCALE_BITS}")
+    if spec.scheme != "symmetric":
+        raise ValueError("codebook codes have a signed scale and no zero-point: scheme symmetric")
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,9 @@ class QuantizedTensor:
     spec: QuantSpec
     shape: tuple[int, ...]
     level2: Level2 | None = None
+    levels: np.ndarray | None = None
+    """Codebook codes only: the float32 table the codes index (``engine.codebook``); the
+    dequantized value is then scale * levels[code + 2^(bits-1)]."""
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,25 @@ def choose_type(info: TensorInfo, wanted: str, min_elements: int = MIN_ELEMENTS)
     return made(fallback, f"fallback from {wanted}: {why}", wanted=wanted)
 
 
+def _native_choice(p: TypeChoice, codes: dict[str, Any]) -> TypeChoice:
+    """An artifact tensor whose codes are IQ4_NL blocks (``iq4nl_native``) is written as them,
+    whatever block type was asked for: re-quantizing its values could only add error."""
+    if p.name not in codes or p.gguf_type in _INT_TYPES.values() or p.gguf_type == "IQ4_NL":
+        return p
+    native = choose_type(TensorInfo(p.name, p.shape, p.dtype), "IQ4_NL", 0)
+    if native.gguf_type != "IQ4_NL":
+        return p
+    return TypeChoice(
+        p.name,
+        p.shape,
+        p.dtype,
+        "IQ4_NL",
+        "codes use the IQ4_NL table in groups of 32: written as IQ4_NL blocks as they are "
+        "(scales / 127 rounded to float16)",
+        native.stored_shape,
+    )
+
+
 def fallback_cost_bits(p: TypeChoice) -> int:
     """Extra stored bits a fallback cost over the requested type (0 if none)."""
     if p.wanted is None:
@@ -166,12 +185,14 @@ def fallback_cost_bits(p: TypeChoice) -> int:
 @contextmanager
 def _float_source(
     path: Path,
-) -> Iterator[tuple[list[TensorInfo], Callable[[str], np.ndarray], str]]:
-    """(infos, read, kind) of a weight file or an artifact (dequantized on read)."""
+) -> Iterator[tuple[list[TensorInfo], Callable[[str], np.ndarray], str, dict[str, Any]]]:
+    """(infos, read, kind, codes) of a weight file or an artifact (dequantized on read);
+    ``codes``: the artifact's tensors whose codes GGUF can hold as they are (``iq4nl_native``),
+    name -> a function giving their IQ4_NL bytes."""
     art = open_if_artifact(path)
     if art is None:
         with open_weights(path) as reader:
-            yield reader.tensor_infos(), reader.read, "weights"
+            yield reader.tensor_infos(), reader.read, "weights", {}
         return
     with art:
         entries = {e.name: e for e in art.entries}
@@ -179,8 +200,37 @@ def _float_source(
         def read(name: str) -> np.ndarray:
             return art.tensor(entries[name])
 
+        def native(entry: Any) -> Callable[[], np.ndarray]:
+            return lambda: iq4nl_native_bytes(art.quantized(entry))
+
         infos = [e.info for e in entries.values()]
-        yield infos, read, "artifact"
+        codes = {e.name: native(e) for e in art.entries if iq4nl_native(e)}
+        yield infos, read, "artifact", codes
+
+
+def iq4nl_native(entry: Any) -> bool:
+    """Whether an artifact entry's codes are IQ4_NL blocks already: the iq4nl table, groups of
+    32 on rows of whole groups along the last axes (axis 0), which GGUF's blocks of 32
+    consecutive values then match one for one."""
+    s = entry.quantized
+    return (
+        s is not None
+        and s.codebook == "iq4nl"
+        and s.granularity == "group"
+        and s.group_size == 32
+        and s.axis == 0
+        and s.cols % 32 == 0
+        and len(entry.shape) >= 2
+    )
+
+
+def iq4nl_native_bytes(q: engine.QuantizedTensor) -> np.ndarray:
+    """IQ4_NL bytes (rows of 32-value blocks, as GGUF stores the flattened tensor) of a tensor
+    whose codes use the iq4nl table: the same indices, each scale / 127 rounded to float16."""
+    from qcompress.engine import iq4nl
+
+    idx = (q.codes.astype(np.int16) + 8).astype(np.uint8).reshape(-1, 32)
+    return iq4nl.blocks_from_codes(idx, q.scale.reshape(-1))
 
 
 def _as_float32(name: str, path: Path, x: np.ndarray) -> np.ndarray:
@@ -279,12 +329,14 @@ def export_gguf(
         raise UsageError(f"--arch {arch!r}: give a non-empty architecture name")
     wanted = resolve_type(type_, bits, target_bpw)
     check_outputs([output], [input_path], force)
-    with _float_source(input_path) as (infos, read, kind):
+    with _float_source(input_path) as (infos, read, kind, codes):
         if wanted == "auto":
             assert target_bpw is not None
             choices = _auto_choices(input_path, infos, read, target_bpw, min_elements)
         else:
             choices = [choose_type(i, wanted, min_elements) for i in infos]
+        if wanted not in ("F16", "F32"):
+            choices = [_native_choice(p, codes) for p in choices]
         fallbacks = [p for p in choices if p.wanted is not None]
         if no_fallback and fallbacks:
             names = ", ".join(f"{p.name!r} ({p.shape[-1]} per row)" for p in fallbacks[:5])
@@ -295,7 +347,7 @@ def export_gguf(
                 "as the nearest type that fits"
             )
         with atomic_outputs([output]) as (tmp,):
-            tensors, digests = _write(gguf, tmp, arch, choices, read, input_path)
+            tensors, digests = _write(gguf, tmp, arch, choices, read, input_path, codes)
             _verify(gguf, tmp, choices, digests)
     return _result(input_path, output, arch, wanted, kind, target_bpw, tensors, choices)
 
@@ -307,6 +359,7 @@ def _write(
     choices: list[TypeChoice],
     read: Callable[[str], np.ndarray],
     input_path: Path,
+    codes: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     writer = gguf.GGUFWriter(path, arch)
     try:
@@ -329,7 +382,11 @@ def _write(
         for p in choices:
             x = read(p.name)
             ref = x if p.gguf_type in _INT_TYPES.values() else _as_float32(p.name, input_path, x)
-            data, decoded = encode_tensor(p, ref)
+            if p.gguf_type == "IQ4_NL" and p.name in codes:
+                data = codes[p.name]().reshape(*p.stored_shape[:-1], -1)
+                decoded = kquants.decode(data, "IQ4_NL").reshape(p.shape)
+            else:
+                data, decoded = encode_tensor(p, ref)
             writer.write_tensor_data(data)
             digests[p.name] = hashlib.sha256(np.ascontiguousarray(decoded).tobytes()).hexdigest()
             tensors.append(_entry(p, ref, decoded))

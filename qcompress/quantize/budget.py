@@ -72,7 +72,7 @@ class Decisions:
         if measured is None:
             return None
         weights = max(plan.info.size, 1)
-        return [
+        rows = [
             {
                 "bits": m.spec.bits if isinstance(m.spec, QuantSpec) else None,
                 "granularity": m.spec.granularity,
@@ -89,6 +89,10 @@ class Decisions:
             }
             for m in measured
         ]
+        for row, m in zip(rows, measured, strict=True):
+            if m.spec.codebook is not None:  # absent otherwise: reports stay as they were
+                row["codebook"] = m.spec.codebook
+        return rows
 
 
 def decide_budget(
@@ -215,8 +219,13 @@ def _choose(
             out.append(dataclasses.replace(p, action=KEPT, reason=note, spec=None))
         else:
             m = ms[k]
+            table = (
+                f" {m.spec.codebook} codebook"
+                if isinstance(m.spec, QuantSpec) and m.spec.codebook
+                else ""
+            )
             what = (
-                f"{m.spec.bits} bits {m.spec.granularity}"
+                f"{m.spec.bits} bits{table} {m.spec.granularity}"
                 if isinstance(m.spec, QuantSpec)
                 else f"variable-rate step {m.spec.value:.4g}"
             )

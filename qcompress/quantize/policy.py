@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompress.artifact.recipe import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
-from qcompress.config import QuantizeOptions
+from qcompress.config import QuantizeOptions, codebook_widths
 from qcompress.engine.spec import BITS, NonFiniteError, QuantSpec
 from qcompress.engine.uniform import UniformSpec
 from qcompress.errors import InputError, UsageError
@@ -111,12 +111,22 @@ def candidate_specs(
 ) -> tuple[QuantSpec, ...]:
     """What a budget chooses among: every supported width with its default grouping, and, below
     8 bits when the granularity is not set, per-channel too (fewer scales: cheaper per weight, so
-    a tight budget can keep more bits where they matter)."""
+    a tight budget can keep more bits where they matter). With ``--codebook``, its codes join
+    the evenly spaced ones at the widths it has (both are measured; the allocator picks)."""
     specs = []
     for bits in BITS:
+        has_codebook = bits in codebook_widths(options.codebook)
         at_width = dataclasses.replace(
-            options, bits=bits, plan=None, target_bpw=None, min_sqnr=None
+            options,
+            bits=bits,
+            plan=None,
+            target_bpw=None,
+            min_sqnr=None,
+            codebook=options.codebook if has_codebook else None,
         )
+        if has_codebook:
+            uniform = dataclasses.replace(at_width, codebook=None)
+            specs.append(_spec(info, layout, uniform))
         spec = _spec(info, layout, at_width)
         specs.append(spec)
         if options.granularity is None and spec.granularity == "group":
@@ -150,6 +160,7 @@ def _spec(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> QuantSp
         range_method=str(d["range"]),
         scale_dtype=str(d["scale_dtype"]),
         scale_bits=None if d["scale_bits"] is None else int(str(d["scale_bits"])),
+        codebook=str(d["codebook"]) if int(d["bits"]) in codebook_widths(d["codebook"]) else None,
     )
 
 
