@@ -91,6 +91,16 @@ class WeightReader(ABC):
         convention. Default: the file says nothing."""
         return {}
 
+    def as_stored(self) -> Mapping[str, str]:
+        """Per tensor name, why it must stay exactly as stored (a layer the framework already
+        quantized: its float scales belong to its integer codes). Default: none."""
+        return {}
+
+    def optimizer_state(self) -> frozenset[str]:
+        """The names of optimizer and training state (Adam's slots, iteration counters), which
+        inference never reads. Default: none."""
+        return frozenset()
+
     def release(self, name: str) -> None:  # noqa: B027 - optional hook
         """The caller is done with tensor ``name``: a memory-mapped reader drops its pages from
         this process, so resident memory follows the tensors in use, not the file."""

@@ -236,8 +236,11 @@ def quantize_single(
     refuse_artifact(reader)
     infos = reader.tensor_infos()
     check_storable(reader.path, infos)
-    hints = reader.axis_hints()
-    plans = [decide_tensor(info, reader.layout, options, hints.get(info.name)) for info in infos]
+    hints, as_stored = reader.axis_hints(), reader.as_stored()
+    plans = [
+        decide_tensor(info, reader.layout, options, hints.get(info.name), as_stored.get(info.name))
+        for info in infos
+    ]
     check_outputs([artifact_path, report_path], [reader.path], force)
     decided = decide_budget(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans

@@ -43,18 +43,21 @@ def decide_tensor(
     layout: Layout,
     options: QuantizeOptions,
     hint: AxisHint | None = None,
+    as_stored: str | None = None,
 ) -> TensorDecision:
     """Decide one tensor's fate from its name, shape and dtype.
 
     Settings combine as command-line options < the plan's [default] < the first matching plan
     rule. Under a budget, tensors whose bits no rule pins get candidates to choose among.
     ``hint`` is the axis the file itself gives (``WeightReader.axis_hints``); an explicit axis
-    wins over it, and it wins over the layout's convention.
+    wins over it, and it wins over the layout's convention. ``as_stored`` is why the file says
+    the tensor must stay as it is (``WeightReader.as_stored``): kept, whatever the options.
     """
     if info.dtype not in FLOAT_DTYPES:
-        return TensorDecision(
-            info, PASSTHROUGH, f"{info.dtype} is not a float dtype: stored unchanged"
-        )
+        why = as_stored or f"{info.dtype} is not a float dtype"
+        return TensorDecision(info, PASSTHROUGH, f"{why}: stored unchanged")
+    if as_stored is not None:
+        return TensorDecision(info, KEPT, as_stored)
     plan = options.plan
     rule = plan.rule_for(info.name) if plan is not None else None
     decided_by = _decided_by(plan, rule)
