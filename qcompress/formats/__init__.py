@@ -57,12 +57,8 @@ READERS: dict[str, Callable[[Path], WeightReader]] = {f.name: f.open for f in _F
 
 OUTPUT_SUFFIXES: dict[str, str] = {s: f.name for f in REGISTRY for s in f.suffixes}
 
-# Suffixes refused with advice rather than "cannot tell": Keras 3 ".keras" files are zip
-# archives (config + model.weights.h5), not HDF5.
-_REFUSED_SUFFIXES = {
-    ".keras": "are Keras 3 zip archives, which qcompress does not write; "
-    "use .h5 (Keras loads it with load_weights)",
-}
+# Suffixes refused with advice rather than "cannot tell" (none at the moment).
+_REFUSED_SUFFIXES: dict[str, str] = {}
 
 
 def default_axis(info: TensorInfo, layout: Layout) -> int:

@@ -165,6 +165,7 @@ class Format:
     suffixes: tuple[str, ...] = ()  # output suffixes, the first one the preferred
     write: Writer | None = None
     axis_rule: Callable[[TensorInfo], int] | None = None  # None: the layout's convention
+    metadata_from: tuple[str, ...] = ()  # other formats whose metadata ``write`` understands
 
     def default_axis(self, info: TensorInfo) -> int:
         """The output-channel axis of ``info`` when the file says nothing more about it."""
@@ -181,7 +182,7 @@ class Format:
         """Write with ``write``, passing on ``metadata`` only if it came from this format."""
         if self.write is None:
             raise ValueError(f"format {self.name!r} is read only")
-        own = dict(metadata) if metadata.get("format") == self.name else None
+        own = dict(metadata) if metadata.get("format") in (self.name, *self.metadata_from) else None
         self.write(path, infos, arrays, own)
 
     def matches(self, head: bytes) -> bool:
