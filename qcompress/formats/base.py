@@ -166,6 +166,9 @@ class Format:
     write: Writer | None = None
     axis_rule: Callable[[TensorInfo], int] | None = None  # None: the layout's convention
     metadata_from: tuple[str, ...] = ()  # other formats whose metadata ``write`` understands
+    # True: ``write`` rebuilds a file only from its own format's metadata (a .keras archive's
+    # config), so it is no general output format for any tensors (not in ``FORMATS``).
+    needs_source: bool = False
 
     def default_axis(self, info: TensorInfo) -> int:
         """The output-channel axis of ``info`` when the file says nothing more about it."""

@@ -29,6 +29,9 @@ from qcompress.formats.base import AxisHint, Format, TensorInfo, WeightReader
 CONFIG, METADATA = "config.json", "metadata.json"
 WEIGHTS = ("model.weights.h5", "model.weights.npz")
 _ZIP_MAGIC = b"PK\x03\x04"
+# zipfile turns damage into many exception types (BadZipFile, NotImplementedError for a garbled
+# version field, zlib.error, EOFError, ...): in a file being parsed, all mean "corrupt".
+_ZIP_ERRORS = (Exception,)
 
 
 def _is_archive_folder(path: Path) -> bool:
@@ -58,7 +61,7 @@ def _claims(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+    except _ZIP_ERRORS:
         return False
     return CONFIG in names and METADATA in names and any(w in names for w in WEIGHTS)
 
@@ -104,7 +107,7 @@ class KerasArchiveReader(WeightReader):
         require_regular_file(self.path)
         try:
             zf = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise FormatError(
                 f"{self.path}: not a readable .keras archive (truncated or corrupt zip?): "
                 f"{one_line(exc)}"
@@ -129,7 +132,7 @@ class KerasArchiveReader(WeightReader):
                             shutil.copyfileobj(src, dst, 1 << 20)
                     elif not info.is_dir():
                         entry.update(_encode(zf.read(info)))
-                except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+                except _ZIP_ERRORS as exc:
                     raise FormatError(
                         f"{self.path}: entry {info.filename!r} cannot be read (truncated or "
                         f"corrupt archive?): {one_line(exc)}"
@@ -295,4 +298,5 @@ FORMAT = Format(
     claims=_claims,
     suffixes=(".keras",),
     write=write_keras,
+    needs_source=True,
 )
