@@ -158,6 +158,13 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("keep", "keep", tuple, (), "Keep tensors whose name matches GLOB in float (repeatable)."),
     Knob(
+        "drop",
+        "drop",
+        tuple,
+        (),
+        "Leave tensors whose name matches GLOB out of the artifact (repeatable).",
+    ),
+    Knob(
         "min_elements",
         "min_elements",
         int,
@@ -197,6 +204,11 @@ PLAN_DEFAULT_ONLY: dict[str, str] = {k.name: k.field for k in KNOBS if k.plan ==
 _BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
 
 
+OPTIMIZER_GLOBS = ("optimizer_weights/*", "optimizer/*")
+"""Where Keras keeps optimizer state: Keras 2 ``optimizer_weights/``, Keras 3 ``optimizer/``
+(``--drop-optimizer``)."""
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """What the user asked for. ``None`` means "the expert default for these bits"; the
@@ -211,6 +223,7 @@ class QuantizeOptions:
     scale_dtype: str = DEFAULT_SCALE_DTYPE
     scale_bits: int | None = None  # None: the default for these bits; 0: float scales
     keep: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()  # --drop and --drop-optimizer (OPTIMIZER_GLOBS)
     min_elements: int = DEFAULT_MIN_ELEMENTS
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.quantize.plan_file.load_plan
     target_bpw: float | None = None  # choose bits per tensor: at most this many bits per weight
@@ -276,6 +289,7 @@ class QuantizeOptions:
             "scale_dtype": self.scale_dtype,
             "scale_bits": scale_bits or None,
             "keep": list(self.keep),
+            "drop": list(self.drop),
             "min_elements": self.min_elements,
             "plan": plan,
             "target_bpw": self.target_bpw,

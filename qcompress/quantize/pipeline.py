@@ -36,6 +36,7 @@ from qcompress.formats import DTYPE_CODES
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.quantize.budget import Decisions, decide_budget
+from qcompress.quantize.drop import drop_warnings, optimizer_summary, split_dropped
 from qcompress.quantize.policy import TensorDecision, decide_tensor, non_finite_error
 from qcompress.report import (
     Measured,
@@ -234,11 +235,21 @@ def quantize_single(
     """Quantize one weight file into an artifact and its report, both atomically; the report."""
     started = time.perf_counter()
     refuse_artifact(reader)
-    infos = reader.tensor_infos()
+    all_infos = reader.tensor_infos()
+    split = split_dropped(reader.path, all_infos, options)
+    infos = split.kept
     check_storable(reader.path, infos)
     hints, as_stored = reader.axis_hints(), reader.as_stored()
+    optimizer = reader.optimizer_state()
     plans = [
-        decide_tensor(info, reader.layout, options, hints.get(info.name), as_stored.get(info.name))
+        decide_tensor(
+            info,
+            reader.layout,
+            options,
+            hints.get(info.name),
+            as_stored.get(info.name),
+            optimizer=info.name in optimizer,
+        )
         for info in infos
     ]
     check_outputs([artifact_path, report_path], [reader.path], force)
@@ -275,8 +286,14 @@ def quantize_single(
             overall=engine.combine_error_stats(stats),
             elapsed=time.perf_counter() - started,
         )
-        if decided.warnings:
-            report["warnings"] = decided.warnings
+        warnings = decided.warnings + drop_warnings(options, (i.name for i in all_infos))
+        if warnings:
+            report["warnings"] = warnings
+        if split.dropped:
+            report["dropped"] = split.dropped
+        summary = optimizer_summary(all_infos, optimizer, split.dropped)
+        if summary is not None:
+            report["optimizer_state"] = summary
         tmp_report.write_text(dumps(report))
     return report
 

@@ -44,6 +44,8 @@ def decide_tensor(
     options: QuantizeOptions,
     hint: AxisHint | None = None,
     as_stored: str | None = None,
+    *,
+    optimizer: bool = False,
 ) -> TensorDecision:
     """Decide one tensor's fate from its name, shape and dtype.
 
@@ -52,6 +54,8 @@ def decide_tensor(
     ``hint`` is the axis the file itself gives (``WeightReader.axis_hints``); an explicit axis
     wins over it, and it wins over the layout's convention. ``as_stored`` is why the file says
     the tensor must stay as it is (``WeightReader.as_stored``): kept, whatever the options.
+    ``optimizer`` (optimizer state) tensors stay float under a budget unless a plan rule names
+    them, so the budget's bits go to the model's own weights.
     """
     if info.dtype not in FLOAT_DTYPES:
         why = as_stored or f"{info.dtype} is not a float dtype"
@@ -63,6 +67,12 @@ def decide_tensor(
     decided_by = _decided_by(plan, rule)
     if rule is not None and rule.keep:
         return TensorDecision(info, KEPT, f"{rule.describe()}: keep = true", None, decided_by)
+    if optimizer and options.budget and rule is None:
+        why = (
+            f"optimizer state: kept float, outside the {options.budget} budget "
+            "(a plan rule naming it quantizes it; --drop-optimizer leaves it out)"
+        )
+        return TensorDecision(info, KEPT, why)
     resolved = options.with_settings(
         (plan.default if plan else ()) + (rule.settings if rule else ())
     )
