@@ -91,6 +91,11 @@ class WeightReader(ABC):
         convention. Default: the file says nothing."""
         return {}
 
+    def digest_file(self) -> Path:
+        """The file whose SHA-256 and size the report records for this input: the input itself,
+        or for a folder input the one file holding its weights."""
+        return self.path
+
     def as_stored(self) -> Mapping[str, str]:
         """Per tensor name, why it must stay exactly as stored (a layer the framework already
         quantized: its float scales belong to its integer codes). Default: none."""

@@ -34,7 +34,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _ZIP_ERRORS = (Exception,)
 
 
-def _is_archive_folder(path: Path) -> bool:
+def is_archive_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding what a ``.keras`` zip holds."""
     return (
         path.is_dir()
         and (path / CONFIG).is_file()
@@ -44,9 +45,9 @@ def _is_archive_folder(path: Path) -> bool:
 
 
 def _claims(path: Path) -> bool:
-    """A folder of the archive's files, or a regular file that is a zip listing them (a
-    ``.keras`` file that starts as a zip is claimed even when damaged, for a clear message)."""
-    if _is_archive_folder(path):
+    """A folder of the archive's files, or a regular file that is a zip listing Keras' entries,
+    whatever its name (a damaged zip named ``.keras`` too, for a clear message)."""
+    if is_archive_folder(path):
         return True
     try:
         if not path.is_file():
@@ -56,14 +57,14 @@ def _claims(path: Path) -> bool:
                 return False
     except OSError:
         return False
-    if path.suffix.lower() == ".keras":
-        return True
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
     except _ZIP_ERRORS:
-        return False
-    return CONFIG in names and METADATA in names and any(w in names for w in WEIGHTS)
+        return path.suffix.lower() == ".keras"  # a damaged archive: say so as one
+    # the weights entry alone, or the two JSON entries, say "Keras archive": the reader then
+    # names whatever else is missing
+    return any(w in names for w in WEIGHTS) or {CONFIG, METADATA} <= names
 
 
 class KerasArchiveReader(WeightReader):
@@ -174,6 +175,9 @@ class KerasArchiveReader(WeightReader):
         if not isinstance(config, dict):
             raise FormatError(f"{self.path}: config.json is not a JSON object")
         return config
+
+    def digest_file(self) -> Path:
+        return self.path / self._weights_entry if self._container == "folder" else self.path
 
     def tensor_infos(self) -> list[TensorInfo]:
         assert self._inner is not None

@@ -24,8 +24,8 @@ REGISTRY: tuple[Format, ...] = (
     safetensors.FORMAT,
     gguf.FORMAT,
     compressed_tensors.FORMAT,
+    keras_archive.FORMAT,  # before sharded: a Keras folder has no index for it to find
     sharded.FORMAT,
-    keras_archive.FORMAT,
 )
 
 BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in REGISTRY}

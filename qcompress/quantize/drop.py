@@ -86,3 +86,18 @@ def optimizer_summary(
         "fraction": nbytes / total if total else 0.0,
         "dropped_tensors": sum(i.name in gone for i in state),
     }
+
+
+def without_dropped(metadata: dict[str, Any], dropped: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The source metadata without what it says about dropped tensors (an HDF5 file's dataset
+    attributes, also inside a ``.keras`` archive's), so the recipe describes only stored ones;
+    their groups stay, so Keras still finds every layer."""
+    gone = {d["name"] for d in dropped}
+    if not gone:
+        return metadata
+    out = dict(metadata)
+    if out.get("format") == "h5" and isinstance(out.get("datasets"), dict):
+        out["datasets"] = {k: v for k, v in out["datasets"].items() if k not in gone}
+    if out.get("format") == "keras" and isinstance(out.get("weights"), dict):
+        out["weights"] = without_dropped(out["weights"], dropped)
+    return out

@@ -36,7 +36,12 @@ from qcompress.formats import DTYPE_CODES
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.quantize.budget import Decisions, decide_budget
-from qcompress.quantize.drop import drop_warnings, optimizer_summary, split_dropped
+from qcompress.quantize.drop import (
+    drop_warnings,
+    optimizer_summary,
+    split_dropped,
+    without_dropped,
+)
 from qcompress.quantize.policy import TensorDecision, decide_tensor, non_finite_error
 from qcompress.report import (
     Measured,
@@ -255,7 +260,8 @@ def quantize_single(
     check_outputs([artifact_path, report_path], [reader.path], force)
     decided = decide_budget(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans
-    source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
+    metadata = without_dropped(reader.metadata(), split.dropped)
+    source = {"format": reader.format, "layout": reader.layout, "metadata": metadata}
     recipe, stored = build_recipe(plans, source, path=reader.path)
     if progress:
         progress.start(len(plans), sum(p.info.nbytes for p in plans))
@@ -263,7 +269,9 @@ def quantize_single(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash") as background,
         atomic_outputs([artifact_path, report_path], force) as (tmp_artifact, tmp_report),
     ):
-        input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
+        input_sha256 = background.submit(
+            sha256_file, reader.digest_file()
+        )  # overlaps the quantization
         with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
             entries, stats = stream_quantize(
                 reader, decided, recipe.tensors, writer, jobs=jobs, progress=progress
@@ -274,7 +282,7 @@ def quantize_single(
                 "path": str(reader.path),
                 "format": reader.format,
                 "sha256": input_sha256.result(),
-                "bytes": reader.path.stat().st_size,
+                "bytes": reader.digest_file().stat().st_size,
             },
             artifact_info={
                 "path": str(artifact_path),
