@@ -12,7 +12,9 @@ This module imports only ``engine.spec`` and ``errors``, so every layer may use 
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -204,6 +206,26 @@ PLAN_DEFAULT_ONLY: dict[str, str] = {k.name: k.field for k in KNOBS if k.plan ==
 _BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether tensor ``name`` matches a --keep/--drop/--gate/plan ``pattern``: a shell glob
+    whose ``*`` matches any run of characters, ``.`` and ``/`` included (``*conv*`` finds
+    ``model_weights/conv2d/conv2d/kernel:0``), or ``re:REGEX``, a Python regular expression the
+    whole name must match (``re:layers/[^/]+/vars/0`` takes one path segment: top-level layers
+    only)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def check_pattern(pattern: str, where: str) -> None:
+    """A UsageError naming ``where`` for a ``re:`` pattern that is no valid regular expression."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise UsageError(f"{where} {pattern!r}: not a regular expression: {exc}") from None
+
+
 OPTIMIZER_GLOBS = ("optimizer_weights/*", "optimizer/*")
 """Where Keras keeps optimizer state: Keras 2 ``optimizer_weights/``, Keras 3 ``optimizer/``
 (``--drop-optimizer``)."""
@@ -230,6 +252,10 @@ class QuantizeOptions:
     min_sqnr: float | None = None  # choose bits per tensor: the fewest that reach this SQNR (dB)
 
     def __post_init__(self) -> None:
+        for pattern in self.keep:
+            check_pattern(pattern, "--keep")
+        for pattern in self.drop:
+            check_pattern(pattern, "--drop")
         for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype"):
             _check_choice(_BY_FIELD[field], getattr(self, field))
         _check_choice(_BY_FIELD["scale_bits"], self.scale_bits)

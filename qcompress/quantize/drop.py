@@ -8,13 +8,12 @@ training checkpoint and useless for inference, so the report says how much of th
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qcompress.config import OPTIMIZER_GLOBS, QuantizeOptions
+from qcompress.config import OPTIMIZER_GLOBS, QuantizeOptions, name_matches
 from qcompress.errors import UsageError
 from qcompress.formats.base import TensorInfo
 
@@ -31,7 +30,7 @@ def split_dropped(path: Path, infos: Sequence[TensorInfo], options: QuantizeOpti
     """Split ``infos`` by ``options.drop``; a UsageError if nothing would be left."""
     kept, dropped = [], []
     for info in infos:
-        glob = next((g for g in options.drop if fnmatch.fnmatchcase(info.name, g)), None)
+        glob = next((g for g in options.drop if name_matches(info.name, g)), None)
         if glob is None:
             kept.append(info)
         else:
@@ -57,7 +56,7 @@ def drop_warnings(options: QuantizeOptions, names: Iterable[str]) -> list[str]:
     names = list(names)
 
     def matches(glob: str) -> bool:
-        return any(fnmatch.fnmatchcase(n, glob) for n in names)
+        return any(name_matches(n, glob) for n in names)
 
     out = [
         f"--drop {g!r} matches no tensor"

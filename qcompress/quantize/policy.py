@@ -7,12 +7,11 @@ The policy sees only names, shapes, dtypes and the source layout, never values, 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompress.artifact.recipe import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
-from qcompress.config import QuantizeOptions
+from qcompress.config import QuantizeOptions, name_matches
 from qcompress.engine.spec import BITS, NonFiniteError, QuantSpec
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import default_axis
@@ -136,7 +135,7 @@ def _decided_by(plan: Plan | None, rule: Rule | None) -> str:
 def _kept_by_default(info: TensorInfo, options: QuantizeOptions) -> str | None:
     """Why the default rules keep a float tensor in float (--keep, 1-D, small), or None."""
     for pattern in options.keep:
-        if fnmatch.fnmatchcase(info.name, pattern):
+        if name_matches(info.name, pattern):
             return f"matches --keep {pattern!r}"
     if len(info.shape) < 2:
         return f"{len(info.shape)}-D tensor (biases and norms stay float)"
@@ -152,7 +151,7 @@ def keep_warnings(options: QuantizeOptions, names: Iterable[str]) -> list[str]:
     return [
         f"--keep {pattern!r} matches no tensor"
         for pattern in options.keep
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
+        if not any(name_matches(n, pattern) for n in names)
     ]
 
 
