@@ -257,6 +257,8 @@ def keras2_facts(
         role = _KERAS2_LEAVES.get(leaf)
         if cls is not None and cls.endswith("Transpose") and leaf == "kernel":
             role = "transpose"
+        elif cls is not None and cls.startswith("DepthwiseConv") and leaf == "kernel":
+            role = "depthwise"  # Keras 3's legacy .h5 names a depthwise kernel just "kernel"
         elif cls == "EinsumDense" and leaf == "kernel":
             role = "equation"
         if role is None:
