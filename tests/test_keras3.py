@@ -409,3 +409,55 @@ def test_budget_leaves_optimizer_state_float(tmp_path: Path) -> None:
     slot = tensors["optimizer/vars/2"]
     assert slot["action"] == "kept" and "outside the --target-bpw 4 budget" in slot["reason"]
     assert tensors["layers/depthwise_conv2d/vars/0"]["action"] == "quantized"
+
+
+# --- sharded save_weights ----------------------------------------------------------------
+
+
+def write_sharded(tmp: Path) -> Path:
+    """Two shards in Keras 3's layout and their ``.weights.json`` index."""
+    a = write_keras3_h5(tmp / "m_00000.weights.h5", {"layers/dense": LAYERS["layers/dense"]})
+    b = write_keras3_h5(
+        tmp / "m_00001.weights.h5",
+        {"layers/depthwise_conv2d": LAYERS["layers/depthwise_conv2d"]},
+        optimizer=False,
+    )
+    index = {
+        "metadata": {"total_size": 1.0},
+        "weight_map": {
+            "/layers/dense/vars": ["m_00000.weights.h5"],
+            "/optimizer/vars": ["m_00000.weights.h5"],
+            "/layers/depthwise_conv2d/vars": ["m_00001.weights.h5"],
+        },
+    }
+    path = tmp / "m.weights.json"
+    path.write_text(json.dumps(index))
+    assert a and b
+    return path
+
+
+def test_sharded_weights_read_as_one_file_and_rebuild_unsharded(tmp_path: Path) -> None:
+    path = write_sharded(tmp_path)
+    with open_weights(path) as reader:
+        names = [i.name for i in reader.tensor_infos()]
+        assert reader.axis_hints()["layers/depthwise_conv2d/vars/0"].axis == 2
+        assert "optimizer/vars/2" in reader.optimizer_state()
+    assert "layers/dense/vars/0" in names and "layers/depthwise_conv2d/vars/1" in names
+    assert run("quantize", path, "--quiet").exit_code == 0
+    out = tmp_path / "one.weights.h5"
+    assert run("dequantize", tmp_path / "m.weights.qc.safetensors", "-o", out).exit_code == 0
+    with h5py.File(out) as f:
+        assert f["layers/depthwise_conv2d/vars"].attrs["name"] == "dw"
+        assert f["layers/dense/vars/0"].shape == (64, 32)
+
+
+@pytest.mark.parametrize(
+    ("shard", "message"),
+    [("gone_00000.weights.h5", "is missing"), ("../m_00000.weights.h5", "plain file name")],
+)
+def test_sharded_index_pointing_wrong_is_refused(tmp_path: Path, shard: str, message: str) -> None:
+    path = write_sharded(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["weight_map"]["/layers/dense/vars"] = [shard]
+    path.write_text(json.dumps(doc))
+    assert_clean_error(run("inspect", path), str(path), message)

@@ -12,6 +12,7 @@ from qcompress.formats import (
     gguf,
     h5,
     keras_archive,
+    keras_sharded,
     npz,
     safetensors,
     sharded,
@@ -25,6 +26,7 @@ REGISTRY: tuple[Format, ...] = (
     gguf.FORMAT,
     compressed_tensors.FORMAT,
     keras_archive.FORMAT,  # before sharded: a Keras folder has no index for it to find
+    keras_sharded.FORMAT,  # before sharded: its index has a weight_map too
     sharded.FORMAT,
 )
 

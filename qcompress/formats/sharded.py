@@ -20,6 +20,7 @@ from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import read_json, require_regular_file
 from qcompress.formats.base import Format, TensorInfo, WeightReader
 from qcompress.formats.keras_archive import is_archive_folder
+from qcompress.formats.keras_sharded import is_keras_index
 from qcompress.formats.safetensors import SafetensorsReader
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -73,6 +74,8 @@ def find_index(path: Path) -> Path | None:
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None  # not an index: the format readers will say what it is, or what is wrong
+    if is_keras_index(doc):
+        return None  # Keras 3 sharded weights: formats.keras_sharded reads them
     return path if isinstance(doc, dict) and "weight_map" in doc else None
 
 
