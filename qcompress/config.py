@@ -127,7 +127,8 @@ KNOBS: tuple[Knob, ...] = (
         "axis",
         int,
         None,
-        "Output-channel axis [default: 0 for npz/safetensors; last for h5, 2 for depthwise].",
+        "Output-channel axis [default: by the layer where the file says; else 0 for "
+        "npz/safetensors, last for h5].",
         plan="setting",
     ),
     Knob(

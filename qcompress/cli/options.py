@@ -159,7 +159,8 @@ quantize_options = _stack(
     click.option(
         "--axis",
         type=int,
-        help="Output-channel axis [default: 0 for npz/safetensors; last for h5, 2 for depthwise].",
+        help="Output-channel axis [default: by the layer where the file says; else 0 for "
+        "npz/safetensors, last for h5].",
     ),
     click.option(
         "--range",
