@@ -458,8 +458,8 @@ def test_registry_drives_detection_suffixes_and_writers() -> None:
     }
     assert set(READERS) == {"npz", "h5", "safetensors", "gguf"}  # file formats, by content
     folder = {f.name for f in REGISTRY if f.claims is not None}
-    assert folder == {"compressed-tensors", "safetensors-sharded", "keras"}
-    read_only = folder - {"keras"} | {"gguf"}
+    assert folder == {"compressed-tensors", "safetensors-sharded", "keras", "keras-sharded"}
+    read_only = folder - {"keras"} | {"gguf"}  # keras-sharded: rebuilt unsharded as h5
     assert all(f.write is None for f in REGISTRY if f.name in read_only)
     # .keras is written only from a .keras source (its config.json), so not in FORMATS
     assert [f.name for f in REGISTRY if f.needs_source] == ["keras"]
