@@ -21,6 +21,7 @@ from qcompress.checks.gates import shown as shown
 from qcompress.config import CODEBOOK_CHOICES as CODEBOOK_CHOICES
 from qcompress.config import DEFAULT_BITS as DEFAULT_BITS
 from qcompress.config import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
+from qcompress.config import OPTIMIZER_GLOBS as OPTIMIZER_GLOBS
 from qcompress.config import QuantizeOptions
 from qcompress.dequantize import OUTPUT_DTYPES as OUTPUT_DTYPES
 from qcompress.dequantize import DequantizeResult as DequantizeResult

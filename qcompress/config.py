@@ -12,7 +12,9 @@ This module imports only ``engine.spec`` and ``errors``, so every layer may use 
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -151,7 +153,8 @@ KNOBS: tuple[Knob, ...] = (
         "axis",
         int,
         None,
-        "Output-channel axis [default: 0 for npz/safetensors; last for h5, 2 for depthwise].",
+        "Output-channel axis [default: by the layer where the file says; else 0 for "
+        "npz/safetensors, last for h5].",
         plan="setting",
     ),
     Knob(
@@ -193,6 +196,13 @@ KNOBS: tuple[Knob, ...] = (
         plan="setting",
     ),
     Knob("keep", "keep", tuple, (), "Keep tensors whose name matches GLOB in float (repeatable)."),
+    Knob(
+        "drop",
+        "drop",
+        tuple,
+        (),
+        "Leave tensors whose name matches GLOB out of the artifact (repeatable).",
+    ),
     Knob(
         "min_elements",
         "min_elements",
@@ -278,6 +288,31 @@ PLAN_DEFAULT_ONLY: dict[str, str] = {k.name: k.field for k in KNOBS if k.plan ==
 _BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether tensor ``name`` matches a --keep/--drop/--gate/plan ``pattern``: a shell glob
+    whose ``*`` matches any run of characters, ``.`` and ``/`` included (``*conv*`` finds
+    ``model_weights/conv2d/conv2d/kernel:0``), or ``re:REGEX``, a Python regular expression the
+    whole name must match (``re:layers/[^/]+/vars/0`` takes one path segment: top-level layers
+    only)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def check_pattern(pattern: str, where: str) -> None:
+    """A UsageError naming ``where`` for a ``re:`` pattern that is no valid regular expression."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise UsageError(f"{where} {pattern!r}: not a regular expression: {exc}") from None
+
+
+OPTIMIZER_GLOBS = ("optimizer_weights/*", "optimizer/*")
+"""Where Keras keeps optimizer state: Keras 2 ``optimizer_weights/``, Keras 3 ``optimizer/``
+(``--drop-optimizer``)."""
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """What the user asked for. ``None`` means "the expert default for these bits"; the
@@ -293,6 +328,7 @@ class QuantizeOptions:
     scale_bits: int | None = None  # None: the default for these bits; 0: float scales
     codebook: str | None = None  # None or "none": evenly spaced codes
     keep: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()  # --drop and --drop-optimizer (OPTIMIZER_GLOBS)
     min_elements: int = DEFAULT_MIN_ELEMENTS
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.quantize.plan_file.load_plan
     target_bpw: float | None = None  # choose bits per tensor: at most this many bits per weight
@@ -304,6 +340,10 @@ class QuantizeOptions:
     lossless: bool = False  # keep every float tensor, losslessly compressed
 
     def __post_init__(self) -> None:
+        for pattern in self.keep:
+            check_pattern(pattern, "--keep")
+        for pattern in self.drop:
+            check_pattern(pattern, "--drop")
         for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype", "entropy"):
             _check_choice(_BY_FIELD[field], getattr(self, field))
         _check_choice(_BY_FIELD["scale_bits"], self.scale_bits)
@@ -426,6 +466,7 @@ class QuantizeOptions:
             "scale_bits": scale_bits or None,
             "codebook": self.codebook if self.uses_codebook else None,
             "keep": list(self.keep),
+            "drop": list(self.drop),
             "min_elements": self.min_elements,
             "plan": plan,
             "target_bpw": self.target_bpw,

@@ -198,6 +198,7 @@ class TensorReport:
     entropy_coder: str | None = None
     raw_stored_bytes: int | None = None  # before the entropy stage; stored_bytes is after it
     codebook: str | None = None
+    axis_rule: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -222,6 +223,7 @@ def tensor_report(
     candidates: list[dict[str, Any]] | None,
     entropy_coder: str | None = None,
     raw_stored_bytes: int | None = None,
+    axis_rule: str | None = None,
 ) -> TensorReport:
     """One tensor's report line from its recipe entry and what quantizing it measured."""
     e, s = recipe_entry, recipe_entry.quantized
@@ -256,6 +258,7 @@ def tensor_report(
         entropy_coder=entropy_coder,
         raw_stored_bytes=stored_bytes if raw_stored_bytes is None else raw_stored_bytes,
         codebook=None if s is None else s.codebook,
+        axis_rule=None if s is None else axis_rule,
     )
 
 

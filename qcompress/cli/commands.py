@@ -72,8 +72,9 @@ def quantize(
 ) -> None:
     """Quantize INPUT into an artifact and a JSON report.
 
-    INPUT is a .npz, .h5 or .safetensors file, or a sharded safetensors checkpoint (its
-    *.safetensors.index.json or the folder holding it; then -o names the output folder).
+    INPUT is a .npz, Keras .h5/.weights.h5/.keras (zip or folder) or .safetensors file, or a
+    sharded safetensors checkpoint (its *.safetensors.index.json or the folder holding it; then
+    -o names the output folder).
     """
     api = _api()
     api.keep_freed_memory()

@@ -124,6 +124,7 @@ QUANTIZE_SETTINGS = (
     "scale_bits",
     "codebook",
     "keep",
+    "drop",
     "min_elements",
     "plan_path",
     "target_bpw",
@@ -164,7 +165,8 @@ quantize_options = _stack(
     click.option(
         "--axis",
         type=int,
-        help="Output-channel axis [default: 0 for npz/safetensors; last for h5, 2 for depthwise].",
+        help="Output-channel axis [default: by the layer where the file says; else 0 for "
+        "npz/safetensors, last for h5].",
     ),
     click.option(
         "--range",
@@ -196,6 +198,17 @@ quantize_options = _stack(
         multiple=True,
         metavar="GLOB",
         help="Keep tensors whose name matches GLOB in float (repeatable).",
+    ),
+    click.option(
+        "--drop",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave tensors whose name matches GLOB out of the artifact (repeatable).",
+    ),
+    click.option(
+        "--drop-optimizer",
+        is_flag=True,
+        help="Leave optimizer state out (Keras 2 optimizer_weights/*, Keras 3 optimizer/*).",
     ),
     click.option(
         "--min-elements",
@@ -267,6 +280,8 @@ def quantize_settings(ctx: click.Context, params: dict[str, Any]) -> Any:
     from ``params``). An explicit --bits beside a budget is a UsageError: the budget chooses."""
     api = _api()
     p = {name: params.pop(name) for name in QUANTIZE_SETTINGS}
+    if params.pop("drop_optimizer"):
+        p["drop"] = (*p["drop"], *api.OPTIMIZER_GLOBS)
     budgets = ("target_bpw", "min_sqnr", "max_abs_error", "max_rel_error")
     budget = any(p[k] is not None for k in budgets)
     if budget and ctx.get_parameter_source("bits") == click.core.ParameterSource.COMMANDLINE:

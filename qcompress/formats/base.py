@@ -74,6 +74,16 @@ def closed_on_error(resource: _Closable) -> Iterator[None]:
         raise
 
 
+@dataclass(frozen=True)
+class AxisHint:
+    """What a file says about one tensor's output-channel axis, and the rule that read it there
+    ("Keras 3 DepthwiseConv2D kernel: axis 2"): the policy uses it before the layout's guess,
+    an explicit --axis or plan axis still wins, and the report names ``rule``."""
+
+    axis: int
+    rule: str
+
+
 class WeightReader(ABC):
     """A weight file opened for reading. Use as a context manager.
 
@@ -107,6 +117,27 @@ class WeightReader(ABC):
     def metadata(self) -> dict[str, Any]:
         """Format-specific, JSON-serialisable data needed to rewrite the file faithfully."""
         return {}
+
+    def axis_hints(self) -> Mapping[str, AxisHint]:
+        """Per tensor name, the output-channel axis the file itself says (a layer class from a
+        model config, the op that consumes it); tensors not named fall back to the layout's
+        convention. Default: the file says nothing."""
+        return {}
+
+    def digest_file(self) -> Path:
+        """The file whose SHA-256 and size the report records for this input: the input itself,
+        or for a folder input the one file holding its weights."""
+        return self.path
+
+    def as_stored(self) -> Mapping[str, str]:
+        """Per tensor name, why it must stay exactly as stored (a layer the framework already
+        quantized: its float scales belong to its integer codes). Default: none."""
+        return {}
+
+    def optimizer_state(self) -> frozenset[str]:
+        """The names of optimizer and training state (Adam's slots, iteration counters), which
+        inference never reads. Default: none."""
+        return frozenset()
 
     def release(self, name: str) -> None:  # noqa: B027 - optional hook
         """The caller is done with tensor ``name``: a memory-mapped reader drops its pages from
@@ -172,6 +203,10 @@ class Format:
     suffixes: tuple[str, ...] = ()  # output suffixes, the first one the preferred
     write: Writer | None = None
     axis_rule: Callable[[TensorInfo], int] | None = None  # None: the layout's convention
+    metadata_from: tuple[str, ...] = ()  # other formats whose metadata ``write`` understands
+    # True: ``write`` rebuilds a file only from its own format's metadata (a .keras archive's
+    # config), so it is no general output format for any tensors (not in ``FORMATS``).
+    needs_source: bool = False
 
     def default_axis(self, info: TensorInfo) -> int:
         """The output-channel axis of ``info`` when the file says nothing more about it."""
@@ -188,7 +223,7 @@ class Format:
         """Write with ``write``, passing on ``metadata`` only if it came from this format."""
         if self.write is None:
             raise ValueError(f"format {self.name!r} is read only")
-        own = dict(metadata) if metadata.get("format") == self.name else None
+        own = dict(metadata) if metadata.get("format") in (self.name, *self.metadata_from) else None
         self.write(path, infos, arrays, own)
 
     def matches(self, head: bytes) -> bool:

@@ -7,7 +7,16 @@ tests of the file formats never match the same bytes.
 
 from __future__ import annotations
 
-from qcompress.formats import compressed_tensors, gguf, h5, npz, safetensors, sharded
+from qcompress.formats import (
+    compressed_tensors,
+    gguf,
+    h5,
+    keras_archive,
+    keras_sharded,
+    npz,
+    safetensors,
+    sharded,
+)
 from qcompress.formats.base import Format
 
 REGISTRY: tuple[Format, ...] = (
@@ -16,6 +25,8 @@ REGISTRY: tuple[Format, ...] = (
     safetensors.FORMAT,
     gguf.FORMAT,
     compressed_tensors.FORMAT,
+    keras_archive.FORMAT,  # before sharded: a Keras folder has no index for it to find
+    keras_sharded.FORMAT,  # before sharded: its index has a weight_map too
     sharded.FORMAT,
 )
 

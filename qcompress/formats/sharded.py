@@ -19,6 +19,8 @@ import numpy as np
 from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import is_compressed_tensors_dir, read_json, require_regular_file
 from qcompress.formats.base import Format, TensorInfo, WeightReader
+from qcompress.formats.keras_archive import is_archive_folder
+from qcompress.formats.keras_sharded import is_keras_index
 from qcompress.formats.safetensors import SafetensorsReader
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -53,6 +55,8 @@ def find_index(path: Path) -> Path | None:
         return None
     if path.is_dir():
         found = sorted(path.glob("*" + INDEX_SUFFIX))
+        if not found and is_archive_folder(path):
+            return None  # a Keras 3 archive saved as a folder: formats.keras_archive reads it
         if not found:
             raise InputError(
                 f"{path}: is a folder without a *{INDEX_SUFFIX} (name a weight file or an index)"
@@ -74,6 +78,8 @@ def find_index(path: Path) -> Path | None:
         doc = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return None  # not an index: the format readers will say what it is, or what is wrong
+    if is_keras_index(doc):
+        return None  # Keras 3 sharded weights: formats.keras_sharded reads them
     return path if isinstance(doc, dict) and "weight_map" in doc else None
 
 

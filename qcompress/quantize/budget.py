@@ -90,7 +90,9 @@ class Decisions:
             for m in measured
         ]
         for row, m in zip(rows, measured, strict=True):
-            if getattr(m.spec, "codebook", None) is not None:  # absent otherwise: reports stay as they were
+            if (
+                getattr(m.spec, "codebook", None) is not None
+            ):  # absent otherwise: reports stay as they were
                 row["codebook"] = m.spec.codebook
         return rows
 

@@ -7,17 +7,16 @@ The policy sees only names, shapes, dtypes and the source layout, never values, 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompress.artifact.recipe import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
-from qcompress.config import QuantizeOptions, codebook_widths
+from qcompress.config import QuantizeOptions, codebook_widths, name_matches
 from qcompress.engine.spec import BITS, NonFiniteError, QuantSpec
 from qcompress.engine.uniform import UniformSpec
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import default_axis
-from qcompress.formats.base import Layout, TensorInfo
+from qcompress.formats.base import AxisHint, Layout, TensorInfo
 from qcompress.quantize.plan_file import Plan, Rule
 
 
@@ -36,18 +35,33 @@ class TensorDecision:
     spec: QuantSpec | UniformSpec | None = None
     decided_by: str = "options"
     candidates: tuple[QuantSpec, ...] = ()
+    axis_rule: str | None = None  # what chose the spec's axis, for the report
 
 
-def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> TensorDecision:
+def decide_tensor(
+    info: TensorInfo,
+    layout: Layout,
+    options: QuantizeOptions,
+    hint: AxisHint | None = None,
+    as_stored: str | None = None,
+    *,
+    optimizer: bool = False,
+) -> TensorDecision:
     """Decide one tensor's fate from its name, shape and dtype.
 
     Settings combine as command-line options < the plan's [default] < the first matching plan
     rule. Under a budget, tensors whose bits no rule pins get candidates to choose among.
+    ``hint`` is the axis the file itself gives (``WeightReader.axis_hints``); an explicit axis
+    wins over it, and it wins over the layout's convention. ``as_stored`` is why the file says
+    the tensor must stay as it is (``WeightReader.as_stored``): kept, whatever the options.
+    ``optimizer`` (optimizer state) tensors stay float under a budget unless a plan rule names
+    them, so the budget's bits go to the model's own weights.
     """
     if info.dtype not in FLOAT_DTYPES:
-        return TensorDecision(
-            info, PASSTHROUGH, f"{info.dtype} is not a float dtype: stored unchanged"
-        )
+        why = as_stored or f"{info.dtype} is not a float dtype"
+        return TensorDecision(info, PASSTHROUGH, f"{why}: stored unchanged")
+    if as_stored is not None:
+        return TensorDecision(info, KEPT, as_stored)
     if options.lossless:
         return TensorDecision(info, KEPT, "--lossless: kept, losslessly compressed")
     plan = options.plan
@@ -55,6 +69,12 @@ def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) ->
     decided_by = _decided_by(plan, rule)
     if rule is not None and rule.keep:
         return TensorDecision(info, KEPT, f"{rule.describe()}: keep = true", None, decided_by)
+    if optimizer and options.budget and rule is None:
+        why = (
+            f"optimizer state: kept float, outside the {options.budget} budget "
+            "(a plan rule naming it quantizes it; --drop-optimizer leaves it out)"
+        )
+        return TensorDecision(info, KEPT, why)
     resolved = options.with_settings(
         (plan.default if plan else ()) + (rule.settings if rule else ())
     )
@@ -64,15 +84,52 @@ def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) ->
             return TensorDecision(info, KEPT, kept)
     reason = "float tensor" if rule is None else f"float tensor; {rule.describe()}"
     pinned = rule is not None and any(k == "bits" for k, _ in rule.settings)
+    axis = choose_axis(info, layout, resolved, hint, _axis_setter(plan, rule))
     target = None if pinned else (resolved.error_target or options.error_target)
     if target is not None:
-        spec = _uniform_spec(info, layout, resolved, target)
+        spec = _uniform_spec(info, resolved, target, axis)
         by = target[2] if decided_by == "options" else decided_by
-        return TensorDecision(info, QUANTIZED, f"{reason}; {target[2]}", spec, by)
+        return TensorDecision(info, QUANTIZED, f"{reason}; {target[2]}", spec, by, (), axis.rule)
     if options.budget and not pinned:
-        candidates = candidate_specs(info, layout, resolved)
-        return TensorDecision(info, QUANTIZED, reason, candidates[0], options.budget, candidates)
-    return TensorDecision(info, QUANTIZED, reason, _spec(info, layout, resolved), decided_by)
+        candidates = candidate_specs(info, layout, resolved, axis)
+        return TensorDecision(
+            info, QUANTIZED, reason, candidates[0], options.budget, candidates, axis.rule
+        )
+    spec = _spec(info, resolved, axis)
+    return TensorDecision(info, QUANTIZED, reason, spec, decided_by, (), axis.rule)
+
+
+def choose_axis(
+    info: TensorInfo,
+    layout: Layout,
+    options: QuantizeOptions,
+    hint: AxisHint | None,
+    setter: str = "--axis",
+) -> AxisHint:
+    """The output-channel axis and the rule that chose it: an explicit axis (``setter``: the
+    option or the plan entry that set it), else what the file says (``hint``), else the
+    layout's convention."""
+    if options.axis is not None:
+        return AxisHint(options.axis, f"axis {options.axis} set by {setter}")
+    if hint is not None:
+        return hint
+    axis = default_axis(info, layout)
+    return AxisHint(axis, f"{_LAYOUT_RULES[layout]}: axis {axis}")
+
+
+_LAYOUT_RULES = {
+    "pytorch": "PyTorch layout [out, in, ...]",
+    "keras": "Keras layout [..., in, out]",
+}
+
+
+def _axis_setter(plan: Plan | None, rule: Rule | None) -> str:
+    """Which explicit setting gave the axis: the plan rule, the plan's default, or --axis."""
+    if rule is not None and any(k == "axis" for k, _ in rule.settings):
+        return rule.describe()
+    if plan is not None and any(k == "axis" for k, _ in plan.default):
+        return "plan default"
+    return "--axis"
 
 
 def _decided_by(plan: Plan | None, rule: Rule | None) -> str:
@@ -86,7 +143,7 @@ def _decided_by(plan: Plan | None, rule: Rule | None) -> str:
 def _kept_by_default(info: TensorInfo, options: QuantizeOptions) -> str | None:
     """Why the default rules keep a float tensor in float (--keep, 1-D, small), or None."""
     for pattern in options.keep:
-        if fnmatch.fnmatchcase(info.name, pattern):
+        if name_matches(info.name, pattern):
             return f"matches --keep {pattern!r}"
     if len(info.shape) < 2:
         return f"{len(info.shape)}-D tensor (biases and norms stay float)"
@@ -102,12 +159,12 @@ def keep_warnings(options: QuantizeOptions, names: Iterable[str]) -> list[str]:
     return [
         f"--keep {pattern!r} matches no tensor"
         for pattern in options.keep
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
+        if not any(name_matches(n, pattern) for n in names)
     ]
 
 
 def candidate_specs(
-    info: TensorInfo, layout: Layout, options: QuantizeOptions
+    info: TensorInfo, layout: Layout, options: QuantizeOptions, axis: AxisHint | None = None
 ) -> tuple[QuantSpec, ...]:
     """What a budget chooses among: every supported width with its default grouping, and, below
     8 bits when the granularity is not set, per-channel too (fewer scales: cheaper per weight, so
@@ -124,10 +181,11 @@ def candidate_specs(
             min_sqnr=None,
             codebook=options.codebook if has_codebook else None,
         )
+        chosen = axis or choose_axis(info, layout, options, None)
         if has_codebook:
             uniform = dataclasses.replace(at_width, codebook=None)
-            specs.append(_spec(info, layout, uniform))
-        spec = _spec(info, layout, at_width)
+            specs.append(_spec(info, uniform, chosen))
+        spec = _spec(info, at_width, chosen)
         specs.append(spec)
         if options.granularity is None and spec.granularity == "group":
             specs.append(dataclasses.replace(spec, granularity="channel"))
@@ -135,19 +193,22 @@ def candidate_specs(
 
 
 def _uniform_spec(
-    info: TensorInfo, layout: Layout, options: QuantizeOptions, target: tuple[str, float, str]
+    info: TensorInfo,
+    options: QuantizeOptions,
+    target: tuple[str, float, str],
+    chosen: AxisHint,
 ) -> UniformSpec:
     """Variable-rate codes for an error target: one step per tensor (the fewest bits for a total
     error), or per output channel with ``--granularity channel``. The code dtype is left to the
     measuring pass (``quantize.varrate``)."""
     granularity = "channel" if options.granularity == "channel" else "tensor"
-    axis = _spec(info, layout, options).axis
+    axis = _spec(info, options, chosen).axis
     return UniformSpec(target[0], float(target[1]), granularity, axis)
 
 
-def _spec(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> QuantSpec:
+def _spec(info: TensorInfo, options: QuantizeOptions, chosen: AxisHint) -> QuantSpec:
     d = options.defaults()
-    axis = default_axis(info, layout) if options.axis is None else options.axis
+    axis = chosen.axis
     ndim = len(info.shape)
     if not -ndim <= axis < ndim:
         raise UsageError(f"--axis {axis}: tensor {info.name!r} has only {ndim} dimensions")
