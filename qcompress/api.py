@@ -33,7 +33,7 @@ from qcompress.engine.spec import SCALE_BITS as SCALE_BITS
 from qcompress.engine.spec import SCALE_DTYPES as SCALE_DTYPES
 from qcompress.engine.spec import SCHEMES as SCHEMES
 from qcompress.errors import UsageError
-from qcompress.formats import format_for_output, open_weights, write_weights
+from qcompress.formats import companion_outputs, format_for_output, open_weights, write_weights
 from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, find_index, read_index, write_index
@@ -165,7 +165,7 @@ def _output_dtype(dtype: str, requested: str, fmt: str) -> tuple[str, str | None
         return dtype, None
     if requested != "original":
         return requested, None
-    if dtype == "bfloat16" and fmt != "safetensors":
+    if dtype == "bfloat16" and fmt not in ("safetensors", "onnx"):
         return "float32", f"bfloat16 tensors written as float32 ({fmt} has no bfloat16)"
     return dtype, None
 
@@ -205,6 +205,8 @@ def dequantize_file(
         else:
             parts = [(art.entries, output, art.source)]
         outputs = [path for _, path, _ in parts] + ([output] if sharded_output else [])
+        side = [] if sharded_output else companion_outputs(output, fmt, art.source["metadata"])
+        outputs += side  # an ONNX model's external-data file, placed with it
         check_outputs(outputs, [artifact_path], force)
         if progress:
             progress.start(
@@ -213,8 +215,9 @@ def dequantize_file(
             )
         notes: set[str] = set()
         with atomic_outputs(outputs, force) as temps:
+            side_temps = dict(zip(side, temps[len(temps) - len(side) :], strict=True))
             for (entries, _, source), tmp in zip(parts, temps, strict=False):
-                notes |= _write_float(art, entries, tmp, fmt, dtype, source, progress)
+                notes |= _write_float(art, entries, tmp, fmt, dtype, source, progress, side_temps)
             if sharded_output:
                 assert isinstance(art, ShardedArtifact)
                 weight_map = {e.name: path.name for entries, path, _ in parts for e in entries}
@@ -272,6 +275,7 @@ def _write_float(
     dtype: str,
     source: dict[str, Any],
     progress: Progress | None,
+    companions: dict[Path, Path] | None = None,
 ) -> set[str]:
     """Dequantize ``entries`` into one float file; the notes on dtypes that had to change."""
     infos, notes = [], set()
@@ -289,7 +293,7 @@ def _write_float(
             if progress:
                 progress.advance(e.name, info.nbytes)
 
-    write_weights(path, fmt, infos, arrays(), source["metadata"])
+    write_weights(path, fmt, infos, arrays(), source["metadata"], companions)
     return notes
 
 

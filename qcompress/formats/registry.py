@@ -7,7 +7,7 @@ tests of the file formats never match the same bytes.
 
 from __future__ import annotations
 
-from qcompress.formats import compressed_tensors, gguf, h5, npz, safetensors, sharded
+from qcompress.formats import compressed_tensors, gguf, h5, npz, onnx, safetensors, sharded
 from qcompress.formats.base import Format
 
 REGISTRY: tuple[Format, ...] = (
@@ -17,6 +17,7 @@ REGISTRY: tuple[Format, ...] = (
     gguf.FORMAT,
     compressed_tensors.FORMAT,
     sharded.FORMAT,
+    onnx.FORMAT,
 )
 
 BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in REGISTRY}
