@@ -88,7 +88,8 @@ def tensor_histogram(path: str | Path, name: str, *, bins: int = DEFAULT_BINS) -
         if info is None:
             raise UsageError(f"{path}: has no tensor named {name!r}")
         values = reader.read(name)
-        plan = decide_tensor(info, reader.layout, QuantizeOptions())
+        hint = reader.axis_hints().get(name)
+        plan = decide_tensor(info, reader.layout, QuantizeOptions(), hint)
         clip = None
         if plan.action == QUANTIZED and plan.spec is not None:
             try:

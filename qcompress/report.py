@@ -160,6 +160,7 @@ class TensorReport:
     stored_bytes: int
     decided_by: str
     candidates: list[dict[str, Any]] | None
+    axis_rule: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)  # a dataclass's __dict__ holds its fields in order
@@ -173,6 +174,7 @@ def tensor_report(
     stored_bytes: int,
     decided_by: str,
     candidates: list[dict[str, Any]] | None,
+    axis_rule: str | None = None,
 ) -> TensorReport:
     """One tensor's report line from its recipe entry and what quantizing it measured."""
     e, s = recipe_entry, recipe_entry.quantized
@@ -202,6 +204,7 @@ def tensor_report(
         stored_bytes=stored_bytes,
         decided_by=decided_by,
         candidates=candidates,
+        axis_rule=None if s is None else axis_rule,
     )
 
 

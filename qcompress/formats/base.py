@@ -53,6 +53,16 @@ class TensorInfo:
         return self.size * numpy_dtype(self.dtype).itemsize
 
 
+@dataclass(frozen=True)
+class AxisHint:
+    """What a file says about one tensor's output-channel axis, and the rule that read it there
+    ("Keras 3 DepthwiseConv2D kernel: axis 2"): the policy uses it before the layout's guess,
+    an explicit --axis or plan axis still wins, and the report names ``rule``."""
+
+    axis: int
+    rule: str
+
+
 class WeightReader(ABC):
     """A weight file opened for reading. Use as a context manager."""
 
@@ -73,6 +83,12 @@ class WeightReader(ABC):
 
     def metadata(self) -> dict[str, Any]:
         """Format-specific, JSON-serialisable data needed to rewrite the file faithfully."""
+        return {}
+
+    def axis_hints(self) -> Mapping[str, AxisHint]:
+        """Per tensor name, the output-channel axis the file itself says (a layer class from a
+        model config, the op that consumes it); tensors not named fall back to the layout's
+        convention. Default: the file says nothing."""
         return {}
 
     def release(self, name: str) -> None:  # noqa: B027 - optional hook

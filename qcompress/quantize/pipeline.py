@@ -140,6 +140,7 @@ def stream_quantize(
                 stored_bytes=stored_bytes,
                 decided_by=plan.decided_by,
                 candidates=decided.candidates_for(plan),
+                axis_rule=plan.axis_rule,
             )
         )
         stats.append(result.measured.stats)
@@ -235,7 +236,8 @@ def quantize_single(
     refuse_artifact(reader)
     infos = reader.tensor_infos()
     check_storable(reader.path, infos)
-    plans = [decide_tensor(info, reader.layout, options) for info in infos]
+    hints = reader.axis_hints()
+    plans = [decide_tensor(info, reader.layout, options, hints.get(info.name)) for info in infos]
     check_outputs([artifact_path, report_path], [reader.path], force)
     decided = decide_budget(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans

@@ -16,7 +16,7 @@ from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import BITS, NonFiniteError, QuantSpec
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import default_axis
-from qcompress.formats.base import Layout, TensorInfo
+from qcompress.formats.base import AxisHint, Layout, TensorInfo
 from qcompress.quantize.plan_file import Plan, Rule
 
 
@@ -35,13 +35,21 @@ class TensorDecision:
     spec: QuantSpec | None = None
     decided_by: str = "options"
     candidates: tuple[QuantSpec, ...] = ()
+    axis_rule: str | None = None  # what chose the spec's axis, for the report
 
 
-def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> TensorDecision:
+def decide_tensor(
+    info: TensorInfo,
+    layout: Layout,
+    options: QuantizeOptions,
+    hint: AxisHint | None = None,
+) -> TensorDecision:
     """Decide one tensor's fate from its name, shape and dtype.
 
     Settings combine as command-line options < the plan's [default] < the first matching plan
     rule. Under a budget, tensors whose bits no rule pins get candidates to choose among.
+    ``hint`` is the axis the file itself gives (``WeightReader.axis_hints``); an explicit axis
+    wins over it, and it wins over the layout's convention.
     """
     if info.dtype not in FLOAT_DTYPES:
         return TensorDecision(
@@ -61,10 +69,47 @@ def decide_tensor(info: TensorInfo, layout: Layout, options: QuantizeOptions) ->
             return TensorDecision(info, KEPT, kept)
     reason = "float tensor" if rule is None else f"float tensor; {rule.describe()}"
     pinned = rule is not None and any(k == "bits" for k, _ in rule.settings)
+    axis = choose_axis(info, layout, resolved, hint, _axis_setter(plan, rule))
     if options.budget and not pinned:
-        candidates = candidate_specs(info, layout, resolved)
-        return TensorDecision(info, QUANTIZED, reason, candidates[0], options.budget, candidates)
-    return TensorDecision(info, QUANTIZED, reason, _spec(info, layout, resolved), decided_by)
+        candidates = candidate_specs(info, layout, resolved, axis)
+        return TensorDecision(
+            info, QUANTIZED, reason, candidates[0], options.budget, candidates, axis.rule
+        )
+    spec = _spec(info, resolved, axis)
+    return TensorDecision(info, QUANTIZED, reason, spec, decided_by, (), axis.rule)
+
+
+def choose_axis(
+    info: TensorInfo,
+    layout: Layout,
+    options: QuantizeOptions,
+    hint: AxisHint | None,
+    setter: str = "--axis",
+) -> AxisHint:
+    """The output-channel axis and the rule that chose it: an explicit axis (``setter``: the
+    option or the plan entry that set it), else what the file says (``hint``), else the
+    layout's convention."""
+    if options.axis is not None:
+        return AxisHint(options.axis, f"axis {options.axis} set by {setter}")
+    if hint is not None:
+        return hint
+    axis = default_axis(info, layout)
+    return AxisHint(axis, f"{_LAYOUT_RULES[layout]}: axis {axis}")
+
+
+_LAYOUT_RULES = {
+    "pytorch": "PyTorch layout [out, in, ...]",
+    "keras": "Keras layout [..., in, out]",
+}
+
+
+def _axis_setter(plan: Plan | None, rule: Rule | None) -> str:
+    """Which explicit setting gave the axis: the plan rule, the plan's default, or --axis."""
+    if rule is not None and any(k == "axis" for k, _ in rule.settings):
+        return rule.describe()
+    if plan is not None and any(k == "axis" for k, _ in plan.default):
+        return "plan default"
+    return "--axis"
 
 
 def _decided_by(plan: Plan | None, rule: Rule | None) -> str:
@@ -99,7 +144,7 @@ def keep_warnings(options: QuantizeOptions, names: Iterable[str]) -> list[str]:
 
 
 def candidate_specs(
-    info: TensorInfo, layout: Layout, options: QuantizeOptions
+    info: TensorInfo, layout: Layout, options: QuantizeOptions, axis: AxisHint | None = None
 ) -> tuple[QuantSpec, ...]:
     """What a budget chooses among: every supported width with its default grouping, and, below
     8 bits when the granularity is not set, per-channel too (fewer scales: cheaper per weight, so
@@ -109,16 +154,16 @@ def candidate_specs(
         at_width = dataclasses.replace(
             options, bits=bits, plan=None, target_bpw=None, min_sqnr=None
         )
-        spec = _spec(info, layout, at_width)
+        spec = _spec(info, at_width, axis or choose_axis(info, layout, options, None))
         specs.append(spec)
         if options.granularity is None and spec.granularity == "group":
             specs.append(dataclasses.replace(spec, granularity="channel"))
     return tuple(dict.fromkeys(specs))
 
 
-def _spec(info: TensorInfo, layout: Layout, options: QuantizeOptions) -> QuantSpec:
+def _spec(info: TensorInfo, options: QuantizeOptions, chosen: AxisHint) -> QuantSpec:
     d = options.defaults()
-    axis = default_axis(info, layout) if options.axis is None else options.axis
+    axis = chosen.axis
     ndim = len(info.shape)
     if not -ndim <= axis < ndim:
         raise UsageError(f"--axis {axis}: tensor {info.name!r} has only {ndim} dimensions")
