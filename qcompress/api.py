@@ -294,6 +294,8 @@ def _write_float(
                 progress.advance(e.name, info.nbytes)
 
     write_weights(path, fmt, infos, arrays(), source["metadata"], companions)
+    if fmt == "onnx" and source["metadata"].get("format") != "onnx":
+        notes.add("no ONNX graph in the source: wrote the weights only (initializers, no nodes)")
     return notes
 
 

@@ -46,7 +46,7 @@ from qcompress.formats._common import (
     shown,
     to_dtype,
 )
-from qcompress.formats.base import Format, TensorInfo, WeightReader
+from qcompress.formats.base import AxisHint, Format, TensorInfo, WeightReader
 
 INSTALL_HINT = "pip install 'qcompress[onnx]'"
 
@@ -65,6 +65,8 @@ PASS_TYPES: dict[int, str] = {
     13: "uint64",
 }
 DATA_TYPES: dict[int, str] = {**FLOAT_TYPES, **PASS_TYPES}
+_TYPE_CODES: dict[str, int] = {name: code for code, name in DATA_TYPES.items()}
+_INLINE_MAX = (1 << 31) - (1 << 24)  # protobuf's 2 GiB message limit, less room for the graph
 # Where a TensorProto keeps its values when not in raw_data (onnx.proto's comments on each field).
 _TYPED_FIELD: dict[int, str] = {
     1: "float_data",
@@ -220,8 +222,8 @@ class OnnxReader(WeightReader):
             self._fds[side] = fd
         return fd
 
-    def axis_rules(self) -> dict[str, tuple[int, str]]:
-        """The output-channel axis of each listed tensor and the rule that chose it."""
+    def axis_hints(self) -> dict[str, AxisHint]:
+        """The output-channel axis of each listed tensor, by the op that consumes it."""
         return consumer_axes(self._model.graph, self._infos)
 
     def metadata(self) -> dict[str, Any]:
@@ -311,21 +313,24 @@ def side_file(model: Path, location: str, name: str) -> Path:
     return target
 
 
-# Ops whose weight input has a known output-channel axis: (op, input index) -> rule.
-def _rule(op: str, slot: int, node: Any, ndim: int) -> tuple[int, str] | None:
+def _rule(op: str, slot: int, node: Any, ndim: int) -> AxisHint | None:
+    """The output-channel axis of input ``slot`` of ``node`` (an ``op`` with a weight layout
+    qcompress knows), or None."""
     if op == "Conv" and slot == 1:
-        return 0, "ONNX Conv weight [out, in/group, k...]: axis 0"
-    if op == "ConvTranspose" and slot == 1:
-        return 1, "ONNX ConvTranspose weight [in, out/group, k...]: axis 1"
+        return AxisHint(0, "ONNX Conv weight [out, in/group, k...]: axis 0")
+    if op == "ConvTranspose" and slot == 1 and ndim >= 2:
+        return AxisHint(1, "ONNX ConvTranspose weight [in, out/group, k...]: axis 1")
     if op == "Gemm" and slot == 1 and ndim == 2:
         if _int_attr(node, "transB", 0):
-            return 0, "ONNX Gemm B [N, K] (transB=1): axis 0"
-        return 1, "ONNX Gemm B [K, N] (transB=0): axis 1"
+            return AxisHint(0, "ONNX Gemm B [N, K] (transB=1): axis 0")
+        return AxisHint(1, "ONNX Gemm B [K, N] (transB=0): axis 1")
     if op == "MatMul" and slot == 1 and ndim >= 2:
-        return ndim - 1, "ONNX MatMul B [..., in, out]: last axis"
-    if op == "Gather" and slot == 0 and ndim >= 1:
+        return AxisHint(ndim - 1, "ONNX MatMul B [..., in, out]: last axis")
+    if op == "Gather" and slot == 0:
         axis = _int_attr(node, "axis", 0) % ndim
-        return axis, f"ONNX Gather data (a lookup table): one scale per entry, axis {axis}"
+        return AxisHint(
+            axis, f"ONNX Gather data (a lookup table): one scale per entry, axis {axis}"
+        )
     return None
 
 
@@ -336,7 +341,7 @@ def _int_attr(node: Any, name: str, default: int) -> int:
     return default
 
 
-def consumer_axes(graph: Any, infos: Sequence[TensorInfo]) -> dict[str, tuple[int, str]]:
+def consumer_axes(graph: Any, infos: Sequence[TensorInfo]) -> dict[str, AxisHint]:
     """For each tensor, its output-channel axis by the op of the main graph that consumes it,
     and the rule that says so. A tensor used by no op, by an op without a rule, or by several
     ops that disagree gets the PyTorch-style default (axis 0), with the rule saying why."""
@@ -345,25 +350,28 @@ def consumer_axes(graph: Any, infos: Sequence[TensorInfo]) -> dict[str, tuple[in
         for slot, name in enumerate(node.input):
             if name in uses:
                 uses[name].append((node.op_type, slot, node))
-    axes: dict[str, tuple[int, str]] = {}
+    axes: dict[str, AxisHint] = {}
     for info in infos:
         found = uses[info.name]
         ndim = len(info.shape)
+        if ndim == 0:
+            continue  # a scalar has no channels (and stays in float anyway)
         if not found:
-            axes[info.name] = (0, "ONNX: used by no op of the main graph: default axis 0")
+            axes[info.name] = AxisHint(0, "ONNX: used by no op of the main graph: default axis 0")
             continue
         rules = [_rule(op, slot, node, ndim) for op, slot, node in found]
-        chosen = {r[0] for r in rules if r is not None}
+        chosen = {r.axis for r in rules if r is not None}
         ops = ", ".join(sorted({f"{op} input {slot}" for op, slot, _ in found}))
         if None not in rules and len(chosen) == 1:
-            axis, rule = rules[0]  # type: ignore[misc]
+            hint = rules[0]
+            assert hint is not None
             if len(found) > 1:
-                rule += f" (used by {len(found)} ops, which agree)"
-            axes[info.name] = (axis, rule)
+                hint = AxisHint(hint.axis, f"{hint.rule} (used by {len(found)} ops, which agree)")
+            axes[info.name] = hint
         elif len(found) > 1:
-            axes[info.name] = (0, f"ONNX: used by {len(found)} ops ({ops}): default axis 0")
+            axes[info.name] = AxisHint(0, f"ONNX: used by {len(found)} ops ({ops}): default axis 0")
         else:
-            axes[info.name] = (0, f"ONNX: used by {ops}, which has no channel rule: default axis 0")
+            axes[info.name] = AxisHint(0, f"ONNX: used by {ops}, no channel rule: default axis 0")
     return axes
 
 
@@ -399,17 +407,14 @@ def write_onnx(
     own: Mapping[str, Any] | None,
     companions: Mapping[Path, Path] | None = None,
 ) -> None:
-    """Fill the source model's skeleton with ``arrays`` and write it to ``path``: inline
+    """Fill the source model's skeleton (``own``; None: a model of initializers only, see
+    ``_weights_only``) with ``arrays`` and write it to ``path``: inline
     tensors as ``raw_data``, tensors that were external into the one side file (its final path
     -> the temporary to write, in ``companions``), each at an aligned offset. The graph
     needs every tensor back in its own dtype and shape, so a missing, extra or changed tensor is
     a UsageError."""
-    if own is None:
-        raise UsageError(
-            f"{shown(path)}: an ONNX output needs an artifact quantized from an ONNX model "
-            "(the graph comes from it); write .safetensors, .npz or .h5 instead"
-        )
-    model = _load_skeleton(path, own)
+    check_names(path, infos, "ONNX")
+    model = _load_skeleton(path, own) if own is not None else _weights_only(path, infos)
     slots = dict(listed_tensors(model.graph, path))
     given = {i.name for i in infos}
     missing = [n for n in slots if n not in given]
@@ -418,7 +423,6 @@ def write_onnx(
             f"{shown(path)}: the ONNX graph needs tensor {missing[0]!r}, which the artifact does "
             "not hold (dropped?); write .safetensors instead"
         )
-    check_names(path, infos, "ONNX")
     for info in infos:
         proto = slots.get(info.name)
         if proto is None:
@@ -430,6 +434,12 @@ def write_onnx(
                 f"{list(declared[1])}, not {info.dtype} {list(info.shape)}; "
                 "an ONNX output keeps each tensor's dtype (use --dtype original)"
             )
+    inline = sum(i.nbytes for i in infos if slots[i.name].data_location != _EXTERNAL)
+    if inline > _INLINE_MAX:
+        raise UsageError(
+            f"{shown(path)}: {inline} bytes of tensors inline exceed protobuf's 2 GB limit for "
+            "one ONNX file; write .safetensors instead"
+        )
     side = next(iter(companions.items()), None) if companions else None
     with _SideFile(side) as data:
         for info, array in zip(infos, arrays, strict=True):
@@ -437,11 +447,33 @@ def write_onnx(
             proto = slots[info.name]
             if proto.data_location == _EXTERNAL and data.open:
                 data.put(proto, raw)
-            else:
-                proto.data_location = 0
+            else:  # inline, as in the source: data_location stays as it was (unset or DEFAULT)
+                if proto.data_location == _EXTERNAL:
+                    proto.ClearField("data_location")
                 proto.raw_data = raw
     with open(path, "wb") as fh:
         fh.write(model.SerializeToString(deterministic=True))
+
+
+def _weights_only(path: Path, infos: Sequence[TensorInfo]) -> Any:
+    """A model of initializers only (no nodes), for tensors that come from no ONNX model: what
+    the file can say without a graph. Fixed ir_version and opset, so the bytes do not depend on
+    the onnx release."""
+    onnx = import_onnx(path, "writing an ONNX model")
+    model = onnx.ModelProto(ir_version=8, producer_name="qcompress")
+    model.opset_import.add(domain="", version=17)
+    model.graph.name = "weights"
+    for info in infos:
+        if not info.name:
+            raise UsageError(f"{shown(path)}: ONNX cannot hold a tensor without a name")
+        code = _TYPE_CODES.get(info.dtype)
+        if code is None:
+            raise UsageError(
+                f"{shown(path)}: tensor {info.name!r} has dtype {info.dtype}, which qcompress "
+                "does not write to ONNX; write .safetensors instead"
+            )
+        model.graph.initializer.add(name=info.name, dims=info.shape, data_type=code)
+    return model
 
 
 def _raw_bytes(array: np.ndarray) -> bytes:
