@@ -110,7 +110,7 @@ def test_kept_round_trip_is_the_source_byte_for_byte(tmp_path: Path) -> None:
     art, _ = quantize(path, "--keep", "*")
     out = tmp_path / "r.onnx"
     assert run("dequantize", art, "-o", out).exit_code == 0
-    assert out.read_bytes() == onnx.load(str(path)).SerializeToString(deterministic=True)
+    assert out.read_bytes() == path.read_bytes()
     assert run("compare", path, out).exit_code == 0
 
 
