@@ -366,3 +366,25 @@ def test_duplicate_tensor_names(tmp_path: Path) -> None:
         helper.make_model(helper.make_graph([const], "g", [], [], [w])).SerializeToString()
     )
     assert_clean_error(run("inspect", path), "'w'", "defined twice")
+
+
+def test_absurd_empty_shape(tmp_path: Path) -> None:
+    t = TensorProto(name="e", dims=[2**40, 2**40, 0], data_type=TensorProto.FLOAT)
+    path = tmp_path / "e.onnx"
+    path.write_bytes(helper.make_model(helper.make_graph([], "g", [], [], [t])).SerializeToString())
+    assert_clean_error(run("inspect", path), "'e'", "no elements, but dimensions too large")
+
+
+def test_damaged_graph_record(tmp_path: Path) -> None:
+    from qcompress.artifact.recipe import RecipeError, check_source
+    from qcompress.errors import UsageError
+    from qcompress.formats.onnx import write_onnx
+
+    source = {"format": "onnx", "layout": "pytorch", "metadata": {"format": "onnx"}}
+    for bad in ("not base64!", None, 7):
+        source["metadata"]["model"] = bad
+        with pytest.raises(RecipeError, match="not base64"):
+            check_source(source, [])
+    with pytest.raises(UsageError, match="record of the ONNX graph is damaged"):
+        write_onnx(tmp_path / "r.onnx", [], [], {"format": "onnx", "model": "AAAA"})
+    assert not (tmp_path / "r.onnx").exists()

@@ -39,6 +39,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError, UsageError
 from qcompress.formats._common import (
     check_array,
+    check_empty_shape,
     check_names,
     one_line,
     read_exactly,
@@ -134,6 +135,7 @@ class OnnxReader(WeightReader):
         data, its offset and length."""
         if any(d < 0 for d in info.shape):
             raise self._corrupt(info.name, f"has negative dimensions {list(info.shape)}")
+        check_empty_shape(self.path, info.name, info.shape, to_dtype(info.dtype))
         nbytes = info.nbytes
         if proto.data_location == _EXTERNAL:
             return self._check_external(info, proto, nbytes)
@@ -234,8 +236,8 @@ class OnnxReader(WeightReader):
             for _, proto in listed_tensors(skeleton.graph, self.path):
                 for field in (*_DATA_FIELDS, "external_data"):
                     proto.ClearField(field)
-            self._skeleton = base64.b64encode(skeleton.SerializeToString(deterministic=True))
-            self._skeleton = self._skeleton.decode("ascii")
+            raw = skeleton.SerializeToString(deterministic=True)
+            self._skeleton = base64.b64encode(raw).decode("ascii")
         return {"format": "onnx", "model": self._skeleton}
 
     def close(self) -> None:
