@@ -50,6 +50,16 @@ def test_detected_by_content_not_name(tmp_path: Path) -> None:
     ]
 
 
+def test_inspect_lists_the_tensors_of_an_external_data_model(tmp_path: Path) -> None:
+    path = save(cnn_model(), tmp_path / "m.onnx", external="weights.bin")
+    result = run("inspect", path, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["format"] == "onnx"
+    shapes = {t["name"]: t["shape"] for t in doc["tensors"]}
+    assert shapes["fc1.weight"] == [16, 1024] and shapes["const.weight"] == [10, 10]
+
+
 @pytest.mark.parametrize(
     "head",
     [b"\x08\x00" + b"\x12" * 14, b"\x08\x08\x99" + b"\x00" * 13, b"\x09\x08\x12\x01a" + b"\0" * 11],
