@@ -25,6 +25,7 @@ from qcompress.checks.gates import build_gates as build_gates
 from qcompress.checks.gates import shown as shown
 from qcompress.config import DEFAULT_BITS as DEFAULT_BITS
 from qcompress.config import DEFAULT_MIN_ELEMENTS as DEFAULT_MIN_ELEMENTS
+from qcompress.config import OPTIMIZER_GLOBS as OPTIMIZER_GLOBS
 from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import BITS as BITS
 from qcompress.engine.spec import GRANULARITIES as GRANULARITIES

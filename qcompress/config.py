@@ -12,7 +12,9 @@ This module imports only ``engine.spec`` and ``errors``, so every layer may use 
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -158,6 +160,13 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("keep", "keep", tuple, (), "Keep tensors whose name matches GLOB in float (repeatable)."),
     Knob(
+        "drop",
+        "drop",
+        tuple,
+        (),
+        "Leave tensors whose name matches GLOB out of the artifact (repeatable).",
+    ),
+    Knob(
         "min_elements",
         "min_elements",
         int,
@@ -197,6 +206,31 @@ PLAN_DEFAULT_ONLY: dict[str, str] = {k.name: k.field for k in KNOBS if k.plan ==
 _BY_FIELD: dict[str, Knob] = {k.field: k for k in KNOBS}
 
 
+def name_matches(name: str, pattern: str) -> bool:
+    """Whether tensor ``name`` matches a --keep/--drop/--gate/plan ``pattern``: a shell glob
+    whose ``*`` matches any run of characters, ``.`` and ``/`` included (``*conv*`` finds
+    ``model_weights/conv2d/conv2d/kernel:0``), or ``re:REGEX``, a Python regular expression the
+    whole name must match (``re:layers/[^/]+/vars/0`` takes one path segment: top-level layers
+    only)."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return fnmatch.fnmatchcase(name, pattern)
+
+
+def check_pattern(pattern: str, where: str) -> None:
+    """A UsageError naming ``where`` for a ``re:`` pattern that is no valid regular expression."""
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise UsageError(f"{where} {pattern!r}: not a regular expression: {exc}") from None
+
+
+OPTIMIZER_GLOBS = ("optimizer_weights/*", "optimizer/*")
+"""Where Keras keeps optimizer state: Keras 2 ``optimizer_weights/``, Keras 3 ``optimizer/``
+(``--drop-optimizer``)."""
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """What the user asked for. ``None`` means "the expert default for these bits"; the
@@ -211,12 +245,17 @@ class QuantizeOptions:
     scale_dtype: str = DEFAULT_SCALE_DTYPE
     scale_bits: int | None = None  # None: the default for these bits; 0: float scales
     keep: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()  # --drop and --drop-optimizer (OPTIMIZER_GLOBS)
     min_elements: int = DEFAULT_MIN_ELEMENTS
     plan: Plan | None = None  # PLAN.toml, parsed: qcompress.quantize.plan_file.load_plan
     target_bpw: float | None = None  # choose bits per tensor: at most this many bits per weight
     min_sqnr: float | None = None  # choose bits per tensor: the fewest that reach this SQNR (dB)
 
     def __post_init__(self) -> None:
+        for pattern in self.keep:
+            check_pattern(pattern, "--keep")
+        for pattern in self.drop:
+            check_pattern(pattern, "--drop")
         for field in ("bits", "scheme", "granularity", "range_method", "scale_dtype"):
             _check_choice(_BY_FIELD[field], getattr(self, field))
         _check_choice(_BY_FIELD["scale_bits"], self.scale_bits)
@@ -276,6 +315,7 @@ class QuantizeOptions:
             "scale_dtype": self.scale_dtype,
             "scale_bits": scale_bits or None,
             "keep": list(self.keep),
+            "drop": list(self.drop),
             "min_elements": self.min_elements,
             "plan": plan,
             "target_bpw": self.target_bpw,

@@ -359,12 +359,12 @@ def test_npz_member_that_is_not_an_array(tmp_path: Path) -> None:
     assert_refused(path, FormatError, "'readme.txt' is not a .npy array")
 
 
-def test_keras3_archive_gets_a_hint(tmp_path: Path) -> None:
+def test_keras3_archive_without_metadata_names_what_is_missing(tmp_path: Path) -> None:
     path = tmp_path / "model.keras"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("config.json", "{}")
         zf.writestr("model.weights.h5", b"")
-    assert_refused(path, FormatError, "extract model.weights.h5")
+    assert_refused(path, FormatError, "has no metadata.json")
 
 
 def test_npz_member_with_garbage_header(tmp_path: Path) -> None:

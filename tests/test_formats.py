@@ -378,13 +378,14 @@ def test_hdf5_with_a_user_block_is_detected(tmp_path: Path) -> None:
         ("m.HDF5", "h5"),
         ("m.weights.h5", "h5"),
         ("m.safetensors", "safetensors"),
+        ("m.keras", "keras"),
     ],
 )
 def test_format_for_output_by_suffix(name: str, fmt: str) -> None:
     assert format_for_output(Path(name)) == fmt
 
 
-@pytest.mark.parametrize("name", ["m.bin", "m", "m.keras", "m.pt"])
+@pytest.mark.parametrize("name", ["m.bin", "m", "m.pt"])
 def test_format_for_output_refuses_other_suffixes(name: str) -> None:
     with pytest.raises(UsageError, match=r"\.npz, \.h5|\.h5") as info:
         format_for_output(Path(name))
@@ -453,12 +454,16 @@ def test_registry_drives_detection_suffixes_and_writers() -> None:
         ".h5": "h5",
         ".hdf5": "h5",
         ".safetensors": "safetensors",
+        ".keras": "keras",
         ".onnx": "onnx",
     }
     assert set(READERS) == {"npz", "h5", "safetensors", "gguf", "onnx"}  # file formats, by content
     folder = {f.name for f in REGISTRY if f.claims is not None}
-    assert folder == {"compressed-tensors", "safetensors-sharded"}
-    assert all(f.write is None for f in REGISTRY if f.name in folder | {"gguf"})  # read only
+    assert folder == {"compressed-tensors", "safetensors-sharded", "keras"}
+    read_only = folder - {"keras"} | {"gguf"}
+    assert all(f.write is None for f in REGISTRY if f.name in read_only)
+    # .keras is written only from a .keras source (its config.json), so not in FORMATS
+    assert [f.name for f in REGISTRY if f.needs_source] == ["keras"]
 
 
 def test_importing_formats_does_not_load_h5py() -> None:

@@ -6,6 +6,7 @@ Marked ``frameworks`` (``pip install '.[frameworks]'``; ``make test-extra``)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,43 @@ def test_onnxruntime_runs_the_rebuilt_model(
     axes = {t["name"]: t["axis"] for t in report["tensors"] if t["action"] == "quantized"}
     assert axes["conv.weight"] == 0 and axes["deconv.weight"] == 1
     assert axes["fc1.weight"] == 0 and axes["fc2.weight"] == 1 and axes["mm.weight"] == 1
+
+
+def test_a_model_torch_exported(tmp_path: Path) -> None:
+    """PyTorch's own exporter (BatchNorm folded into the Conv, whose weight it names
+    ``onnx::Conv_N``; Linear as Gemm with transB=1): quantized, rebuilt, run."""
+    torch = pytest.importorskip("torch")
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3)
+            self.bn = torch.nn.BatchNorm2d(8)
+            self.fc = torch.nn.Linear(8 * 6 * 6, 10)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    path = tmp_path / "net.onnx"
+    x = input_array()
+    with warnings.catch_warnings():  # the TorchScript exporter (no onnxscript needed) is legacy
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(net, (torch.from_numpy(x),), path, dynamo=False, input_names=["x"])
+    art = tmp_path / "net.qc.safetensors"
+    assert run("quantize", path, "-o", art, "--min-elements", 1, "--quiet").exit_code == 0
+    report = json.loads((tmp_path / "net.qc.json").read_text())
+    rules = {t["name"]: t["axis_rule"] for t in report["tensors"] if t["action"] == "quantized"}
+    conv = next(n for n in rules if n.startswith("onnx::Conv_"))
+    assert rules == {
+        "fc.weight": "ONNX Gemm B [N, K] (transB=1): axis 0",
+        conv: "ONNX Conv weight [out, in/group, k...]: axis 0",
+    }
+    out = tmp_path / "rebuilt.onnx"
+    assert run("dequantize", art, "-o", out).exit_code == 0
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy().astype(np.float64)
+    got = _outputs(out, x).astype(np.float64)
+    rel = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    assert 0 < rel < 0.02

@@ -36,7 +36,7 @@ from qcompress.engine.spec import (
     SUPER_BLOCK,
     QuantSpec,
 )
-from qcompress.formats import FORMATS
+from qcompress.formats import SOURCE_FORMATS
 from qcompress.formats.base import TensorInfo
 from qcompress.formats.safetensors import DTYPE_CODES
 
@@ -347,8 +347,8 @@ def check_source(source: Any, tensor_names: list[str]) -> None:
     and metadata the writers accept (safetensors metadata of strings, a well-formed h5 tree)."""
     if not isinstance(source, dict):
         raise RecipeError(f"'source' is {type(source).__name__}, not an object")
-    if source.get("format") not in FORMATS:
-        raise RecipeError(f"source format {source.get('format')!r} is not one of {FORMATS}")
+    if source.get("format") not in SOURCE_FORMATS:
+        raise RecipeError(f"source format {source.get('format')!r} is not one of {SOURCE_FORMATS}")
     if source.get("layout") not in LAYOUTS:
         raise RecipeError(f"source layout {source.get('layout')!r} is not one of {LAYOUTS}")
     meta = source.get("metadata")

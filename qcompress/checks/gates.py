@@ -13,11 +13,11 @@ must not turn a CI check off.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from qcompress.config import check_pattern, name_matches
 from qcompress.errors import UsageError
 
 # metric -> (error field it reads, True if the value must be at least the limit)
@@ -35,7 +35,7 @@ class Gate:
     limit: float
 
     def applies_to(self, name: str) -> bool:
-        return fnmatch.fnmatchcase(name, self.pattern)
+        return name_matches(name, self.pattern)
 
     def passes(self, errors: dict[str, float | None]) -> bool:
         """Whether the tensor's errors pass. An exact tensor (SQNR None = infinite) passes all;
@@ -92,6 +92,7 @@ def parse_gate(text: str) -> Gate:
         raise UsageError(f"--gate {text!r}: {value!r} is not a number") from None
     if not math.isfinite(limit):
         raise UsageError(f"--gate {text!r}: the limit must be a finite number")
+    check_pattern(pattern, "--gate")
     return Gate(pattern, metric, limit)
 
 

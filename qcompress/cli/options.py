@@ -123,6 +123,7 @@ QUANTIZE_SETTINGS = (
     "scale_dtype",
     "scale_bits",
     "keep",
+    "drop",
     "min_elements",
     "plan_path",
     "target_bpw",
@@ -186,6 +187,17 @@ quantize_options = _stack(
         help="Keep tensors whose name matches GLOB in float (repeatable).",
     ),
     click.option(
+        "--drop",
+        multiple=True,
+        metavar="GLOB",
+        help="Leave tensors whose name matches GLOB out of the artifact (repeatable).",
+    ),
+    click.option(
+        "--drop-optimizer",
+        is_flag=True,
+        help="Leave optimizer state out (Keras 2 optimizer_weights/*, Keras 3 optimizer/*).",
+    ),
+    click.option(
         "--min-elements",
         type=int,
         default=Deferred(lambda: _api().DEFAULT_MIN_ELEMENTS),
@@ -222,6 +234,8 @@ def quantize_settings(ctx: click.Context, params: dict[str, Any]) -> Any:
     from qcompress.errors import UsageError
 
     p = {name: params.pop(name) for name in QUANTIZE_SETTINGS}
+    if params.pop("drop_optimizer"):
+        p["drop"] = (*p["drop"], *api.OPTIMIZER_GLOBS)
     budget = p["target_bpw"] is not None or p["min_sqnr"] is not None
     if budget and ctx.get_parameter_source("bits") == click.core.ParameterSource.COMMANDLINE:
         raise UsageError("--bits: a budget (--target-bpw, --min-sqnr) chooses bits per tensor")

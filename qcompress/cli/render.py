@@ -116,6 +116,26 @@ def quantize_summary(result: Any) -> None:
         )
     stderr_console().print(table)
     totals(report, f"report: {result.report_path}")
+    state_and_drops(report)
+
+
+def state_and_drops(report: dict[str, Any]) -> None:
+    """One line on the optimizer state (how much of the file, dropped or kept) and one on
+    what --drop left out."""
+    state = report.get("optimizer_state")
+    if state:
+        share = f"{state['fraction']:.0%} of the tensor bytes"
+        if state["dropped_tensors"] == state["tensors"]:
+            say(f"optimizer state: {state['tensors']} tensors, {share}, dropped")
+        else:
+            say(
+                f"optimizer state: {state['tensors']} tensors, {share}, kept "
+                "(--drop-optimizer leaves it out)"
+            )
+    dropped = report.get("dropped") or []
+    if dropped:
+        nbytes = sum(d["bytes"] for d in dropped)
+        say(f"dropped {len(dropped)} tensors ({fmt_bytes(nbytes)}); listed in the report")
 
 
 def totals(report: dict[str, Any], where: str) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "OUTPUT_SUFFIXES",
     "READERS",
     "REGISTRY",
+    "SOURCE_FORMATS",
     "Format",
     "Layout",
     "TensorInfo",
@@ -51,19 +52,20 @@ __all__ = [
 ]
 
 _FILE_FORMATS = tuple(f for f in REGISTRY if f.claims is None)
-FORMATS = tuple(f.name for f in REGISTRY if f.write is not None)
-"""The formats qcompress writes (and so the ones an artifact's source may be rebuilt in)."""
+FORMATS = tuple(f.name for f in REGISTRY if f.write is not None and not f.needs_source)
+"""The formats qcompress writes from any tensors (and so the ones an artifact's source may be
+rebuilt in); a format that ``needs_source`` (``.keras``) is written only from its own source."""
+
+SOURCE_FORMATS = tuple(f.name for f in REGISTRY if f.write is not None)
+"""Every format an artifact's source may be rebuilt in (``FORMATS`` and the ``needs_source``
+ones, from their own metadata)."""
 
 READERS: dict[str, Callable[[Path], WeightReader]] = {f.name: f.open for f in _FILE_FORMATS}
 
 OUTPUT_SUFFIXES: dict[str, str] = {s: f.name for f in REGISTRY for s in f.suffixes}
 
-# Suffixes refused with advice rather than "cannot tell": Keras 3 ".keras" files are zip
-# archives (config + model.weights.h5), not HDF5.
-_REFUSED_SUFFIXES = {
-    ".keras": "are Keras 3 zip archives, which qcompress does not write; "
-    "use .h5 (Keras loads it with load_weights)",
-}
+# Suffixes refused with advice rather than "cannot tell" (none at the moment).
+_REFUSED_SUFFIXES: dict[str, str] = {}
 
 
 def default_axis(info: TensorInfo, layout: Layout) -> int:

@@ -91,6 +91,21 @@ class WeightReader(ABC):
         convention. Default: the file says nothing."""
         return {}
 
+    def digest_file(self) -> Path:
+        """The file whose SHA-256 and size the report records for this input: the input itself,
+        or for a folder input the one file holding its weights."""
+        return self.path
+
+    def as_stored(self) -> Mapping[str, str]:
+        """Per tensor name, why it must stay exactly as stored (a layer the framework already
+        quantized: its float scales belong to its integer codes). Default: none."""
+        return {}
+
+    def optimizer_state(self) -> frozenset[str]:
+        """The names of optimizer and training state (Adam's slots, iteration counters), which
+        inference never reads. Default: none."""
+        return frozenset()
+
     def release(self, name: str) -> None:  # noqa: B027 - optional hook
         """The caller is done with tensor ``name``: a memory-mapped reader drops its pages from
         this process, so resident memory follows the tensors in use, not the file."""
@@ -155,6 +170,10 @@ class Format:
     suffixes: tuple[str, ...] = ()  # output suffixes, the first one the preferred
     write: Writer | None = None
     axis_rule: Callable[[TensorInfo], int] | None = None  # None: the layout's convention
+    metadata_from: tuple[str, ...] = ()  # other formats whose metadata ``write`` understands
+    # True: ``write`` rebuilds a file only from its own format's metadata (a .keras archive's
+    # config), so it is no general output format for any tensors (not in ``FORMATS``).
+    needs_source: bool = False
     # Files that writing ``path`` with this metadata makes beside it (ONNX external data): the
     # caller checks them and places them atomically with ``path``, and ``write`` gets their
     # temporaries as ``companions={final: temporary}``.
@@ -176,7 +195,7 @@ class Format:
         """Write with ``write``, passing on ``metadata`` only if it came from this format."""
         if self.write is None:
             raise ValueError(f"format {self.name!r} is read only")
-        own = dict(metadata) if metadata.get("format") == self.name else None
+        own = dict(metadata) if metadata.get("format") in (self.name, *self.metadata_from) else None
         if self.companions is None:
             self.write(path, infos, arrays, own)
         else:

@@ -101,7 +101,7 @@ class NpzReader(WeightReader):
                 continue
             if not entry.filename.endswith(".npy"):
                 hint = (
-                    " (this is a Keras .keras archive: extract model.weights.h5 and pass that)"
+                    " (a Keras .keras archive? it also needs config.json and metadata.json)"
                     if "model.weights.h5" in names
                     else ""
                 )

@@ -7,7 +7,16 @@ tests of the file formats never match the same bytes.
 
 from __future__ import annotations
 
-from qcompress.formats import compressed_tensors, gguf, h5, npz, onnx, safetensors, sharded
+from qcompress.formats import (
+    compressed_tensors,
+    gguf,
+    h5,
+    keras_archive,
+    npz,
+    onnx,
+    safetensors,
+    sharded,
+)
 from qcompress.formats.base import Format
 
 REGISTRY: tuple[Format, ...] = (
@@ -16,6 +25,7 @@ REGISTRY: tuple[Format, ...] = (
     safetensors.FORMAT,
     gguf.FORMAT,
     compressed_tensors.FORMAT,
+    keras_archive.FORMAT,  # before sharded: a Keras folder has no index for it to find
     sharded.FORMAT,
     onnx.FORMAT,
 )

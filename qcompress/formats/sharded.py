@@ -19,6 +19,7 @@ import numpy as np
 from qcompress.errors import FormatError, InputError
 from qcompress.formats._common import read_json, require_regular_file
 from qcompress.formats.base import Format, TensorInfo, WeightReader
+from qcompress.formats.keras_archive import is_archive_folder
 from qcompress.formats.safetensors import SafetensorsReader
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -49,6 +50,8 @@ def find_index(path: Path) -> Path | None:
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob("*" + INDEX_SUFFIX))
+        if not found and is_archive_folder(path):
+            return None  # a Keras 3 archive saved as a folder: formats.keras_archive reads it
         if not found:
             raise InputError(
                 f"{path}: is a folder without a *{INDEX_SUFFIX} (name a weight file or an index)"

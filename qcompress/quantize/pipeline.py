@@ -36,6 +36,12 @@ from qcompress.formats import DTYPE_CODES
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.quantize.budget import Decisions, decide_budget
+from qcompress.quantize.drop import (
+    drop_warnings,
+    optimizer_summary,
+    split_dropped,
+    without_dropped,
+)
 from qcompress.quantize.policy import TensorDecision, decide_tensor, non_finite_error
 from qcompress.report import (
     Measured,
@@ -234,14 +240,28 @@ def quantize_single(
     """Quantize one weight file into an artifact and its report, both atomically; the report."""
     started = time.perf_counter()
     refuse_artifact(reader)
-    infos = reader.tensor_infos()
+    all_infos = reader.tensor_infos()
+    split = split_dropped(reader.path, all_infos, options)
+    infos = split.kept
     check_storable(reader.path, infos)
-    hints = reader.axis_hints()
-    plans = [decide_tensor(info, reader.layout, options, hints.get(info.name)) for info in infos]
+    hints, as_stored = reader.axis_hints(), reader.as_stored()
+    optimizer = reader.optimizer_state()
+    plans = [
+        decide_tensor(
+            info,
+            reader.layout,
+            options,
+            hints.get(info.name),
+            as_stored.get(info.name),
+            optimizer=info.name in optimizer,
+        )
+        for info in infos
+    ]
     check_outputs([artifact_path, report_path], [reader.path], force)
     decided = decide_budget(reader, plans, options, jobs=jobs)  # a budget's measuring pass
     plans = decided.plans
-    source = {"format": reader.format, "layout": reader.layout, "metadata": reader.metadata()}
+    metadata = without_dropped(reader.metadata(), split.dropped)
+    source = {"format": reader.format, "layout": reader.layout, "metadata": metadata}
     recipe, stored = build_recipe(plans, source, path=reader.path)
     if progress:
         progress.start(len(plans), sum(p.info.nbytes for p in plans))
@@ -249,7 +269,9 @@ def quantize_single(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="qcompress-hash") as background,
         atomic_outputs([artifact_path, report_path], force) as (tmp_artifact, tmp_report),
     ):
-        input_sha256 = background.submit(sha256_file, reader.path)  # overlaps the quantization
+        input_sha256 = background.submit(
+            sha256_file, reader.digest_file()
+        )  # overlaps the quantization
         with ArtifactWriter(tmp_artifact, recipe, stored) as writer:
             entries, stats = stream_quantize(
                 reader, decided, recipe.tensors, writer, jobs=jobs, progress=progress
@@ -260,7 +282,7 @@ def quantize_single(
                 "path": str(reader.path),
                 "format": reader.format,
                 "sha256": input_sha256.result(),
-                "bytes": reader.path.stat().st_size,
+                "bytes": reader.digest_file().stat().st_size,
             },
             artifact_info={
                 "path": str(artifact_path),
@@ -272,8 +294,14 @@ def quantize_single(
             overall=engine.combine_error_stats(stats),
             elapsed=time.perf_counter() - started,
         )
-        if decided.warnings:
-            report["warnings"] = decided.warnings
+        warnings = decided.warnings + drop_warnings(options, (i.name for i in all_infos))
+        if warnings:
+            report["warnings"] = warnings
+        if split.dropped:
+            report["dropped"] = split.dropped
+        summary = optimizer_summary(all_infos, optimizer, split.dropped)
+        if summary is not None:
+            report["optimizer_state"] = summary
         tmp_report.write_text(dumps(report))
     return report
 

@@ -24,7 +24,6 @@ matches this name?".
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import tomllib
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qcompress.config import DEFAULTS, PLAN_DEFAULT_ONLY, PLAN_SETTINGS
+from qcompress.config import DEFAULTS, PLAN_DEFAULT_ONLY, PLAN_SETTINGS, check_pattern, name_matches
 from qcompress.errors import UsageError
 
 # Plan key -> QuantizeOptions field (the config table's). Rules accept SETTINGS plus "match"
@@ -54,7 +53,7 @@ class Rule:
     keep: bool | None = None
 
     def matches(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, g) for g in self.globs)
+        return any(name_matches(name, g) for g in self.globs)
 
     def describe(self) -> str:
         globs = ", ".join(repr(g) for g in self.globs)
@@ -159,6 +158,11 @@ def _rule(index: int, raw: dict[str, Any], lines: _Lines, start: int, end: int) 
             f"{where}: 'match' must be a glob or a list of globs, not {raw['match']!r}",
             lines.key_line("match", start, end),
         )
+    for glob in globs:
+        try:
+            check_pattern(glob, f"{where}: match")
+        except UsageError as exc:
+            raise lines.error(str(exc), lines.key_line("match", start, end)) from None
     keep = raw.get("keep")
     if keep is not None and not isinstance(keep, bool):
         raise lines.error(

@@ -7,12 +7,11 @@ The policy sees only names, shapes, dtypes and the source layout, never values, 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from qcompress.artifact.recipe import FLOAT_DTYPES, KEPT, PASSTHROUGH, QUANTIZED
-from qcompress.config import QuantizeOptions
+from qcompress.config import QuantizeOptions, name_matches
 from qcompress.engine.spec import BITS, NonFiniteError, QuantSpec
 from qcompress.errors import InputError, UsageError
 from qcompress.formats import default_axis
@@ -43,23 +42,36 @@ def decide_tensor(
     layout: Layout,
     options: QuantizeOptions,
     hint: AxisHint | None = None,
+    as_stored: str | None = None,
+    *,
+    optimizer: bool = False,
 ) -> TensorDecision:
     """Decide one tensor's fate from its name, shape and dtype.
 
     Settings combine as command-line options < the plan's [default] < the first matching plan
     rule. Under a budget, tensors whose bits no rule pins get candidates to choose among.
     ``hint`` is the axis the file itself gives (``WeightReader.axis_hints``); an explicit axis
-    wins over it, and it wins over the layout's convention.
+    wins over it, and it wins over the layout's convention. ``as_stored`` is why the file says
+    the tensor must stay as it is (``WeightReader.as_stored``): kept, whatever the options.
+    ``optimizer`` (optimizer state) tensors stay float under a budget unless a plan rule names
+    them, so the budget's bits go to the model's own weights.
     """
     if info.dtype not in FLOAT_DTYPES:
-        return TensorDecision(
-            info, PASSTHROUGH, f"{info.dtype} is not a float dtype: stored unchanged"
-        )
+        why = as_stored or f"{info.dtype} is not a float dtype"
+        return TensorDecision(info, PASSTHROUGH, f"{why}: stored unchanged")
+    if as_stored is not None:
+        return TensorDecision(info, KEPT, as_stored)
     plan = options.plan
     rule = plan.rule_for(info.name) if plan is not None else None
     decided_by = _decided_by(plan, rule)
     if rule is not None and rule.keep:
         return TensorDecision(info, KEPT, f"{rule.describe()}: keep = true", None, decided_by)
+    if optimizer and options.budget and rule is None:
+        why = (
+            f"optimizer state: kept float, outside the {options.budget} budget "
+            "(a plan rule naming it quantizes it; --drop-optimizer leaves it out)"
+        )
+        return TensorDecision(info, KEPT, why)
     resolved = options.with_settings(
         (plan.default if plan else ()) + (rule.settings if rule else ())
     )
@@ -123,7 +135,7 @@ def _decided_by(plan: Plan | None, rule: Rule | None) -> str:
 def _kept_by_default(info: TensorInfo, options: QuantizeOptions) -> str | None:
     """Why the default rules keep a float tensor in float (--keep, 1-D, small), or None."""
     for pattern in options.keep:
-        if fnmatch.fnmatchcase(info.name, pattern):
+        if name_matches(info.name, pattern):
             return f"matches --keep {pattern!r}"
     if len(info.shape) < 2:
         return f"{len(info.shape)}-D tensor (biases and norms stay float)"
@@ -139,7 +151,7 @@ def keep_warnings(options: QuantizeOptions, names: Iterable[str]) -> list[str]:
     return [
         f"--keep {pattern!r} matches no tensor"
         for pattern in options.keep
-        if not any(fnmatch.fnmatchcase(n, pattern) for n in names)
+        if not any(name_matches(n, pattern) for n in names)
     ]
 
 

@@ -63,10 +63,12 @@ def _open(path: Path) -> WeightReader:
     return H5Reader(path)
 
 
-def _write(path: Path, *args: Any) -> None:
+def _write(path: Path, infos: Any, arrays: Any, metadata: dict[str, Any] | None) -> None:
     from qcompress.formats.h5.writer import write_h5
 
-    write_h5(path, *args)
+    if metadata is not None and metadata.get("format") == "keras":
+        metadata = metadata.get("weights")  # a .keras archive's weights: a Keras 3 .weights.h5
+    write_h5(path, infos, arrays, metadata)
 
 
 def _user_block_magic(fh: Any, size: int) -> bool:
@@ -80,7 +82,7 @@ def _user_block_magic(fh: Any, size: int) -> bool:
     return False
 
 
-# ".keras" is deliberately absent: Keras 3 ".keras" files are zip archives, not HDF5.
+# ".keras" is absent: Keras 3 ".keras" files are zip archives (formats.keras_archive).
 FORMAT = Format(
     name="h5",
     label="HDF5",
@@ -91,4 +93,5 @@ FORMAT = Format(
     short_kind="HDF5",
     suffixes=(".h5", ".hdf5"),
     write=_write,
+    metadata_from=("keras",),
 )

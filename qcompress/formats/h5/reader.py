@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,9 +56,10 @@ from qcompress.formats._common import (
     require_regular_file,
     to_dtype,
 )
-from qcompress.formats.base import TensorInfo, WeightReader
+from qcompress.formats.base import AxisHint, TensorInfo, WeightReader
 from qcompress.formats.h5.attrs import Unsupported, encode_attr
 from qcompress.formats.h5.probe import PROBE_OK, PROBE_REFUSED, probe_h5
+from qcompress.formats.keras3 import KerasFacts, keras_facts
 
 # h5py turns damage deep in a file into almost any exception: OSError and KeyError from HDF5,
 # UnicodeDecodeError for a mangled link name, even SystemError when that happens inside a
@@ -71,8 +73,10 @@ class H5Reader(WeightReader):
     format = "h5"
     layout = "keras"
 
-    def __init__(self, path: Path, probe: bool = True) -> None:
+    def __init__(self, path: Path, probe: bool = True, config: Any = None) -> None:
         super().__init__(path)
+        self._config = config  # a .keras archive's config.json: layer classes for the axes
+        self._keras: KerasFacts | None = None
         require_regular_file(self.path)
         snapshot = probe_h5(self.path, _probe_work) if probe else None
         try:
@@ -255,6 +259,21 @@ class H5Reader(WeightReader):
             "groups": list(self._groups),
             "datasets": {name: {"attrs": attrs} for name, attrs in self._dataset_attrs.items()},
         }
+
+    def keras(self) -> KerasFacts:
+        """What the index says as a Keras file (layers, axes, optimizer state), worked out once."""
+        if self._keras is None:
+            self._keras = keras_facts(self._infos, self._groups, self._root_attrs, self._config)
+        return self._keras
+
+    def axis_hints(self) -> Mapping[str, AxisHint]:
+        return self.keras().axis_hints
+
+    def as_stored(self) -> Mapping[str, str]:
+        return self.keras().as_stored
+
+    def optimizer_state(self) -> frozenset[str]:
+        return self.keras().optimizer
 
     def close(self) -> None:
         with contextlib.suppress(*_H5_ERRORS):  # closing a damaged file can fail too
