@@ -260,7 +260,40 @@ def test_onnx_output_from_another_format_holds_the_weights_only(tmp_path: Path) 
     assert np.array_equal(numpy_helper.to_array(model.graph.initializer[1]), np.arange(3))
 
 
-def test_dropped_tensor_cannot_rebuild_the_graph(tmp_path: Path) -> None:
+def test_dropped_tensors_leave_the_graph_only_if_unused(tmp_path: Path) -> None:
+    path = save(cnn_model(), tmp_path / "m.onnx")
+    art, report = quantize(path, "--drop", "unused.weight")
+    assert [d["name"] for d in report["dropped"]] == ["unused.weight"]
+    out = tmp_path / "r.onnx"
+    assert run("dequantize", art, "-o", out).exit_code == 0
+    rebuilt = onnx.load(str(out))
+    onnx.checker.check_model(rebuilt)
+    names = [t.name for t in rebuilt.graph.initializer]
+    assert "unused.weight" not in names and "mm.weight" in names
+
+    art, _ = quantize(path, "--drop", "mm.weight", "--drop", "const.weight", "--force")
+    result = run("dequantize", art, "-o", tmp_path / "bad.onnx")
+    assert_clean_error(result, "bad.onnx", "uses tensor 'mm.weight'", "--drop")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_unused_constant_node_is_taken_out(tmp_path: Path) -> None:
+    from qcompress.formats.onnx import write_onnx
+
+    model = cnn_model()
+    const = helper.make_node("Constant", [], ["spare"], value=numpy_helper.from_array(np.ones(3)))
+    model.graph.node.append(const)
+    path = save(model, tmp_path / "m.onnx")
+    with open_weights(path) as reader:
+        meta = reader.metadata()
+        infos = [i for i in reader.tensor_infos() if i.name != "spare"]
+        arrays = [reader.read(i.name) for i in infos]
+    write_onnx(tmp_path / "r.onnx", infos, arrays, meta)
+    rebuilt = onnx.load(str(tmp_path / "r.onnx"))
+    assert [n.op_type for n in rebuilt.graph.node] == [n.op_type for n in model.graph.node][:-1]
+
+
+def test_extra_tensor_has_no_place(tmp_path: Path) -> None:
     from qcompress.errors import UsageError
     from qcompress.formats.base import TensorInfo
     from qcompress.formats.onnx import write_onnx
@@ -268,13 +301,15 @@ def test_dropped_tensor_cannot_rebuild_the_graph(tmp_path: Path) -> None:
     path = save(cnn_model(), tmp_path / "m.onnx")
     with open_weights(path) as reader:
         meta = reader.metadata()
-        infos = [i for i in reader.tensor_infos() if i.name != "mm.weight"]
+        infos = reader.tensor_infos()
         arrays = [reader.read(i.name) for i in infos]
-    with pytest.raises(UsageError, match=r"needs tensor 'mm.weight'.*\(dropped\?\)"):
-        write_onnx(tmp_path / "r.onnx", infos, arrays, meta)
-    extra = [*infos, TensorInfo("mm.weight", (12, 10), "float32"), TensorInfo("x", (1,), "int8")]
     with pytest.raises(UsageError, match="'x' has no place in the ONNX graph"):
-        write_onnx(tmp_path / "r.onnx", extra, [*arrays, np.ones((12, 10)), np.ones(1)], meta)
+        write_onnx(
+            tmp_path / "r.onnx",
+            [*infos, TensorInfo("x", (1,), "int8")],
+            [*arrays, np.ones(1)],
+            meta,
+        )
 
 
 def test_missing_onnx_package_names_the_extra(tmp_path: Path, monkeypatch) -> None:

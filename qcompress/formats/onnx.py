@@ -413,18 +413,16 @@ def write_onnx(
     ``_weights_only``) with ``arrays`` and write it to ``path``: inline
     tensors as ``raw_data``, tensors that were external into the one side file (its final path
     -> the temporary to write, in ``companions``), each at an aligned offset. The graph
-    needs every tensor back in its own dtype and shape, so a missing, extra or changed tensor is
-    a UsageError."""
+    needs every tensor back in its own dtype and shape, so an extra or changed tensor is a
+    UsageError, and so is a missing one that the graph uses (an unused one is taken out)."""
     check_names(path, infos, "ONNX")
     model = _load_skeleton(path, own) if own is not None else _weights_only(path, infos)
     slots = dict(listed_tensors(model.graph, path))
     given = {i.name for i in infos}
     missing = [n for n in slots if n not in given]
     if missing:
-        raise UsageError(
-            f"{shown(path)}: the ONNX graph needs tensor {missing[0]!r}, which the artifact does "
-            "not hold (dropped?); write .safetensors instead"
-        )
+        _remove_unused(path, model.graph, missing)
+        slots = dict(listed_tensors(model.graph, path))  # the graph's messages were copied
     for info in infos:
         proto = slots.get(info.name)
         if proto is None:
@@ -455,6 +453,42 @@ def write_onnx(
                 proto.raw_data = raw
     with open(path, "wb") as fh:
         fh.write(model.SerializeToString(deterministic=True))
+
+
+def _remove_unused(path: Path, graph: Any, missing: Sequence[str]) -> None:
+    """Take tensors the artifact does not hold (``--drop``) out of ``graph``: an initializer,
+    or the Constant node making it. One that a node (in any subgraph too) or a graph output
+    uses cannot go, so the graph could not run: a UsageError naming it."""
+    used = _used_names(graph)
+    for name in missing:
+        if name in used:
+            raise UsageError(
+                f"{shown(path)}: the ONNX graph uses tensor {name!r}, which the artifact does not "
+                "hold (left out with --drop?); write .safetensors instead, or quantize again "
+                "without dropping it"
+            )
+    gone = set(missing)
+    kept_inits = [t for t in graph.initializer if t.name not in gone]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    kept_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output[0] in gone)]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+
+
+def _used_names(graph: Any) -> set[str]:
+    """Every name a node of ``graph`` or of its subgraphs reads, and the graph's outputs."""
+    used = {o.name for o in graph.output}
+    stack = [graph]
+    while stack:
+        g = stack.pop()
+        for node in g.node:
+            used.update(node.input)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+    return used
 
 
 def _weights_only(path: Path, infos: Sequence[TensorInfo]) -> Any:
