@@ -17,7 +17,7 @@ from qcompress.artifact.recipe import ARTIFACT_SUFFIX, FLOAT_DTYPES, TensorRecip
 from qcompress.artifact.sharded import ShardedArtifact
 from qcompress.atomic import atomic_outputs, check_outputs
 from qcompress.errors import UsageError
-from qcompress.formats import format_for_output, write_weights
+from qcompress.formats import companion_outputs, format_for_output, write_weights
 from qcompress.formats._common import to_dtype
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.sharded import INDEX_SUFFIX, write_index
@@ -54,7 +54,7 @@ def _output_dtype(dtype: str, requested: str, fmt: str) -> tuple[str, str | None
         return dtype, None
     if requested != "original":
         return requested, None
-    if dtype == "bfloat16" and fmt != "safetensors":
+    if dtype == "bfloat16" and fmt not in ("safetensors", "onnx"):
         return "float32", f"bfloat16 tensors written as float32 ({fmt} has no bfloat16)"
     return dtype, None
 
@@ -95,6 +95,8 @@ def dequantize_file(
         else:
             parts = [(art.entries, output, art.source)]
         outputs = [path for _, path, _ in parts] + ([output] if sharded_output else [])
+        side = [] if sharded_output else companion_outputs(output, fmt, art.source["metadata"])
+        outputs += side  # an ONNX model's external-data file, placed with it
         check_outputs(outputs, [artifact_path], force)
         if progress:
             progress.start(
@@ -103,8 +105,9 @@ def dequantize_file(
             )
         notes: set[str] = set()
         with atomic_outputs(outputs, force) as temps:
+            side_temps = dict(zip(side, temps[len(temps) - len(side) :], strict=True))
             for (entries, _, source), tmp in zip(parts, temps, strict=False):
-                notes |= _write_float(art, entries, tmp, fmt, dtype, source, progress)
+                notes |= _write_float(art, entries, tmp, fmt, dtype, source, progress, side_temps)
             if sharded_output:
                 assert isinstance(art, ShardedArtifact)
                 weight_map = {e.name: path.name for entries, path, _ in parts for e in entries}
@@ -162,6 +165,7 @@ def _write_float(
     dtype: str,
     source: dict[str, Any],
     progress: Progress | None,
+    companions: dict[Path, Path] | None = None,
 ) -> set[str]:
     """Dequantize ``entries`` into one float file; the notes on dtypes that had to change."""
     infos, notes = [], set()
@@ -179,7 +183,9 @@ def _write_float(
             if progress:
                 progress.advance(e.name, info.nbytes)
 
-    write_weights(path, fmt, infos, arrays(), source["metadata"])
+    write_weights(path, fmt, infos, arrays(), source["metadata"], companions)
+    if fmt == "onnx" and source["metadata"].get("format") != "onnx":
+        notes.add("no ONNX graph in the source: wrote the weights only (initializers, no nodes)")
     return notes
 
 

@@ -23,7 +23,7 @@ from weights_factory import raw_safetensors, write_keras_h5, write_tensors
 from qcompress.errors import FormatError, InputError, QCompressError
 from qcompress.formats import FORMATS, open_weights
 
-SUFFIX = {"npz": ".npz", "h5": ".h5", "safetensors": ".safetensors"}
+SUFFIX = {"npz": ".npz", "h5": ".h5", "safetensors": ".safetensors", "onnx": ".onnx"}
 
 
 def load_everything(path: Path) -> None:

@@ -44,8 +44,8 @@ from qcompress.formats import (
     write_weights,
 )
 
-SUFFIX = {"npz": ".npz", "h5": ".h5", "safetensors": ".safetensors"}
-LAYOUT = {"npz": "pytorch", "h5": "keras", "safetensors": "pytorch"}
+SUFFIX = {"npz": ".npz", "h5": ".h5", "safetensors": ".safetensors", "onnx": ".onnx"}
+LAYOUT = {"npz": "pytorch", "h5": "keras", "safetensors": "pytorch", "onnx": "pytorch"}
 
 
 def dtypes_for(fmt: str) -> tuple[str, ...]:
@@ -448,15 +448,16 @@ def test_registry_drives_detection_suffixes_and_writers() -> None:
 
     names = [f.name for f in REGISTRY]
     assert len(names) == len(set(names))
-    assert FORMATS == ("npz", "h5", "safetensors")  # the writable ones, in registry order
+    assert FORMATS == ("npz", "h5", "safetensors", "onnx")  # the writable ones, in registry order
     assert OUTPUT_SUFFIXES == {
         ".npz": "npz",
         ".h5": "h5",
         ".hdf5": "h5",
         ".safetensors": "safetensors",
         ".keras": "keras",
+        ".onnx": "onnx",
     }
-    assert set(READERS) == {"npz", "h5", "safetensors", "gguf"}  # file formats, by content
+    assert set(READERS) == {"npz", "h5", "safetensors", "gguf", "onnx"}  # file formats, by content
     folder = {f.name for f in REGISTRY if f.claims is not None}
     assert folder == {"compressed-tensors", "safetensors-sharded", "keras", "keras-sharded"}
     read_only = folder - {"keras"} | {"gguf"}  # keras-sharded: rebuilt unsharded as h5
@@ -479,7 +480,7 @@ def test_unknown_content_message_lists_every_file_format(tmp_path: Path) -> None
     with pytest.raises(FormatError) as err:
         detect_format(path)
     assert str(err.value) == (
-        f"{path}: not a weight file (expected .npz, HDF5, safetensors or GGUF content)"
+        f"{path}: not a weight file (expected .npz, HDF5, safetensors, GGUF or ONNX content)"
     )
 
 

@@ -494,6 +494,17 @@ def check_source(source: Any, tensor_names: list[str]) -> None:
         raise RecipeError("source safetensors '__metadata__' must map strings to strings")
     if meta.get("format") == "h5":
         check_h5_tree(meta, tensor_names)
+    if meta.get("format") == "onnx":
+        check_onnx_skeleton(meta)
+
+
+def check_onnx_skeleton(meta: dict[str, Any]) -> None:
+    """The ONNX model the writer fills in again: base64 text (whether it parses as a ModelProto
+    is for the onnx package to say, when dequantizing)."""
+    try:
+        base64.b64decode(meta.get("model"), validate=True)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # binascii.Error is a ValueError
+        raise RecipeError("source ONNX 'model' is not base64 text") from None
 
 
 def check_h5_tree(meta: dict[str, Any], tensor_names: list[str]) -> None:

@@ -72,9 +72,9 @@ def quantize(
 ) -> None:
     """Quantize INPUT into an artifact and a JSON report.
 
-    INPUT is a .npz, Keras .h5/.weights.h5/.keras (zip or folder) or .safetensors file, or a
-    sharded safetensors checkpoint (its *.safetensors.index.json or the folder holding it; then
-    -o names the output folder).
+    INPUT is a .npz, Keras .h5/.weights.h5/.keras (zip or folder), .safetensors or .onnx file,
+    or a sharded safetensors checkpoint (its *.safetensors.index.json or the folder holding it;
+    then -o names the output folder).
     """
     api = _api()
     api.keep_freed_memory()
@@ -115,7 +115,11 @@ def _check_html_output(html_path: Path, input_path: Path, run: dict[str, Any]) -
 @click.command()
 @click.argument("artifact", type=_path())
 @click.option(
-    "-o", "--output", type=_path(), required=True, help="Output file: .npz, .h5 or .safetensors."
+    "-o",
+    "--output",
+    type=_path(),
+    required=True,
+    help="Output file: .npz, .h5, .safetensors or .onnx.",
 )
 @click.option(
     "--dtype",

@@ -41,6 +41,7 @@ __all__ = [
     "Layout",
     "TensorInfo",
     "WeightReader",
+    "companion_outputs",
     "default_axis",
     "detect_format",
     "encode_header",
@@ -136,6 +137,12 @@ def format_for_output(path: Path) -> str:
     raise UsageError(f"{path}: cannot tell the output format {shown}; use {_suffix_list()}")
 
 
+def companion_outputs(output: Path, fmt: str, metadata: Mapping[str, Any] | None) -> list[Path]:
+    """The files besides ``output`` that writing it in ``fmt`` from ``metadata`` makes (an ONNX
+    model's external-data side file); the caller checks and places them with ``output``."""
+    return list(BY_NAME[fmt].companion_paths(Path(output), metadata or {}))
+
+
 def _suffix_list() -> str:
     """ ".npz, .h5 (or .hdf5) or .safetensors": every writable format's suffixes."""
     shown = [
@@ -152,16 +159,18 @@ def write_weights(
     infos: Sequence[TensorInfo],
     arrays: Iterable[np.ndarray],
     metadata: Mapping[str, Any] | None = None,
+    companions: Mapping[Path, Path] | None = None,
 ) -> None:
     """Write tensors to ``path`` in ``fmt``, consuming ``arrays`` (one per info, in order) one
     at a time. ``metadata`` is what a reader's ``metadata()`` returned; only metadata from the
     same format is used (h5 groups and attributes, safetensors ``__metadata__``). The file
     appears only once it is complete. A dtype or name the format cannot hold, or a file that
-    cannot be written, is a UsageError; an array that does not match its info is a ValueError."""
+    cannot be written, is a UsageError; an array that does not match its info is a ValueError.
+    ``companions`` maps each of ``companion_outputs`` to the temporary to write it to."""
     fmt_record = BY_NAME.get(fmt)
     if fmt_record is None or fmt_record.write is None:
         raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")
     try:
-        fmt_record.write_file(path, infos, arrays, metadata or {})
+        fmt_record.write_file(path, infos, arrays, metadata or {}, companions)
     except OSError as exc:  # missing folder, no permission, disk full
         raise UsageError(f"{path}: cannot write: {one_line(exc.strerror or exc)}") from exc

@@ -207,6 +207,10 @@ class Format:
     # True: ``write`` rebuilds a file only from its own format's metadata (a .keras archive's
     # config), so it is no general output format for any tensors (not in ``FORMATS``).
     needs_source: bool = False
+    # Files that writing ``path`` with this metadata makes beside it (ONNX external data): the
+    # caller checks them and places them atomically with ``path``, and ``write`` gets their
+    # temporaries as ``companions={final: temporary}``.
+    companions: Callable[[Path, Mapping[str, Any] | None], tuple[Path, ...]] | None = None
 
     def default_axis(self, info: TensorInfo) -> int:
         """The output-channel axis of ``info`` when the file says nothing more about it."""
@@ -219,12 +223,24 @@ class Format:
         infos: Sequence[TensorInfo],
         arrays: Iterable[np.ndarray],
         metadata: Mapping[str, Any],
+        companions: Mapping[Path, Path] | None = None,
     ) -> None:
         """Write with ``write``, passing on ``metadata`` only if it came from this format."""
         if self.write is None:
             raise ValueError(f"format {self.name!r} is read only")
         own = dict(metadata) if metadata.get("format") in (self.name, *self.metadata_from) else None
-        self.write(path, infos, arrays, own)
+        if self.companions is None:
+            self.write(path, infos, arrays, own)
+        else:
+            self.write(path, infos, arrays, own, companions=companions or {})  # type: ignore[call-arg]
+
+    def companion_paths(self, path: Path, metadata: Mapping[str, Any]) -> tuple[Path, ...]:
+        """The side files writing ``path`` from ``metadata`` makes (none for most formats)."""
+        if self.companions is None:
+            return ()
+        return self.companions(
+            path, dict(metadata) if metadata.get("format") == self.name else None
+        )
 
     def matches(self, head: bytes) -> bool:
         """Whether the first bytes of a file are this format's (quick tests only)."""

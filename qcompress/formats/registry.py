@@ -14,6 +14,7 @@ from qcompress.formats import (
     keras_archive,
     keras_sharded,
     npz,
+    onnx,
     safetensors,
     sharded,
 )
@@ -28,6 +29,7 @@ REGISTRY: tuple[Format, ...] = (
     keras_archive.FORMAT,  # before sharded: a Keras folder has no index for it to find
     keras_sharded.FORMAT,  # before sharded: its index has a weight_map too
     sharded.FORMAT,
+    onnx.FORMAT,
 )
 
 BY_NAME: dict[str, Format] = {fmt.name: fmt for fmt in REGISTRY}
