@@ -139,7 +139,7 @@ class QCompress:
         """One mode on one data set, or None (and a note) where the CLI lacks it or refuses."""
         missing = [o for o in mode.needs if not self.has(o)]
         if missing:
-            self.notes.append(f"qcompress {mode.label}: skipped, no {' '.join(missing)} here")
+            self.notes.append(f"qcompress: no {' '.join(missing)} in this CLI: its modes skipped")
             return None
         src = work / f"{dataset}.{dtype.lower()}.safetensors"
         if not src.exists():

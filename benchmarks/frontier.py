@@ -34,29 +34,30 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # one thread, before numpy and numba load
+if __name__ == "__main__":  # one thread, set before numpy and numba load (not on import)
+    for _var in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import zipfile  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
-from importlib.util import find_spec  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from importlib.util import find_spec
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _peers  # noqa: E402
-from _peers import Point, Tensors  # noqa: E402
-from _qcmodes import Mode, QCompress, temp_workdir  # noqa: E402
+import _peers
+from _peers import Point, Tensors
+from _qcmodes import Mode, QCompress, temp_workdir
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_models" / "digits_mlp.npz"
@@ -249,7 +250,7 @@ def run_set(ds: DataSet, qc: QCompress, small: bool, notes: list[str]) -> list[P
         got = fn()
         if isinstance(got, tuple):
             new, more = got
-            notes.extend(f"{ds.name}: {m}" for m in more)
+            notes.extend(more)
         else:
             new = [got] if got is not None else []
         points.extend(new)
@@ -548,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes: list[str] = []
     for ds in sets:
         by_set[ds.name] = run_set(ds, qc, args.small, notes)
-    notes = sorted(set(qc.notes)) + notes
+    notes = list(dict.fromkeys(qc.notes + notes))  # each once, in order
     verdicts = targets(by_set)
     text = markdown(sets, by_set, verdicts, notes)
     print(text)
