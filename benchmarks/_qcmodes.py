@@ -203,6 +203,13 @@ class QCompress:
             signal, noise, worst = error_sums(pairs)
             sqnr = sqnr_db(signal, noise)
         elapsed = float(report.get("elapsed_seconds") or 0.0)
+        # fixed-rate: what the report says each quantized tensor is, where it says it (the
+        # variable-rate branch adds "mode"), and no entropy stage over the codes
+        kinds = {t.get("mode") for t in report.get("tensors", []) if t.get("action") == "quantized"}
+        if kinds and None not in kinds:
+            fixed = kinds == {"fixed-rate"} and (mode.fixed_rate or not self.has("--entropy"))
+        else:
+            fixed = mode.fixed_rate
         return Point(
             dataset,
             "qcompress",
@@ -214,7 +221,7 @@ class QCompress:
             mb / elapsed if elapsed > 0 else None,
             mb / dec if dec > 0 else None,
             bound=mode.bound,
-            fixed_rate=mode.fixed_rate,
+            fixed_rate=fixed,
             lossless=mode.lossless,
             note=_mode_note(report),
         )
