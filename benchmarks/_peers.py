@@ -39,7 +39,8 @@ KBLOCK = 256  # the K-quant / i-quant super-block
 class Point:
     """One (method, setting) on one data set. ``sqnr_db`` is None for an exact (lossless) decode;
     ``file_bpw`` counts the whole file where the method writes one (qcompress: header and
-    bookkeeping too), else equals ``bpw``; speeds are MB/s of float32 input on one thread."""
+    bookkeeping too), else equals ``bpw``; speeds are MB/s of the input's own bytes (float32, or
+    bfloat16 for a bfloat16 input) on one thread."""
 
     dataset: str
     method: str

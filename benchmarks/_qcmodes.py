@@ -13,8 +13,9 @@ Measured per point, from the files written, not from the report's claims:
   bookkeeping tensors, x 8 / weights (the budget's own accounting); ``file_bpw``: the whole file;
 - SQNR and max |error|: the artifact decoded by ``api.dequantize_file`` to float32 against the
   input; lossless modes are checked byte for byte against the input's bytes instead;
-- encode MB/s: float32 input bytes / the report's ``elapsed_seconds`` (file to artifact, one
-  thread, hashing included); decode MB/s: the timed ``dequantize_file`` (artifact to file).
+- encode MB/s: input bytes (float32, or bfloat16 for a bfloat16 input) / the report's
+  ``elapsed_seconds`` (file to artifact, one thread, hashing included); decode MB/s: the same
+  bytes / the timed ``dequantize_file`` (artifact to file).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ class QCompress:
             art, decoded, dtype="original" if mode.lossless else "float32", force=True
         )
         dec = time.perf_counter() - t0
-        mb = sum(x.size * 4 for _, x in tensors) / 1e6
+        mb = n * (2 if dtype == "BF16" else 4) / 1e6  # the input's own bytes
         back = read_safetensors(decoded)
         if mode.lossless:
             given = read_safetensors(src)

@@ -416,12 +416,11 @@ def _lossless_verdicts(by_set: dict[str, list[Point]]) -> list[Verdict]:
             out.append(Verdict(target, "no --lossless in this build", None))
             continue
         ok = all(
-            p.sqnr_db is None and p.bpw / bits <= limit and (p.encode_mbs or 0) * bits / 32 >= 1000
+            p.sqnr_db is None and p.bpw / bits <= limit and (p.encode_mbs or 0) >= 1000
             for p in rows
         )
         text = "; ".join(
-            f"{p.dataset} {100 * p.bpw / bits:.1f}% at {(p.encode_mbs or 0) * bits / 32:.0f} MB/s"
-            for p in rows
+            f"{p.dataset} {100 * p.bpw / bits:.1f}% at {p.encode_mbs or 0:.0f} MB/s" for p in rows
         )
         out.append(Verdict(target, text, ok))
     return out
