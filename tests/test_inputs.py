@@ -302,7 +302,8 @@ def test_artifact_checksums_are_xxh3_128(tmp_path: Path) -> None:
     assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
     with safe_open(out, "np") as f:
         recipe = json.loads(f.metadata()["qcompress"])
-        assert recipe["format_version"] == 2
+        assert recipe["format_version"] == 3  # the codes are entropy-coded (format 3)
+        assert recipe["coded"]
         assert recipe["integrity"]["algorithm"] == "xxh3-128"
         assert recipe["integrity"]["tensor"] == "__qcompress__/xxh3_128"
         table = f.get_tensor("__qcompress__/xxh3_128")
@@ -328,7 +329,8 @@ def make_old_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         m.setattr(artifact, "DIGEST", "sha256")
         m.setattr(artifact, "CHECKSUM_TENSOR", "__qcompress__/sha256")
         out = tmp_path / "old.qc.safetensors"
-        assert run("quantize", NPZ, "-o", out, "-q").exit_code == 0
+        # format 1 had no entropy stage
+        assert run("quantize", NPZ, "-o", out, "-q", "--entropy", "none").exit_code == 0
     return out
 
 
@@ -383,7 +385,7 @@ def test_v1_recipe_claiming_xxh3_is_corrupt(
         m.setattr(artifact, "FORMAT_VERSION", 1)
         out = tmp_path / "mixed.qc.safetensors"
         # quantize reopens what it wrote as a reader would, and the reader refuses it
-        result = run("quantize", NPZ, "-o", out, "-q")
+        result = run("quantize", NPZ, "-o", out, "-q", "--entropy", "none")
     assert result.exit_code == 2 and "unknown checksum algorithm 'xxh3-128'" in result.stderr
     assert list(tmp_path.iterdir()) == []
 

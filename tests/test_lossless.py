@@ -181,3 +181,19 @@ def test_lossless_and_entropy_none_conflict(tmp_path: Path):
     assert_clean_error(res, "--lossless", "--entropy auto")
     res = run("quantize", src, "--lossless", "--target-bpw", "4")
     assert_clean_error(res, "--lossless")
+
+
+def test_reserved_header_fits_coded_shapes_that_print_longer(tmp_path: Path):
+    """A coded 1-D stream's shape is its byte count: [29000] prints longer than a raw [9000]
+    float32; the reserved header must still hold the final one."""
+    rng = np.random.default_rng(6)
+    tensors = {f"n{i}": rng.normal(0, 0.02, 9000).astype(np.float32) for i in range(5)}
+    src = write_tensors(tmp_path / "m.npz", "npz", tensors)
+    art = tmp_path / "m.qc.safetensors"
+    res = run("quantize", src, "-o", art, "--lossless", "--json")
+    assert res.exit_code == 0, res.output
+    with safe_open(art, "numpy") as f:
+        assert all(f.get_tensor(n).size > 9999 for n in tensors)
+    with Artifact(art) as a:
+        for e in a.entries:
+            assert a.tensor(e).tobytes() == tensors[e.name].tobytes()

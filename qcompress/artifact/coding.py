@@ -20,6 +20,9 @@ import numpy as np
 from qcompress.engine import entropy, lossless
 from qcompress.formats.base import TensorInfo, numpy_dtype
 
+MIN_BYTES = 4096
+"""Stored tensors smaller than this stay plain: coding saves them a few hundred bytes at most
+and costs a table and a pass, which a model of 100k tiny tensors would pay 100k times."""
 INTEGER_DTYPES = frozenset(entropy.DTYPES)
 FLOAT_WORDS = frozenset(("float16", "bfloat16", "float32", "float64"))
 
@@ -74,6 +77,8 @@ def code(array: np.ndarray, threads: int = 1) -> tuple[np.ndarray, str | None]:
     """``array`` coded by the first stage that takes its dtype and saves bytes, and that stage's
     name; or ``array`` itself and None."""
     dtype = array.dtype.name
+    if array.nbytes < MIN_BYTES:
+        return array, None
     for stage in STAGES.values():
         if dtype in stage.dtypes and array.size:
             coded = stage.encode(array, threads)

@@ -43,7 +43,7 @@ SCALE = 1 << rans_kernels.SCALE_BITS
 HEADER = ("magic", "count", "lo", "shift", "n_tokens", "escape", "ebits", "chunk", "bucket_bytes")
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32")
 """Symbol dtypes the stage codes (the value range must fit 32 bits)."""
-COMPILE_MIN = 1 << 14
+COMPILE_MIN = 1 << 12
 """Below this many symbols the interpreted loop is cheaper than loading the compiled one."""
 
 
