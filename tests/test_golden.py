@@ -43,13 +43,17 @@ GOLDEN: dict[str, str] = {
     "sample/bits8": "573e2c883005fea4ee2a3634115e99a5d397000b4c565cf3d7c690eba620d56c",
     "sample/bits4": "2363f0e996bee5a7816ddbf7f2eeb75b0cf8934907994e7c979b3fffbcb12d1c",
     "sample/bits2": "6e29ddc98bc9fe500eb5878671dfd3456dab00b729de27a782120d32b9d8842a",
-    "sample/bpw3": "9e2bf707b9e26d62a8ecc390d609a0f445da67fb3db030e270689b9fedeade68",
+    "sample/bpw3": "306dfd1d606bc491f8fd52e8ac57dcb4c7c7c056bb719462cb79b7cd45de3077",
     "sample/bits4-plain": "5108ca0a190473eb3b074d742dcacaa8b43bd592bd651f99e2c559cf4456886b",
+    "sample/abs": "30135c9ebcf4416ffc7fcf453a6d066b240603f8ab7fd6f491ec8323d1cc5c32",
+    "sample/sqnr": "3f5ae5eb19193d3b749b19f4c80157d3efb7b112441ccf5f5768b1e5e9442d88",
     "generated/bits8": "0cf425cc1292a9f12d846f533c3e93b41af8df6ec088ab488fa70d7f62ea49a3",
     "generated/bits4": "b9b7be24ea95b2fa989279fa937b1c1ccb406fcad715f3d336d1c46049ccfaf5",
     "generated/bits2": "819fc654174f3fed063975ed0b4fcc14edcff109c137fbbb21803c8d4febc4eb",
-    "generated/bpw3": "3bf80483c37dccd92dc454b95f424d18ed86670a1d52bdb8daa3a22a75b283ea",
+    "generated/bpw3": "4f38dab1ed00025cfede197085b7aeb6b7347bc586189abf5a5041f93c56d7ca",
     "generated/bits4-plain": "0345a69bde7b422197cb4ce2d0e89776f3e07cc7b2cde3212fddf7ac26d9970c",
+    "generated/abs": "4b6f57b78aff61b2d994b07fe7896d1e9b333ccb83f65d78138c03e1b86042a5",
+    "generated/sqnr": "467dfc30b155d77994fdbe16dbb23d2331619bebd6195979352ec3f4f452ca3b",
 }
 
 
