@@ -29,11 +29,12 @@ test: install
 	$(BIN)/pytest
 
 # The heavy groups `make test` leaves out: the HTML report in headless Chromium (/usr/bin/chromium;
-# skipped without it) and round trips through transformers and compressed-tensors (the frameworks
-# extra; torch is pinned to 2.13.0, a CPU build).
+# skipped without it), round trips through transformers, compressed-tensors, Keras and
+# onnxruntime (the frameworks extra; torch is pinned to 2.13.0, a CPU build), and the slow group
+# (the golden budget artifact on the interpreted, numba-free path).
 test-extra: install
 	$(BIN)/pip install --quiet -e '.[dev,frameworks]'
-	$(BIN)/pytest -m 'browser or frameworks'
+	$(BIN)/pytest -m 'browser or frameworks or slow'
 
 # README pictures in docs/: the bits-per-weight vs SQNR frontier and the sample's HTML report.
 docs: install

@@ -171,14 +171,20 @@ def test_writer_syncs_in_the_background_and_still_fsyncs_at_the_end(
     from qcompress.artifact import writer
 
     calls: list[str] = []
-    monkeypatch.setattr(writer, "SYNC_EVERY", 1 << 16)
+    monkeypatch.setattr(writer, "SYNC_EVERY", 1 << 10)
     real_fdatasync, real_fsync = os.fdatasync, os.fsync
     monkeypatch.setattr(
         writer.os, "fdatasync", lambda fd: (calls.append("fdatasync"), real_fdatasync(fd))[1]
     )
     monkeypatch.setattr(writer.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
     model = tmp_path / "m.npz"
-    np.savez(model, **{f"w{i}": np.ones((64, 256), np.float32) for i in range(8)})
+    np.savez(
+        model,
+        **{
+            f"w{i}": np.random.default_rng(i).standard_normal((64, 256), np.float32)
+            for i in range(8)
+        },
+    )
     api.quantize_file(model, output=tmp_path / "m.qc.safetensors")
     assert "fdatasync" in calls and calls[-1] == "fsync"
 

@@ -173,7 +173,7 @@ def test_keep_with_nan_tensor_under_a_budget(tmp_path: Path) -> None:
 
 
 def test_inspect_summarises_bits_per_weight_by_width(sample: Path) -> None:
-    artifact, _ = quantize(sample, "w", "--target-bpw", "3")
+    artifact, _ = quantize(sample, "w", "--target-bpw", "3", "--fixed-rate")
     info = api.inspect(artifact)
     widths = info.by_width
     assert len(widths) > 1 and [w.bits for w in widths] == sorted(w.bits for w in widths)

@@ -152,7 +152,9 @@ def _measure(
         if not variable:
             return fixed
         try:
-            ladder = step_ladder(x, plan.candidates[0].axis)
+            first = plan.candidates[0]
+            channel = all(c.granularity == "channel" for c in plan.candidates)
+            ladder = step_ladder(x, first.axis, "channel" if channel else "tensor")
         except NonFiniteError as e:
             raise non_finite_error(reader.path, name, e) from None
         flags = [entropy] * len(ladder)

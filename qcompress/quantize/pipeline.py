@@ -42,7 +42,7 @@ from qcompress.config import QuantizeOptions
 from qcompress.engine.spec import ErrorStats, NonFiniteError
 from qcompress.engine.uniform import UniformSpec, uniform_quantize_with_error
 from qcompress.errors import InputError, UsageError
-from qcompress.formats import DTYPE_CODES, FORMATS
+from qcompress.formats import DTYPE_CODES, SOURCE_FORMATS
 from qcompress.formats._common import dtype_name
 from qcompress.formats.base import TensorInfo, WeightReader
 from qcompress.formats.registry import BY_NAME
@@ -278,7 +278,7 @@ def refuse_artifact(reader: WeightReader) -> None:
     reads (GGUF, compressed-tensors), which an artifact could not name as its source."""
     if reader.format == "safetensors" and is_artifact(reader.metadata()):
         raise already_an_artifact(reader.path, "model.safetensors")
-    if reader.format not in FORMATS:
+    if reader.format not in SOURCE_FORMATS:
         raise UsageError(
             f"{reader.path}: is a {BY_NAME[reader.format].label} checkpoint, quantized already; "
             f"dequantize it first (qcompress dequantize {reader.path.name} -o "

@@ -72,9 +72,13 @@ def resolve_code_dtypes(
     return out
 
 
-def step_ladder(x: np.ndarray, axis: int) -> list[UniformSpec]:
+def step_ladder(x: np.ndarray, axis: int, granularity: str = "tensor") -> list[UniformSpec]:
     """One variable-rate candidate per :data:`LADDER_DB`: the step that gives about that SQNR
-    (D ~ step^2 / 12, from the tensor's power summed in the engine's fixed order)."""
+    (D ~ step^2 / 12, from the tensor's power summed in the engine's fixed order). With
+    ``granularity`` "channel" (set by the options or a plan), one step per output channel,
+    each reaching that SQNR in its own row."""
+    if granularity == "channel":
+        return [UniformSpec("sqnr", db, "channel", axis) for db in LADDER_DB]
     power = error_stats(x, np.zeros_like(x)).mse if x.size else 0.0
     if not math.isfinite(power):
         from qcompress.engine.codec import _as_float32, _non_finite_message
