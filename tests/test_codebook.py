@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from samples import assert_clean_error, run
 
 from qcompress import engine
 from qcompress.artifact.layout import stored_nbytes
@@ -23,7 +24,6 @@ from qcompress.engine.rows import group_len, to_rows
 from qcompress.engine.spec import QuantSpec
 from qcompress.formats.base import TensorInfo
 from qcompress.report import schema
-from tests.samples import assert_clean_error, run
 
 
 def spec_of(codebook_name: str, bits: int = 4, group: int = 32, sb: int = 7) -> QuantSpec:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.samples import assert_clean_error, run
-from tests.weights_factory import read_all, write_tensors
+from samples import assert_clean_error, run
+from weights_factory import read_all, write_tensors
 
 BOUND = 2.5e-3
 
@@ -160,8 +159,7 @@ def test_a_corrupt_uniform_recipe_is_refused(tmp_path: Path) -> None:
 
 def test_sharded_checkpoint_keeps_the_bound(tmp_path: Path) -> None:
     from safetensors.numpy import load_file
-
-    from tests.test_sharded import SAMPLES, make_checkpoint
+    from test_sharded import SAMPLES, make_checkpoint
 
     index = make_checkpoint(tmp_path / "ckpt")
     result = run("quantize", index, "--max-abs-error", 0.01, "--json", "-q")

@@ -12,10 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from samples import assert_clean_error, run
 
 from qcompress.errors import FormatError
 from qcompress.formats import open_weights
-from tests.samples import assert_clean_error, run
 
 RNG = np.random.default_rng(15)
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-from tests.samples import run
+from samples import run
 
 pytestmark = pytest.mark.frameworks
 os.environ.setdefault("KERAS_BACKEND", "torch")

@@ -238,3 +238,17 @@ def test_every_api_name_the_cli_uses_exists() -> None:
     names = api_names_the_cli_uses()
     assert {"quantize_file", "UsageError", "check_outputs", "dumps"} <= names  # the scan works
     assert sorted(n for n in names if not hasattr(api, n)) == []
+
+
+def test_tests_import_their_helpers_as_pytest_puts_them_on_the_path() -> None:
+    """pytest puts ``tests/`` itself on sys.path (rootdir conftest), not the repository: a
+    ``from tests.samples import ...`` works only where the repository happens to be importable
+    (PYTHONPATH, an editable checkout) and fails on a fresh clone's ``make test``."""
+    here = Path(__file__).resolve().parent
+    offenders = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(here.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests"
+    ]
+    assert not offenders, f"import helpers as `from samples import ...`: {offenders}"

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
+from samples import assert_clean_error, run
+from weights_factory import read_all, same_bits, write_tensors
 
 from qcompress.artifact.reader import Artifact
 from qcompress.engine import entropy, lossless
-from tests.samples import assert_clean_error, run
-from tests.weights_factory import read_all, same_bits, write_tensors
 
 WORDS = {"float16": np.uint16, "bfloat16": np.uint16, "float32": np.uint32, "float64": np.uint64}
 

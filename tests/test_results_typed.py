@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from samples import run
 
 from qcompress import api
 from qcompress.documents import OMIT_NONE, as_document
 from qcompress.formats import TensorInfo, write_weights
-from tests.samples import run
 
 INSPECT_WEIGHTS = ["path", "kind", "format", "layout", "file_bytes", "parameters", "tensors"]
 INSPECT_ARTIFACT = [
