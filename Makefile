@@ -31,7 +31,8 @@ test: install
 # The heavy groups `make test` leaves out: the HTML report in headless Chromium (/usr/bin/chromium;
 # skipped without it), round trips through transformers, compressed-tensors, Keras and
 # onnxruntime (the frameworks extra; torch is pinned to 2.13.0, a CPU build), and the slow group
-# (the golden budget artifact on the interpreted, numba-free path).
+# (half a minute or more each: the golden budget artifact on the numba-free path, the kernels'
+# no-FMA machine-code check, cold vs warm numba cache, every byte of an h5 file flipped).
 test-extra: install
 	$(BIN)/pip install --quiet -e '.[dev,frameworks]'
 	$(BIN)/pytest -m 'browser or frameworks or slow'

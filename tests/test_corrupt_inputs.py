@@ -173,6 +173,7 @@ def test_every_flipped_byte_is_refused_cleanly(tmp_path: Path, fmt: str) -> None
     flip_each(path, range(path.stat().st_size))
 
 
+@pytest.mark.slow  # every byte of an h5 file flipped, each in a crash-isolated child: half a minute
 def test_flipped_bytes_in_hdf5_are_refused_cleanly(tmp_path: Path) -> None:
     """Every byte of the first 256 (superblock, root group), then every 5th.
 

@@ -157,6 +157,7 @@ def test_numpy_lane_sums_follow_the_documented_order() -> None:
     assert lane_sums(terms[16 * 20 :], carry).tolist() == lane_sums(terms).tolist()
 
 
+@pytest.mark.slow  # compiles every kernel afresh to read its machine code: half a minute
 def test_compiled_kernels_contract_no_multiply_add(tmp_path: Path) -> None:
     """Every kernel is compiled without fast-math, so LLVM may not fuse a multiply and an add
     (an FMA rounds once where numpy rounds twice). Checked on the machine code of every kernel,

@@ -204,6 +204,7 @@ def test_quantized_payload_does_not_depend_on_the_input_format(
         assert payloads["npz"][name] == payloads["h5"][name], name
 
 
+@pytest.mark.slow  # two fresh processes, one compiling every kernel cold: half a minute
 def test_cold_and_warm_numba_cache_give_the_same_bytes(tmp_path: Path) -> None:
     """The compiled kernels give the same artifact whether just compiled or loaded from cache."""
     import os
