@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import struct
 import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +45,26 @@ def is_archive_folder(path: Path) -> bool:
     )
 
 
+def _may_name_keras_entries(path: Path) -> bool:
+    """False only when the zip's central directory (found through its end record) holds none of
+    Keras' entry names: an npz of 100k tensors is turned away without parsing 100k entries
+    twice. Anything unusual (zip64, a damaged end record) answers True, for the full check."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - (22 + 0xFFFF)))
+        tail = fh.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0 or len(tail) < end + 22:
+            return True
+        cd_size, cd_offset = struct.unpack("<II", tail[end + 12 : end + 20])
+        if 0xFFFFFFFF in (cd_size, cd_offset) or cd_offset + cd_size > size:
+            return True
+        fh.seek(cd_offset)
+        directory = fh.read(cd_size)
+    keys = (*WEIGHTS, CONFIG, METADATA)
+    return any(k.encode() in directory for k in keys)
+
+
 def _claims(path: Path) -> bool:
     """A folder of the archive's files, or a regular file that is a zip listing Keras' entries,
     whatever its name (a damaged zip named ``.keras`` too, for a clear message)."""
@@ -55,6 +76,8 @@ def _claims(path: Path) -> bool:
         with open(path, "rb") as fh:
             if fh.read(4) != _ZIP_MAGIC:
                 return False
+        if not _may_name_keras_entries(path):
+            return False
     except OSError:
         return False
     try:
