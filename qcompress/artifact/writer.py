@@ -211,8 +211,7 @@ class ArtifactWriter:
             self._file.flush()
             self._file.seek(0)
             self._file.write(self._final_header())
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._final_sync()
             self.close()
             with open(self._path, "rb") as fh:
                 import hashlib
@@ -222,11 +221,16 @@ class ArtifactWriter:
         self._queue_file_hash(memoryview(tail))
         self._queue_file_hash(None)
         self.sha256 = self._file_hash.hexdigest()
+        self._final_sync()
+        self.close()
+
+    def _final_sync(self) -> None:
+        """The artifact on disk before it is renamed into place: the background sync still in
+        flight first (an I/O error there is this file's), then one fsync for the rest."""
         self._file.flush()
         if self._sync is not None:
-            self._sync.result()  # an I/O error there is this file's
+            self._sync.result()
         os.fsync(self._file.fileno())
-        self.close()
 
     def close(self) -> None:
         self._hasher.shutdown(wait=True, cancel_futures=True)
