@@ -21,8 +21,10 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import math
+import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -326,3 +328,16 @@ def zipnn(dataset: str, tensors: Tensors) -> tuple[list[Point], list[str]]:
             )
         )
     return points, []
+
+
+def cpu_model() -> str:
+    """The CPU model name as /proc/cpuinfo gives it, printed beside the benchmarks' numbers."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return cpu

@@ -500,14 +500,7 @@ def _version(dist: str) -> str:
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = _peers.cpu_model()
     dists = ("qcompress", "numpy", "gguf", "ggml-python", "pysz", "zfpy", "zipnn")
     return {
         "cpus": os.cpu_count(),

@@ -223,14 +223,10 @@ def cross_check(spec: QuantSpec) -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _peers import cpu_model
+
+    cpu = cpu_model()
     return (
         f"machine: {os.cpu_count()} CPUs, {cpu}; Python {platform.python_version()}, "
         f"numpy {np.__version__}, gguf {version('gguf')}"

@@ -590,12 +590,6 @@ def _varint(data: bytes, pos: int) -> tuple[int | None, int]:
     return None, pos
 
 
-def _write(
-    path: Path, infos: Sequence[TensorInfo], arrays: Iterable[np.ndarray], own: Any, **kw: Any
-) -> None:
-    write_onnx(path, infos, arrays, own, **kw)
-
-
 FORMAT = Format(
     name="onnx",
     label="ONNX",
@@ -603,6 +597,6 @@ FORMAT = Format(
     layout="pytorch",
     deep_sniff=looks_like_onnx,
     suffixes=(".onnx",),
-    write=_write,
+    write=write_onnx,
     companions=companions,
 )
